@@ -1,0 +1,1 @@
+"""Losses and metrics per task, as free functions."""
