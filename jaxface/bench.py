@@ -1,0 +1,147 @@
+"""Benchmarks: ``python -m jaxface.bench models [options]``.
+
+``models`` measures inference and training throughput (images/s) of registry models on the default
+JAX backend (GPU when present), with XLA's FLOP count of the compiled step and the achieved TFLOP/s.
+Speed targets live here, never in timed test assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxface import models
+
+
+def _flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    return float(cost.get("flops", 0.0)) or None
+  except Exception:  # noqa: BLE001 - cost analysis is optional per backend.
+    return None
+
+
+def _time(fn, args, steps: int) -> float:
+  out = fn(*args)
+  jax.block_until_ready(out)  # warm-up / compile
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / steps
+
+
+def bench_model(name: str, batch: int, steps: int, dtype: str, width: float,
+                size: int | None) -> dict:
+  spec = models.spec(name)
+  shape = spec.input_shape if size is None else (size, size, spec.input_shape[2])
+  kwargs = {"width": width, "dtype": jnp.dtype(dtype)}
+  model = models.get(name, **kwargs)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, *shape)), jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x[:1])
+  params = variables["params"]
+  state = {k: v for k, v in variables.items() if k != "params"}
+
+  def scalar_out(out):
+    leaves = jax.tree_util.tree_leaves(out)
+    return sum(jnp.mean(jnp.square(l.astype(jnp.float32))) for l in leaves)
+
+  @jax.jit
+  def infer(params, x):
+    out, _ = model.apply({"params": params, **state}, x.astype(kwargs["dtype"]))
+    return out
+
+  tx = optax.sgd(1e-3, momentum=0.9)
+  opt_state = tx.init(params)
+
+  def train_step(params, opt_state, x):
+    def loss_fn(p):
+      (out, _), _ = model.apply({"params": p, **state}, x.astype(kwargs["dtype"]), train=True,
+                                rngs={"dropout": jax.random.PRNGKey(1)}, mutable=list(state))
+      return scalar_out(out)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  train = jax.jit(train_step, donate_argnums=(0, 1))
+  infer_c = infer.lower(params, x).compile()
+  train_c = train.lower(params, opt_state, x).compile()
+  t_inf = _time(infer_c, (params, x), steps)
+  # Training donates its state: thread it through the timed loop.
+  carry = [params, opt_state]
+
+  def run_train(_p, _o, x):
+    carry[0], carry[1], loss = train_c(carry[0], carry[1], x)
+    return loss
+
+  t_train = _time(run_train, (None, None, x), steps)
+  f_inf, f_train = _flops(infer_c), _flops(train_c)
+  return {
+      "model": name, "input": list(shape), "batch": batch, "dtype": dtype, "width": width,
+      "infer_img_s": batch / t_inf, "train_img_s": batch / t_train,
+      "infer_tflop_s": f_inf / t_inf / 1e12 if f_inf else None,
+      "train_tflop_s": f_train / t_train / 1e12 if f_train else None,
+  }
+
+
+def device_description() -> str:
+  d = jax.devices()[0]
+  return f"{len(jax.devices())}x {getattr(d, 'device_kind', d.platform)} ({d.platform})"
+
+
+def cmd_models(args) -> int:
+  names = args.names or ["alexnet", "alexnet_caffe", "vgg16", "resnet18", "resnet50",
+                         "attention56", "attention92", "gilnet", "mlnet"]
+  unknown = [n for n in names if n not in models.names()]
+  if unknown:
+    print(f"error: unknown model(s) {', '.join(unknown)}", file=sys.stderr)
+    return 2
+  print(f"# device: {device_description()}; jax {jax.__version__}; host {platform.node()}",
+        flush=True)
+  if not args.json:
+    print(f"{'model':<14}{'input':<16}{'batch':>6}{'dtype':>10}{'infer img/s':>13}"
+          f"{'train img/s':>13}{'infer TF/s':>12}{'train TF/s':>12}", flush=True)
+  for name in names:
+    r = bench_model(name, args.batch, args.steps, args.dtype, args.width, args.size)
+    if args.json:
+      print(json.dumps(r), flush=True)
+    else:
+      fmt = lambda v: f"{v:12.1f}" if v is not None else f"{'n/a':>12}"
+      print(f"{name:<14}{str(tuple(r['input'])):<16}{r['batch']:>6}{r['dtype']:>10}"
+            f"{r['infer_img_s']:13.1f}{r['train_img_s']:13.1f}{fmt(r['infer_tflop_s'])}"
+            f"{fmt(r['train_tflop_s'])}", flush=True)
+  return 0
+
+
+COMMANDS = {"models": cmd_models}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m jaxface.bench", description=__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("models", help="model inference / training throughput")
+  p.add_argument("names", nargs="*", help="registry names (default: the classifiers and ML-Net)")
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+  p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--size", type=int, default=None, help="square input size (default: reference)")
+  p.add_argument("--json", action="store_true")
+  args = parser.parse_args(argv)
+  if getattr(args, "batch", 1) <= 0 or getattr(args, "steps", 1) <= 0:
+    parser.error("--batch and --steps must be positive")
+  return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
