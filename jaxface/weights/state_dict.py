@@ -31,15 +31,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except Exception as e:  # noqa: BLE001
       raise WeightImportError(f"cannot read .npz state dict {path}: {e}") from e
   if lower.endswith((".pth", ".pt", ".bin", ".ckpt")):
+    if not zipfile.is_zipfile(path):
+      # Legacy (pre-zip) torch serialization: read without torch.
+      from jaxface.weights import legacy_torch  # pylint: disable=g-import-not-at-top
+      return legacy_torch.load(path)
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise WeightImportError(
-          f"{path} is a torch pickle; install torch to read it, or convert it to .safetensors or "
-          ".npz first") from e
-    if not zipfile.is_zipfile(path):
-      from jaxface.weights import legacy_torch  # pylint: disable=g-import-not-at-top
-      return legacy_torch.load(path)
+          f"{path} is a torch zip pickle; install torch to read it, or convert it to .safetensors "
+          "or .npz first") from e
     try:
       obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
