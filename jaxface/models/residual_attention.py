@@ -12,8 +12,15 @@ Defaults follow the authors' Caffe prototxt: Caffe (ceil, unpadded) max-pooling 
 ``Interp + skip`` in the top-down path. ``tengshaofeng=True`` adds the PyTorch re-implementation's
 extra sums (the bottom-up feature of the same scale after each interpolation, and the trunk before
 the mask convs); ``pooling="torch"`` uses its ``MaxPool2d(3, 2, padding=1)``. Both are needed to
-load a tengshaofeng checkpoint. ``mask_activation="tanh"`` matches the older Attention-92 prototxt,
-whose mask layers are TanH (the Attention-56 prototxt and tengshaofeng use a sigmoid).
+load a tengshaofeng checkpoint. ``mask_activation="tanh"`` matches the prototxt versions whose mask
+layers are TanH (``model/Attention-{56,92}-deploy.prototxt`` at one commit of the authors'
+repository); ``imagenet_model/Attention-56-deploy.prototxt``, a later ``model/Attention-92`` and
+tengshaofeng use a sigmoid, the default.
+
+Parameter counts equal those of the released prototxts exactly (both parsed and counted: 31,810,728
+for Attention-56, 52,466,344 for Attention-92, BN scale/shift included). The paper's Table 6 gives
+31.9M and 51.3M; the 51.3M cannot come from the released Attention-92 layout (its three extra
+modules over Attention-56 add 20.66M, the paper's difference is 19.4M), so the prototxt is followed.
 
 Every up-sample targets the size of the tensor it is added to (as Caffe's ``Interp`` with a
 reference blob does), so any input of at least 64 px works, e.g. 200x200 UTKFace.
@@ -39,8 +46,7 @@ from jaxface.models import layers, registry
 from jaxface.models.resnet import DENSE_INIT, batch_norm, conv
 
 POOLINGS = ("caffe", "torch")
-# The Attention-56 prototxt and tengshaofeng use a sigmoid; the older Attention-92 prototxt
-# (model/Attention-92-deploy.prototxt) has TanH mask layers, kept as an option for its weights.
+# Sigmoid masks (imagenet_model/ prototxt, tengshaofeng); some model/ prototxt versions use TanH.
 _MASK_ACTIVATIONS = {"sigmoid": nn.sigmoid, "tanh": jnp.tanh}
 
 

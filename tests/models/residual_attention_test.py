@@ -17,12 +17,11 @@ from jaxface.models import residual_attention as ran
 from jaxface.weights import common
 
 # Exact trainable-parameter counts of this implementation (BN scale/shift included, running stats in
-# batch_stats). The paper reports 31.9M (Attention-56) and 51.3M (Attention-92). Attention-56 is
-# 0.28% below. Attention-92 built from the authors' prototxt (model/Attention-92-deploy.prototxt:
-# AttentionB_1..2 with 2 pools, AttentionC_1..3 with 1 pool, every unit checked) has 52.47M, 2.27%
-# above the paper: the paper's 92-vs-56 difference (19.4M) is smaller than what the three extra
-# modules of the prototxt add (one stage-2 and two stage-3 modules: 3.05M + 2 x 8.80M = 20.66M), so
-# the paper's figure does not come from this layout; the prototxt is followed.
+# batch_stats). They equal the totals obtained by parsing the authors' released deploy prototxts
+# (Attention-56: 31,810,728; Attention-92: 52,466,344, BN scale/shift counted as in their BN layers).
+# The paper reports 31.9M and 51.3M: Attention-56 is 0.28% below; Attention-92 is 2.27% above,
+# because the paper's 92-vs-56 difference (19.4M) is smaller than what the prototxt's three extra
+# modules add (one stage-2 and two stage-3 modules: 3.05M + 2 x 8.80M = 20.66M).
 PARAMS = {"attention56": 31_810_728, "attention92": 52_466_344, "attention92_32": 12_170_730}
 PAPER = {"attention56": (31.9e6, 0.01), "attention92": (51.3e6, 0.025)}
 
