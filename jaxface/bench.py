@@ -21,19 +21,30 @@ import optax
 from jaxface import models
 
 
-def _flops(lowered) -> float | None:
-  """FLOPs of the program from XLA's analysis of the lowered (pre-backend) HLO.
-
-  The compiled GPU program hides convolutions in cuDNN custom calls that the compiled cost analysis
-  does not count, so the count is taken before backend compilation.
-  """
+def _cost_flops(lowered) -> float | None:
   try:
     cost = lowered.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-      cost = cost[0]
-    return float(cost.get("flops", 0.0)) or None
   except Exception:  # noqa: BLE001 - cost analysis is optional per backend.
     return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return float(cost.get("flops", 0.0)) or None if cost else None
+
+
+def _flops(jitted, *args) -> float | None:
+  """FLOPs of one call, from XLA's analysis of the lowered (pre-backend) HLO.
+
+  The compiled GPU program hides convolutions in cuDNN custom calls that its cost analysis does not
+  count, and the GPU lowering may offer no analysis at all; the same program lowered for the CPU
+  (no compilation) gives the device-independent count.
+  """
+  flops = _cost_flops(jitted.lower(*args))
+  if flops is None and jax.default_backend() != "cpu":
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), args)
+    flops = _cost_flops(jitted.lower(*abstract))
+  return flops
 
 
 def _time(fn, args, steps: int, min_seconds: float) -> float:
@@ -85,9 +96,9 @@ def bench_model(name: str, batch: int, steps: int, dtype: str, width: float,
     return optax.apply_updates(params, updates), opt_state, loss
 
   train = jax.jit(train_step, donate_argnums=(0, 1))
-  infer_l = infer.lower(params, x)
-  train_l = train.lower(params, opt_state, x)
-  infer_c, train_c = infer_l.compile(), train_l.compile()
+  f_inf, f_train = _flops(infer, params, x), _flops(train, params, opt_state, x)
+  infer_c = infer.lower(params, x).compile()
+  train_c = train.lower(params, opt_state, x).compile()
   t_inf = _time(infer_c, (params, x), steps, min_seconds)
   # Training donates its state: thread it through the timed loop.
   carry = [params, opt_state]
@@ -97,7 +108,6 @@ def bench_model(name: str, batch: int, steps: int, dtype: str, width: float,
     return loss
 
   t_train = _time(run_train, (None, None, x), steps, min_seconds)
-  f_inf, f_train = _flops(infer_l), _flops(train_l)
   return {
       "model": name, "input": list(shape), "batch": batch, "dtype": dtype, "width": width,
       "infer_ms": 1e3 * t_inf, "train_ms": 1e3 * t_train,
