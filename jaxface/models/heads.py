@@ -19,6 +19,11 @@ import jax
 import jax.numpy as jnp
 
 
+def _dropout_linear(module: nn.Module, x, n: int, train: bool):
+  x = nn.Dropout(module.dropout_rate, deterministic=not train)(x)
+  return nn.Dense(n, dtype=module.dtype, name="fc")(x)
+
+
 class SoftmaxHead(nn.Module):
   num_classes: int
   dropout_rate: float = 0.0
@@ -26,8 +31,7 @@ class SoftmaxHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+    logits = _dropout_linear(self, x, self.num_classes, train)
     return logits, {"logits": logits}
 
 
@@ -39,8 +43,7 @@ class AttributeHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = nn.Dense(self.num_attributes, dtype=self.dtype, name="fc")(x)
+    logits = _dropout_linear(self, x, self.num_attributes, train)
     return logits, {"logits": logits, "probs": jax.nn.sigmoid(logits)}
 
 

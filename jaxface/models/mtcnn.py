@@ -24,6 +24,41 @@ def _softmax(logits):
   return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
+# (channels, kernel, pool window after the PReLU or 0) of each conv layer conv1, conv2, ...
+_PNET_CONVS = ((10, 3, 2), (16, 3, 0), (32, 3, 0))
+_RNET_CONVS = ((28, 3, 3), (48, 3, 3), (64, 2, 0))
+_ONET_CONVS = ((32, 3, 3), (64, 3, 3), (64, 3, 2), (128, 2, 0))
+
+
+def _conv_prelu_stack(module: nn.Module, x_BHWC, convs, aux: dict) -> jax.Array:
+  """Valid convs with PReLU and ceil pools (stride 2), named conv{i} / prelu{i}."""
+  x = x_BHWC.astype(module.dtype)
+  for i, (ch, k, pool) in enumerate(convs, start=1):
+    x = nn.Conv(layers.scaled(ch, module.width), (k, k), padding="VALID", dtype=module.dtype,
+                name=f"conv{i}")(x)
+    x = aux[f"conv{i}"] = layers.PReLU(name=f"prelu{i}")(x)
+    if pool:
+      x = aux[f"pool{i}"] = layers.max_pool_ceil(x, pool, 2)
+  aux["features"] = aux[f"conv{len(convs)}"]
+  return x
+
+
+def _dense_heads(module: nn.Module, x_BHWC, convs, hidden: int, aux: dict, with_landmarks: bool):
+  """HWC flatten -> dense (PReLU) -> 2-way face logits, 4 box offsets (and 10 landmarks)."""
+  i = len(convs) + 1  # RNet: dense4 / prelu4 / dense5_*; ONet: dense5 / prelu5 / dense6_*.
+  x = nn.Dense(layers.scaled(hidden, module.width), dtype=module.dtype,
+               name=f"dense{i}")(layers.flatten_hwc(x_BHWC))
+  x = aux[f"dense{i}"] = aux["pre_logits"] = layers.PReLU(name=f"prelu{i}")(x)
+  logits = aux["logits"] = nn.Dense(2, dtype=module.dtype, name=f"dense{i + 1}_1")(x)
+  probs = _softmax(logits)
+  box = nn.Dense(4, dtype=module.dtype, name=f"dense{i + 1}_2")(x)
+  out = {"prob": probs[:, 1], "probs": probs, "box": box.astype(jnp.float32)}
+  if with_landmarks:
+    out["landmarks"] = nn.Dense(10, dtype=module.dtype, name=f"dense{i + 1}_3")(x).astype(
+        jnp.float32)
+  return out
+
+
 class PNet(nn.Module):
   """Proposal network: fully convolutional (12x12 receptive field, stride 2), any input size.
 
@@ -36,20 +71,11 @@ class PNet(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC, train: bool = False):
     del train  # No dropout or batch norm.
-    c = lambda n: layers.scaled(n, self.width)  # noqa: E731
     aux = {}
-    x = x_BHWC.astype(self.dtype)
-    x = nn.Conv(c(10), (3, 3), padding="VALID", dtype=self.dtype, name="conv1")(x)
-    x = aux["conv1"] = layers.PReLU(name="prelu1")(x)
-    x = aux["pool1"] = layers.max_pool_ceil(x, 2, 2)
-    x = nn.Conv(c(16), (3, 3), padding="VALID", dtype=self.dtype, name="conv2")(x)
-    x = aux["conv2"] = layers.PReLU(name="prelu2")(x)
-    x = nn.Conv(c(32), (3, 3), padding="VALID", dtype=self.dtype, name="conv3")(x)
-    x = aux["conv3"] = aux["features"] = layers.PReLU(name="prelu3")(x)
-    logits = nn.Conv(2, (1, 1), dtype=self.dtype, name="conv4_1")(x)
+    x = _conv_prelu_stack(self, x_BHWC, _PNET_CONVS, aux)
+    logits = aux["logits"] = nn.Conv(2, (1, 1), dtype=self.dtype, name="conv4_1")(x)
     box = nn.Conv(4, (1, 1), dtype=self.dtype, name="conv4_2")(x)
     probs = _softmax(logits)
-    aux["logits"] = logits
     return {"prob": probs[..., 1], "probs": probs, "box": box.astype(jnp.float32)}, aux
 
 
@@ -61,25 +87,9 @@ class RNet(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC, train: bool = False):
     del train
-    c = lambda n: layers.scaled(n, self.width)  # noqa: E731
     aux = {}
-    x = x_BHWC.astype(self.dtype)
-    x = nn.Conv(c(28), (3, 3), padding="VALID", dtype=self.dtype, name="conv1")(x)
-    x = aux["conv1"] = layers.PReLU(name="prelu1")(x)
-    x = aux["pool1"] = layers.max_pool_ceil(x, 3, 2)
-    x = nn.Conv(c(48), (3, 3), padding="VALID", dtype=self.dtype, name="conv2")(x)
-    x = aux["conv2"] = layers.PReLU(name="prelu2")(x)
-    x = aux["pool2"] = layers.max_pool_ceil(x, 3, 2)
-    x = nn.Conv(c(64), (2, 2), padding="VALID", dtype=self.dtype, name="conv3")(x)
-    x = aux["conv3"] = aux["features"] = layers.PReLU(name="prelu3")(x)
-    x = layers.flatten_hwc(x)
-    x = nn.Dense(c(128), dtype=self.dtype, name="dense4")(x)
-    x = aux["dense4"] = aux["pre_logits"] = layers.PReLU(name="prelu4")(x)
-    logits = nn.Dense(2, dtype=self.dtype, name="dense5_1")(x)
-    box = nn.Dense(4, dtype=self.dtype, name="dense5_2")(x)
-    probs = _softmax(logits)
-    aux["logits"] = logits
-    return {"prob": probs[:, 1], "probs": probs, "box": box.astype(jnp.float32)}, aux
+    x = _conv_prelu_stack(self, x_BHWC, _RNET_CONVS, aux)
+    return _dense_heads(self, x, _RNET_CONVS, 128, aux, with_landmarks=False), aux
 
 
 class ONet(nn.Module):
@@ -90,30 +100,9 @@ class ONet(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC, train: bool = False):
     del train
-    c = lambda n: layers.scaled(n, self.width)  # noqa: E731
     aux = {}
-    x = x_BHWC.astype(self.dtype)
-    x = nn.Conv(c(32), (3, 3), padding="VALID", dtype=self.dtype, name="conv1")(x)
-    x = aux["conv1"] = layers.PReLU(name="prelu1")(x)
-    x = aux["pool1"] = layers.max_pool_ceil(x, 3, 2)
-    x = nn.Conv(c(64), (3, 3), padding="VALID", dtype=self.dtype, name="conv2")(x)
-    x = aux["conv2"] = layers.PReLU(name="prelu2")(x)
-    x = aux["pool2"] = layers.max_pool_ceil(x, 3, 2)
-    x = nn.Conv(c(64), (3, 3), padding="VALID", dtype=self.dtype, name="conv3")(x)
-    x = aux["conv3"] = layers.PReLU(name="prelu3")(x)
-    x = aux["pool3"] = layers.max_pool_ceil(x, 2, 2)
-    x = nn.Conv(c(128), (2, 2), padding="VALID", dtype=self.dtype, name="conv4")(x)
-    x = aux["conv4"] = aux["features"] = layers.PReLU(name="prelu4")(x)
-    x = layers.flatten_hwc(x)
-    x = nn.Dense(c(256), dtype=self.dtype, name="dense5")(x)
-    x = aux["dense5"] = aux["pre_logits"] = layers.PReLU(name="prelu5")(x)
-    logits = nn.Dense(2, dtype=self.dtype, name="dense6_1")(x)
-    box = nn.Dense(4, dtype=self.dtype, name="dense6_2")(x)
-    landmarks = nn.Dense(10, dtype=self.dtype, name="dense6_3")(x)
-    probs = _softmax(logits)
-    aux["logits"] = logits
-    return {"prob": probs[:, 1], "probs": probs, "box": box.astype(jnp.float32),
-            "landmarks": landmarks.astype(jnp.float32)}, aux
+    x = _conv_prelu_stack(self, x_BHWC, _ONET_CONVS, aux)
+    return _dense_heads(self, x, _ONET_CONVS, 256, aux, with_landmarks=True), aux
 
 
 @registry.register("mtcnn_pnet", input_shape=(12, 12, 3), num_classes=None, classifier=False,

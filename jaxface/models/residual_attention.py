@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxface.models import layers, registry
-from jaxface.models.resnet import DENSE_INIT, batch_norm, conv
+from jaxface.models.resnet import batch_norm, conv, global_pool_top
 
 POOLINGS = ("caffe", "torch")
 # Sigmoid masks (imagenet_model/ prototxt, tengshaofeng); some model/ prototxt versions use TanH.
@@ -198,17 +198,7 @@ class ResidualAttentionNet(nn.Module):
       x = ResidualUnit(feats[3], stride, dtype=self.dtype, name=f"post_res_4_{k + 1}")(x, train)
     aux["stage4"] = x
     x = nn.relu(batch_norm(train, name="final_bn", dtype=self.dtype)(x))
-    aux["features"] = x
-    if self.features_only:
-      return x, aux
-    # Global average pooling == the reference 7x7 average pool at 224 / 200 px (8x8 for 32 px), and
-    # keeps other input sizes usable.
-    x = jnp.mean(x, axis=(1, 2))
-    aux["pre_logits"] = x
-    if self.num_classes == 0:
-      return x, aux
-    logits = nn.Dense(self.num_classes, kernel_init=DENSE_INIT, dtype=self.dtype, name="fc")(x)
-    return logits, aux
+    return global_pool_top(self, x, aux)
 
 
 @registry.register("attention56", input_shape=(224, 224, 3), num_classes=1000,

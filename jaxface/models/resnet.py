@@ -87,6 +87,22 @@ def _shortcut(x_BHWC: jax.Array, out_ch: int, stride: int, train: bool, dtype: A
   return batch_norm(train, name="downsample_bn", dtype=dtype)(s)
 
 
+def global_pool_top(module: nn.Module, fmap_BHWC, aux: dict):
+  """features -> global average pool -> ``fc``, honouring ``features_only`` and ``num_classes=0``.
+
+  Shared by ResNet and the Residual Attention Network (whose reference 7x7 average pool is global at
+  224 and 200 px, 8x8 at 32 px); global pooling keeps other input sizes usable.
+  """
+  aux["features"] = fmap_BHWC
+  if module.features_only:
+    return fmap_BHWC, aux
+  x = aux["pre_logits"] = jnp.mean(fmap_BHWC, axis=(1, 2))
+  if module.num_classes == 0:
+    return x, aux
+  logits = nn.Dense(module.num_classes, kernel_init=DENSE_INIT, dtype=module.dtype, name="fc")(x)
+  return logits, aux
+
+
 class ResNet(nn.Module):
   """torchvision ResNet returning ``(logits, aux)``.
 
@@ -115,15 +131,7 @@ class ResNet(nn.Module):
         stride = 2 if i > 0 and j == 0 else 1
         x = block_cls(planes, stride, dtype=self.dtype, name=f"layer{i + 1}_{j}")(x, train)
       aux[f"layer{i + 1}"] = x
-    aux["features"] = x
-    if self.features_only:
-      return x, aux
-    x = jnp.mean(x, axis=(1, 2))
-    aux["pre_logits"] = x
-    if self.num_classes == 0:
-      return x, aux
-    logits = nn.Dense(self.num_classes, kernel_init=DENSE_INIT, dtype=self.dtype, name="fc")(x)
-    return logits, aux
+    return global_pool_top(self, x, aux)
 
 
 @registry.register("resnet18", input_shape=(224, 224, 3), num_classes=1000,

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface import models
+from tests.helpers import count_params as _count
 
 
 def _abstract(input_shape=None, **kw):
@@ -16,9 +17,6 @@ def _abstract(input_shape=None, **kw):
   out, aux = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
   return variables, out, aux
 
-
-def _count(tree):
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 def test_full_size():

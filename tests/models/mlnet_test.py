@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from jaxface import models
 from jaxface.models import mlnet
+from tests.helpers import count_params as _count
 
 CONVS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1",
          "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3", "int_conv", "pre_final_conv")
@@ -24,9 +25,6 @@ def _shapes(model, input_shape):
 
   return jax.eval_shape(run, x)
 
-
-def _count(tree):
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def test_registry_entry():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxface import models
+from tests.helpers import count_params as _count
 
 # facenet-pytorch state-dict shapes (SPEC 5.2); biases have the conv / dense output size.
 _SPEC_SHAPES = {
@@ -28,9 +29,6 @@ _SPEC_SHAPES = {
 }
 _COUNTS = {"mtcnn_pnet": 6_632, "mtcnn_rnet": 100_178, "mtcnn_onet": 389_040}
 
-
-def _count(tree):
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 def _abstract(name, hw=None, **kw):

@@ -15,6 +15,7 @@ from torch import nn
 from jaxface import models
 from jaxface.models import residual_attention as ran
 from jaxface.weights import common
+from tests.helpers import count_params as _count
 
 # Exact trainable-parameter counts of this implementation (BN scale/shift included, running stats in
 # batch_stats). They equal the totals obtained by parsing the authors' released deploy prototxts
@@ -37,9 +38,6 @@ def _abstract_apply(model, variables, shape, **kw):
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
   return jax.eval_shape(lambda v, x: model.apply(v, x, **kw), variables, x)
 
-
-def _count(tree):
-  return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(tree))
 
 
 def test_full_size_param_counts():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxface import models
+from tests.helpers import count_params as _count
 
 # torchvision's published counts (trainable parameters; BN running stats are batch_stats).
 PARAMS = {"resnet18": 11_689_512, "resnet50": 25_557_032}
@@ -18,9 +19,6 @@ def _abstract(model, shape):
   out, aux = jax.eval_shape(lambda v, x: model.apply(v, x), v, x)
   return v, out, aux
 
-
-def _count(tree):
-  return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(tree))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])

@@ -8,29 +8,12 @@ import pytest
 
 from jaxface import models
 from jaxface.models import vgg
+from tests.helpers import count_params as _count, abstract as _abstract, random_variables as _random_variables
 
 _CONVS = [f"conv{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)]
 
 
-def _abstract(name, input_shape=None, **kw):
-  model = models.get(name, **kw)
-  x = jax.ShapeDtypeStruct((2, *(input_shape or models.spec(name).input_shape)), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
-  out, aux = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
-  return variables, out, aux
 
-
-def _random_variables(model, x):
-  """He-scaled numpy parameters: no compile of the random initialisers."""
-  rng = np.random.default_rng(0)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-  return jax.tree.map(
-      lambda s: (rng.normal(size=s.shape) * (np.sqrt(2 / np.prod(s.shape[:-1])) if len(s.shape) > 1
-                                             else 0.1)).astype(np.float32), shapes)
-
-
-def _count(tree):
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 @pytest.mark.parametrize("name,count,classes", [
