@@ -1,0 +1,1 @@
+"""Face module: detection (MTCNN in JAX, OpenCV Haar), margin crops, alignment, task-aware crops."""
