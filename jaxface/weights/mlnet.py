@@ -59,9 +59,9 @@ def _open_hdf5(src, what: str) -> Iterator[h5py.File]:
     with open(path, "rb") as f:
       head = f.read(8)
     raise WeightImportError(
-        f"{path} is not an HDF5 file (starts with {head!r}); {what} must be HDF5 (Keras 1 "
-        "load_weights reads it with h5py whatever its extension, e.g. mlnet_salicon_weights.pkl). "
-        "A real pickle is not a supported ML-Net weight format.")
+        f"{path} is not an HDF5 file (starts with {head!r}); {what} must be HDF5: Keras 1 "
+        "load_weights reads it with h5py whatever its extension (mlnet_salicon_weights.pkl is "
+        "HDF5 too), and a real pickle is not a supported format.")
   try:
     f = h5py.File(path, "r")
   except OSError as e:
