@@ -1,0 +1,496 @@
+"""MTCNN face detector (Zhang et al. 2016) with facenet-pytorch's weights and semantics (SPEC 5.3).
+
+The three networks run in JAX (jitted, on the default backend); everything data dependent (box
+generation, NMS, crops) runs on the host in numpy, as the reference does for its final NMS.
+
+Choices that differ from, or pin down, the reference implementation:
+
+* Area resizing. facenet-pytorch resizes with ``F.interpolate(mode="area")``, i.e. adaptive
+  average pooling: output cell i averages input indices ``floor(i*In/Out) .. ceil((i+1)*In/Out)-1``.
+  ``cv2.INTER_AREA`` weights fractional pixels instead and differs for non-integer ratios, so
+  :func:`area_resize` implements the adaptive-average rule with cumulative sums (float64, so the
+  window sums of uint8 pixels are exact) on the host.
+* PNet buckets. Each pyramid level is zero-padded at the bottom/right to a bucketed shape (four
+  sizes per octave) so that few programs are compiled; levels and photos that share a bucket run as
+  one batch. PNet's first pool uses the ceil output size, so a level with an odd side has a
+  one-row (one-column) last pooling window; the conv1 activations of the padding are masked to
+  -inf before that pool, which keeps every valid output cell identical to the unpadded network.
+* RNet / ONet run on candidate batches padded to a power of two (at least 16), in chunks of 2048.
+* A candidate whose clamped crop is empty (the box lies entirely outside the photo) is dropped; the
+  reference would fail on it with a length mismatch.
+* Ties in NMS keep the earlier candidate (stable sort by decreasing score).
+* ``max_side``: photos whose longer side exceeds it are area-downscaled to that side for detection;
+  boxes and landmarks are multiplied back by the per-axis size ratio (so they are in the coordinates
+  of the photo given, up to the precision lost by the downscale).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxface.faces.types import Face
+from jaxface.models.mtcnn import ONet, PNet, RNet
+from jaxface.weights import common
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+_WEIGHT_FILES = {"pnet": "mtcnn_pnet.npz", "rnet": "mtcnn_rnet.npz", "onet": "mtcnn_onet.npz"}
+_CHUNK = 2048  # Largest RNet / ONet batch per call.
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side geometry.
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union",
+        plus_one: bool = False) -> np.ndarray:
+  """Greedy non-maximum suppression; returns kept indices by decreasing score.
+
+  Args:
+    boxes: (N, 4) [x1, y1, x2, y2].
+    scores: (N,).
+    threshold: a box is dropped when its overlap with a kept box is strictly greater.
+    mode: "union" (intersection over union) or "min" (intersection over the smaller area).
+    plus_one: legacy pixel-count areas, ``(x2 - x1 + 1) * (y2 - y1 + 1)`` and likewise for the
+      intersection (facenet-pytorch's final numpy NMS); False gives torchvision's continuous areas.
+  """
+  mode = mode.lower()
+  if mode not in ("union", "min"):
+    raise ValueError(f"nms mode must be 'union' or 'min', got {mode!r}")
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  scores = np.asarray(scores, np.float32).reshape(-1)
+  if len(boxes) != len(scores):
+    raise ValueError(f"nms: {len(boxes)} boxes but {len(scores)} scores")
+  one = np.float32(1.0 if plus_one else 0.0)
+  x1, y1, x2, y2 = boxes.T
+  area = (x2 - x1 + one) * (y2 - y1 + one)
+  order = np.argsort(-scores, kind="stable")
+  keep = []
+  while order.size:
+    i, rest = order[0], order[1:]
+    keep.append(i)
+    w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + one)
+    h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + one)
+    inter = w * h
+    if mode == "min":
+      denom = np.minimum(area[i], area[rest])
+    else:
+      denom = area[i] + area[rest] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+      overlap = inter / denom
+    # NaN (degenerate zero-area pairs) counts as no overlap, as in both references.
+    order = rest[~(overlap > threshold)]
+  return np.asarray(keep, np.int64)
+
+
+def _batched_nms(boxes, scores, image_inds, threshold, mode="union", plus_one=False) -> np.ndarray:
+  """NMS within each photo; kept indices by decreasing score over all photos."""
+  keep = [np.flatnonzero(image_inds == b)[nms(boxes[image_inds == b], scores[image_inds == b],
+                                              threshold, mode, plus_one)]
+          for b in np.unique(image_inds)]
+  keep = np.concatenate(keep) if keep else np.zeros((0,), np.int64)
+  return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+def _cumsum0(x: np.ndarray, axis: int) -> np.ndarray:
+  """Float64 cumulative sum along ``axis`` with a leading zero (window sums are differences)."""
+  csum = np.cumsum(x, axis=axis, dtype=np.float64)
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (1, 0)
+  return np.pad(csum, pad)
+
+
+def _window_mean(csum: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+  """Adaptive-average windows ``floor(i*In/Out) .. ceil((i+1)*In/Out)-1`` from a ``_cumsum0``."""
+  n_in = csum.shape[axis] - 1
+  i = np.arange(n_out)
+  start = (i * n_in) // n_out
+  end = -((-(i + 1) * n_in) // n_out)
+  shape = [1] * csum.ndim
+  shape[axis] = n_out
+  count = (end - start).reshape(shape)
+  return (np.take(csum, end, axis=axis) - np.take(csum, start, axis=axis)) / count
+
+
+def area_resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+  """``F.interpolate(mode="area")`` (adaptive average pooling) of (..., H, W, C) to ``size``.
+
+  Returns float32. Window sums are taken in float64 (exact for uint8 pixels), so the result is
+  the exact window mean rounded once to float32.
+  """
+  oh, ow = int(size[0]), int(size[1])
+  if oh < 1 or ow < 1:
+    raise ValueError(f"area_resize: output size must be positive, got {tuple(size)}")
+  x = np.asarray(image)
+  h_axis, w_axis = x.ndim - 3, x.ndim - 2
+  rows = _window_mean(_cumsum0(x, h_axis), h_axis, oh)
+  return _window_mean(_cumsum0(rows, w_axis), w_axis, ow).astype(np.float32)
+
+
+def generate_boxes(prob_hw: np.ndarray, reg_hw4: np.ndarray, scale: float,
+                   threshold: float) -> np.ndarray:
+  """Stage-1 candidates from one PNet map: (K, 9) float32 [x1, y1, x2, y2, score, 4 offsets].
+
+  Cell (row, col) with ``prob >= threshold`` maps back to the photo with stride 2 and cell 12 and
+  the 1-based legacy offset: ``x1 = floor((2*col + 1)/scale)``, ``x2 = floor((2*col + 12)/scale)``
+  (rows likewise); arithmetic in float32 as the reference. Cells are in row-major order.
+  """
+  rows, cols = np.nonzero(np.asarray(prob_hw) >= threshold)
+  xy = np.stack([cols, rows], axis=1).astype(np.float32)
+  s = np.float32(scale)
+  q1 = np.floor((np.float32(2) * xy + np.float32(1)) / s)
+  q2 = np.floor((np.float32(2) * xy + np.float32(12)) / s)
+  score = np.asarray(prob_hw, np.float32)[rows, cols][:, None]
+  reg = np.asarray(reg_hw4, np.float32)[rows, cols].reshape(-1, 4)
+  return np.concatenate([q1, q2, score, reg], axis=1).astype(np.float32)
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray, plus_one: bool) -> np.ndarray:
+  """Applies offsets scaled by the box size (+1 in the ``bbreg`` of stages 2 and 3)."""
+  one = np.float32(1.0 if plus_one else 0.0)
+  w = boxes[:, 2] - boxes[:, 0] + one
+  h = boxes[:, 3] - boxes[:, 1] + one
+  size = np.stack([w, h, w, h], axis=1)
+  return (boxes[:, :4] + reg * size).astype(np.float32)
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+  """``rerec``: square boxes of side max(w, h) around the same centre."""
+  w = boxes[:, 2] - boxes[:, 0]
+  h = boxes[:, 3] - boxes[:, 1]
+  side = np.maximum(w, h)
+  half = np.float32(0.5)
+  x1 = boxes[:, 0] + w * half - side * half
+  y1 = boxes[:, 1] + h * half - side * half
+  return np.stack([x1, y1, x1 + side, y1 + side], axis=1).astype(np.float32)
+
+
+def _crop_bounds(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+  """The reference ``pad`` helper: truncated, 1-based, clamped (not zero-padded) bounds.
+
+  Returns (N, 4) int [y, ey, x, ex]; the crop is ``rows y-1 : ey, cols x-1 : ex``.
+  """
+  b = np.trunc(boxes[:, :4]).astype(np.int64)
+  x = np.maximum(b[:, 0], 1)
+  y = np.maximum(b[:, 1], 1)
+  ex = np.minimum(b[:, 2], width)
+  ey = np.minimum(b[:, 3], height)
+  return np.stack([y, ey, x, ex], axis=1)
+
+
+def _integral(images_BHWC: np.ndarray) -> np.ndarray:
+  """(B, H+1, W+1, C) float64 summed-area table with a zero first row and column."""
+  return _cumsum0(_cumsum0(images_BHWC, 1), 2)
+
+
+def _crops(integral: np.ndarray, image_inds: np.ndarray, boxes: np.ndarray, size: int):
+  """Area-resized, normalised crops (N, size, size, 3) and the mask of non-empty crops.
+
+  Every output cell is the mean of its adaptive-average window of the clamped crop, read off the
+  summed-area table with four lookups, so all crops are resized at once.
+  """
+  _, hp, wp, _ = integral.shape
+  bounds = _crop_bounds(boxes, wp - 1, hp - 1)
+  ok = (bounds[:, 1] > bounds[:, 0] - 1) & (bounds[:, 3] > bounds[:, 2] - 1)
+  y, ey, x, ex = bounds[ok].T
+  i = np.arange(size)
+
+  def windows(first, n):  # Photo index ranges [start, end) of the cells along one axis.
+    n = n[:, None]
+    return first[:, None] + (i * n) // size, first[:, None] + -((-(i + 1) * n) // size)
+
+  r0, r1 = windows(y - 1, ey - y + 1)
+  c0, c1 = windows(x - 1, ex - x + 1)
+  b = image_inds[ok][:, None, None]
+  r0, r1 = r0[:, :, None], r1[:, :, None]
+  c0, c1 = c0[:, None, :], c1[:, None, :]
+  sums = integral[b, r1, c1] - integral[b, r0, c1] - integral[b, r1, c0] + integral[b, r0, c0]
+  means = sums / ((r1 - r0) * (c1 - c0))[..., None]
+  return _normalise(means.astype(np.float32)), ok
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+  return ((x - np.float32(127.5)) * np.float32(0.0078125)).astype(np.float32)
+
+
+def _bucket(n: int) -> int:
+  """Rounds a side up to one of four sizes per octave (at most 25% padding)."""
+  step = 1 << max(2, n.bit_length() - 3)
+  return -(-n // step) * step
+
+
+def _pow2(n: int, least: int = 1) -> int:
+  return max(least, 1 << max(0, (n - 1).bit_length()))
+
+
+def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> list[float]:
+  """``m * factor**k`` while ``min(h, w) * m * factor**k >= 12`` (repeated products, as the
+  reference, so the level sizes ``int(h*s + 1)`` agree to the last bit)."""
+  m = 12.0 / min_face_size
+  minl = min(height, width) * m
+  scale, scales = m, []
+  while minl >= 12:
+    scales.append(scale)
+    scale *= factor
+    minl *= factor
+  return scales
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitted networks (module level so the compiled programs are shared by all detectors).
+
+_PNET, _RNET, _ONET = PNet(), RNet(), ONet()
+
+
+@jax.jit
+def _pnet_run(variables, x_BHWC, valid_B2):
+  """PNet on zero-padded levels whose true sizes are ``valid_B2`` (rows, cols)."""
+  conv1_hw = valid_B2 - 2  # Valid conv1 output size of each level.
+
+  def mask_padding(next_fun, args, kwargs, context):
+    name = context.module.name if context.method_name == "__call__" else None
+    if name == "conv2":
+      # Pool cells made only of padding are -inf; give conv2 finite numbers (outputs cropped).
+      args = (jnp.where(jnp.isfinite(args[0]), args[0], 0.0),) + tuple(args[1:])
+    out = next_fun(*args, **kwargs)
+    if name == "prelu1":
+      rows = jnp.arange(out.shape[1])[None, :, None] < conv1_hw[:, 0, None, None]
+      cols = jnp.arange(out.shape[2])[None, None, :] < conv1_hw[:, 1, None, None]
+      out = jnp.where((rows & cols)[..., None], out, -jnp.inf)
+    return out
+
+  with nn.intercept_methods(mask_padding):
+    out, _ = _PNET.apply(variables, x_BHWC)
+  return out["prob"], out["box"]
+
+
+@jax.jit
+def _rnet_run(variables, x_BHWC):
+  out, _ = _RNET.apply(variables, x_BHWC)
+  return out["prob"], out["box"]
+
+
+@jax.jit
+def _onet_run(variables, x_BHWC):
+  out, _ = _ONET.apply(variables, x_BHWC)
+  return out["prob"], out["box"], out["landmarks"]
+
+
+def _run_padded(fn, variables, x_NHWC: np.ndarray, least: int):
+  """Runs ``fn`` on batches padded to a power of two; returns host arrays for the N inputs."""
+  outs = []
+  for start in range(0, len(x_NHWC), _CHUNK):
+    chunk = x_NHWC[start:start + _CHUNK]
+    n = len(chunk)
+    padded = np.zeros((_pow2(n, least), *chunk.shape[1:]), np.float32)
+    padded[:n] = chunk
+    outs.append([np.asarray(o)[:n] for o in fn(variables, padded)])
+  return [np.concatenate(parts) for parts in zip(*outs)]
+
+
+def _pnet_map_size(n: int) -> int:
+  return -(-(n - 2) // 2) - 4
+
+
+# ---------------------------------------------------------------------------------------------
+# The detector.
+
+
+def _check_image(image, argname: str) -> np.ndarray:
+  if not isinstance(image, np.ndarray):
+    raise ValueError(f"{argname} must be a numpy array (H, W, 3) of RGB uint8 pixels, got "
+                     f"{type(image).__name__}")
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+    raise ValueError(f"{argname} must be an RGB uint8 array of shape (H, W, 3), got dtype "
+                     f"{image.dtype} and shape {image.shape}")
+  return image
+
+
+def _load(weights_dir: str, net: str, expected_model: str):
+  path = os.path.join(weights_dir, _WEIGHT_FILES[net])
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"MTCNN weights not found: {path} (weights_dir={weights_dir!r})")
+  imported = common.load(path)
+  if imported.meta.get("model") != expected_model:
+    raise common.WeightImportError(f"{path} holds {imported.meta.get('model')!r}, expected "
+                                   f"{expected_model!r}")
+  return jax.tree_util.tree_map(jnp.asarray, imported.variables)
+
+
+class MTCNNDetector:
+  """Three-stage MTCNN cascade; ``detect`` returns faces sorted by score (descending).
+
+  Args:
+    min_face_size: smallest face side in pixels the pyramid looks for.
+    thresholds: face-probability thresholds of PNet (>=), RNet (>) and ONet (>).
+    factor: pyramid scale step.
+    nms: IoU thresholds of stage 1 within a scale, stage 1 across scales, stage 2, and the final
+      "min"-overlap NMS.
+    weights_dir: folder with mtcnn_{pnet,rnet,onet}.npz; the shipped weights by default.
+    max_side: when set, photos whose longer side exceeds it are downscaled for detection.
+  """
+  name = "mtcnn"
+
+  def __init__(self, min_face_size: float = 20, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+               factor: float = 0.709, nms: Sequence[float] = (0.5, 0.7, 0.7, 0.7),
+               weights_dir: str | os.PathLike | None = None, max_side: int | None = None):
+    if not min_face_size > 0:
+      raise ValueError(f"min_face_size must be positive, got {min_face_size}")
+    if not 0 < factor < 1:
+      raise ValueError(f"factor must be in (0, 1), got {factor}")
+    if len(thresholds) != 3:
+      raise ValueError(f"thresholds must hold 3 values (PNet, RNet, ONet), got {thresholds}")
+    if len(nms) != 4:
+      raise ValueError(f"nms must hold 4 thresholds (scale, pyramid, RNet, ONet), got {nms}")
+    if max_side is not None and max_side < 12:
+      raise ValueError(f"max_side must be at least 12 pixels, got {max_side}")
+    self.min_face_size = float(min_face_size)
+    self.thresholds = tuple(float(t) for t in thresholds)
+    self.factor = float(factor)
+    self.nms = tuple(float(t) for t in nms)
+    self.max_side = max_side
+    weights_dir = os.fspath(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    self.pnet = _load(weights_dir, "pnet", "mtcnn_pnet")
+    self.rnet = _load(weights_dir, "rnet", "mtcnn_rnet")
+    self.onet = _load(weights_dir, "onet", "mtcnn_onet")
+
+  def detect(self, image_rgb_uint8: np.ndarray) -> list[Face]:
+    """Faces in one RGB uint8 (H, W, 3) photo."""
+    image = _check_image(image_rgb_uint8, "image_rgb_uint8")
+    return self._detect(image[None])[0]
+
+  def detect_batch(self, images) -> list[list[Face]]:
+    """Faces in several RGB uint8 photos of the same size (a list or an (N, H, W, 3) array)."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+      images = list(images)
+    if not isinstance(images, (list, tuple)):
+      raise ValueError("images must be a list of (H, W, 3) uint8 arrays or an (N, H, W, 3) uint8 "
+                       f"array, got {type(images).__name__}")
+    if not images:
+      return []
+    images = [_check_image(im, f"images[{i}]") for i, im in enumerate(images)]
+    if len({im.shape for im in images}) > 1:
+      raise ValueError("images must all have the same size, got shapes "
+                       f"{sorted({im.shape for im in images})}")
+    return self._detect(np.stack(images))
+
+  # -------------------------------------------------------------------------------------------
+
+  def _detect(self, images_BHWC: np.ndarray) -> list[list[Face]]:
+    batch, height, width, _ = images_BHWC.shape
+    images = images_BHWC
+    ratio = (1.0, 1.0)
+    if self.max_side is not None and max(height, width) > self.max_side:
+      s = self.max_side / max(height, width)
+      small = (max(1, round(height * s)), max(1, round(width * s)))
+      images = area_resize(images_BHWC, small)
+      ratio = (width / small[1], height / small[0])
+    else:
+      images = images.astype(np.float32)
+    boxes, scores, points, inds = self._cascade(images)
+    faces = [[] for _ in range(batch)]
+    sx, sy = np.float32(ratio[0]), np.float32(ratio[1])
+    boxes = boxes * np.array([sx, sy, sx, sy], np.float32)
+    points = points * np.array([sx, sy], np.float32)
+    for k in np.argsort(-scores, kind="stable"):
+      faces[inds[k]].append(Face(box=boxes[k].astype(np.float32), score=float(scores[k]),
+                                 landmarks=points[k].astype(np.float32)))
+    return faces
+
+  def _stage1(self, images: np.ndarray):
+    """PNet over the pyramid: (K, 9) candidates and their photo indices after both NMS."""
+    batch, height, width, _ = images.shape
+    scales = pyramid_scales(height, width, self.min_face_size, self.factor)
+    groups = {}  # Bucket shape -> list of (level, level image batch).
+    row_csum = _cumsum0(images, 1)  # Shared by all levels: each only picks its row windows.
+    for level, scale in enumerate(scales):
+      size = (int(height * scale + 1), int(width * scale + 1))
+      rows = _window_mean(row_csum, 1, size[0])
+      level_images = _window_mean(_cumsum0(rows, 2), 2, size[1]).astype(np.float32)
+      groups.setdefault((_bucket(size[0]), _bucket(size[1])), []).append(
+          (level, _normalise(level_images)))
+    per_level = {}
+    for (bh, bw), members in groups.items():
+      n = sum(len(x) for _, x in members)
+      x = np.zeros((_pow2(n), bh, bw, 3), np.float32)
+      valid = np.zeros((len(x), 2), np.int32)
+      valid[:] = (bh, bw)
+      j = 0
+      for _, lvl in members:
+        x[j:j + len(lvl), :lvl.shape[1], :lvl.shape[2]] = lvl
+        valid[j:j + len(lvl)] = lvl.shape[1:3]
+        j += len(lvl)
+      prob, reg = (np.asarray(o) for o in _pnet_run(self.pnet, x, valid))
+      j = 0
+      for level, lvl in members:
+        ph, pw = _pnet_map_size(lvl.shape[1]), _pnet_map_size(lvl.shape[2])
+        per_level[level] = (prob[j:j + len(lvl), :ph, :pw], reg[j:j + len(lvl), :ph, :pw])
+        j += len(lvl)
+    cands, inds = [], []
+    for level, scale in enumerate(scales):
+      prob, reg = per_level[level]
+      for b in range(batch):
+        c = generate_boxes(prob[b], reg[b], scale, self.thresholds[0])
+        c = c[nms(c[:, :4], c[:, 4], self.nms[0])]
+        cands.append(c)
+        inds.append(np.full(len(c), b, np.int64))
+    if not cands:
+      return np.zeros((0, 9), np.float32), np.zeros((0,), np.int64)
+    cands, inds = np.concatenate(cands), np.concatenate(inds)
+    keep = _batched_nms(cands[:, :4], cands[:, 4], inds, self.nms[1])
+    return cands[keep], inds[keep]
+
+  def _cascade(self, images: np.ndarray):
+    """Returns boxes (N, 4), scores (N,), landmarks (N, 5, 2) and photo indices (N,)."""
+    empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.float32),
+             np.zeros((0, 5, 2), np.float32), np.zeros((0,), np.int64))
+    cands, inds = self._stage1(images)
+    if not len(cands):
+      return empty
+    boxes = _square(_regress(cands[:, :4], cands[:, 5:9], plus_one=False))
+
+    # Stage 2: RNet on 24x24 crops.
+    integral = _integral(images)
+    x, ok = _crops(integral, inds, boxes, 24)
+    boxes, inds = boxes[ok], inds[ok]
+    if not len(boxes):
+      return empty
+    prob, reg = _run_padded(_rnet_run, self.rnet, x, least=16)
+    passed = prob > self.thresholds[1]
+    boxes, scores, reg, inds = boxes[passed], prob[passed], reg[passed], inds[passed]
+    keep = _batched_nms(boxes, scores, inds, self.nms[2])
+    boxes, reg, inds = boxes[keep], reg[keep], inds[keep]
+    boxes = _square(_regress(boxes, reg, plus_one=True))
+    if not len(boxes):
+      return empty
+
+    # Stage 3: ONet on 48x48 crops; landmarks relative to the boxes ONet saw.
+    x, ok = _crops(integral, inds, boxes, 48)
+    boxes, inds = boxes[ok], inds[ok]
+    if not len(boxes):
+      return empty
+    prob, reg, marks = _run_padded(_onet_run, self.onet, x, least=16)
+    passed = prob > self.thresholds[2]
+    boxes, scores, reg, marks, inds = (boxes[passed], prob[passed], reg[passed], marks[passed],
+                                       inds[passed])
+    one = np.float32(1)
+    w = (boxes[:, 2] - boxes[:, 0] + one)[:, None]
+    h = (boxes[:, 3] - boxes[:, 1] + one)[:, None]
+    px = w * marks[:, :5] + boxes[:, 0:1] - one
+    py = h * marks[:, 5:] + boxes[:, 1:2] - one
+    points = np.stack([px, py], axis=2).astype(np.float32)
+    boxes = _regress(boxes, reg, plus_one=True)
+    keep = _batched_nms(boxes, scores, inds, self.nms[3], mode="min", plus_one=True)
+    return boxes[keep], scores[keep].astype(np.float32), points[keep], inds[keep]
+
+
+@functools.lru_cache(maxsize=None)
+def default_detector() -> MTCNNDetector:
+  """A shared detector with the default settings and the shipped weights."""
+  return MTCNNDetector()
