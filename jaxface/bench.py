@@ -1,7 +1,9 @@
-"""Benchmarks: ``python -m jaxface.bench models [options]``.
+"""Benchmarks: ``python -m jaxface.bench models|detect [options]``.
 
 ``models`` measures inference and training throughput (images/s) of registry models on the default
 JAX backend (GPU when present), with XLA's FLOP count of the compiled step and the achieved TFLOP/s.
+``detect`` measures face detection (MTCNN on the default JAX backend, OpenCV's Haar cascade on the
+CPU) in images/s on 640x480 photos, both on the same photos in the same run.
 Speed targets live here, never in timed test assertions.
 """
 
@@ -148,7 +150,76 @@ def cmd_models(args) -> int:
   return 0
 
 
-COMMANDS = {"models": cmd_models}
+def detection_scenes(n_faces: int = 12, n_empty: int = 4, seed: int = 0) -> list[np.ndarray]:
+  """640x480 RGB photos: skimage's astronaut pasted at random sizes (120-400 px) and places onto
+  noisy gradients, then photos without faces (skimage's coffee, cat, rocket) resized to 640x480."""
+  import cv2  # noqa: PLC0415 - only this command needs them.
+  from skimage import data  # noqa: PLC0415
+
+  rng = np.random.default_rng(seed)
+  astronaut = data.astronaut()
+  yy, xx = np.mgrid[0:480, 0:640] / 640.0
+  scenes = []
+  for _ in range(n_faces):
+    a, b, c = rng.uniform(0, 255, size=(3, 3))
+    bg = a + (b - a) * xx[..., None] + (c - a) * yy[..., None] + rng.normal(0, 8, (480, 640, 3))
+    scene = np.clip(bg, 0, 255).astype(np.uint8)
+    side = int(rng.integers(120, 401))
+    face = cv2.resize(astronaut, (side, side), interpolation=cv2.INTER_AREA)
+    if rng.random() < 0.5:
+      face = face[:, ::-1]
+    x, y = int(rng.integers(0, 640 - side + 1)), int(rng.integers(0, 480 - side + 1))
+    scene[y:y + side, x:x + side] = face
+    scenes.append(scene)
+  others = [data.coffee(), data.chelsea(), data.rocket()]
+  for k in range(n_empty):
+    scenes.append(cv2.resize(others[k % len(others)], (640, 480), interpolation=cv2.INTER_AREA))
+  return scenes
+
+
+def cmd_detect(args) -> int:
+  from jaxface import faces  # noqa: PLC0415 - the face module loads OpenCV and the MTCNN weights.
+
+  names = args.detectors.split(",")
+  unknown = [n for n in names if n not in faces.DETECTORS]
+  if unknown:
+    print(f"error: unknown detector(s) {', '.join(unknown)}; choose from "
+          f"{', '.join(faces.DETECTORS)}", file=sys.stderr)
+    return 2
+  scenes = detection_scenes(args.images, args.empty)
+  print(f"# device: {device_description()}; jax {jax.__version__}; host {platform.node()}; "
+        f"{len(scenes)} photos 640x480 ({args.images} with a face, {args.empty} without)",
+        flush=True)
+  if not args.json:
+    print(f"{'detector':<10}{'img/s':>10}{'ms/img':>10}{'found':>8}{'false+':>8}", flush=True)
+  failed = 0
+  for name in names:
+    try:
+      detector = faces.get_detector(name)
+    except (ImportError, OSError, ValueError) as e:  # e.g. OpenCV 5 has no Haar cascades
+      print(f"error: {name}: {e}", file=sys.stderr, flush=True)
+      failed += 1
+      continue
+    for scene in scenes:  # warm-up: MTCNN compiles one program per pyramid bucket shape
+      detector.detect(scene)
+    calls, t0 = 0, time.perf_counter()
+    while calls < len(scenes) or time.perf_counter() - t0 < args.min_seconds:
+      found = [len(detector.detect(s)) for s in scenes]
+      calls += len(scenes)
+    dt = (time.perf_counter() - t0) / calls
+    r = {"detector": name, "img_s": 1 / dt, "ms_per_img": 1e3 * dt,
+         "photos_with_a_face_found": sum(f > 0 for f in found[:args.images]),
+         "faces_in_empty_photos": sum(found[args.images:]), "photos": len(scenes)}
+    if args.json:
+      print(json.dumps(r), flush=True)
+    else:
+      print(f"{name:<10}{r['img_s']:10.1f}{r['ms_per_img']:10.1f}"
+            f"{r['photos_with_a_face_found']:>5}/{args.images:<2}{r['faces_in_empty_photos']:>8}",
+            flush=True)
+  return 1 if failed else 0
+
+
+COMMANDS = {"models": cmd_models, "detect": cmd_detect}
 
 
 def main(argv=None) -> int:
@@ -163,7 +234,17 @@ def main(argv=None) -> int:
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--size", type=int, default=None, help="square input size (default: reference)")
   p.add_argument("--json", action="store_true")
+  d = sub.add_parser("detect", help="face detection throughput on 640x480 photos")
+  d.add_argument("--detectors", default="mtcnn,haar", help="comma-separated: mtcnn,haar")
+  d.add_argument("--images", type=int, default=12, help="photos with a face")
+  d.add_argument("--empty", type=int, default=4, help="photos without a face")
+  d.add_argument("--min_seconds", type=float, default=3.0,
+                 help="minimum timed seconds per detector")
+  d.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
+  if args.command == "detect" and (args.images < 0 or args.empty < 0 or
+                                   args.images + args.empty == 0):
+    parser.error("--images and --empty must be >= 0 and not both 0")
   if getattr(args, "batch", 1) <= 0 or getattr(args, "steps", 1) <= 0:
     parser.error("--batch and --steps must be positive")
   return COMMANDS[args.command](args)
