@@ -1,5 +1,6 @@
 """Small utilities shared by the model tests."""
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,3 +28,12 @@ def random_variables(model, x, seed=0):
   return jax.tree.map(
       lambda s: (rng.normal(size=s.shape) * (np.sqrt(2 / np.prod(s.shape[:-1])) if len(s.shape) > 1
                                              else 0.1)).astype(np.float32), shapes)
+
+
+def lfw_photo(patch: np.ndarray) -> np.ndarray:
+  """A 25x25 scikit-image LFW patch as a person would feed it to a detector: cubic upscale to
+  100 px, 30 px of mid-grey context, gray to RGB."""
+  big = cv2.resize(patch.astype(np.float32) * 255, (100, 100), interpolation=cv2.INTER_CUBIC)
+  big = np.clip(big, 0, 255).round().astype(np.uint8)
+  big = cv2.copyMakeBorder(big, 30, 30, 30, 30, cv2.BORDER_CONSTANT, value=128)
+  return cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from jaxface.faces import mtcnn
 from jaxface.faces.mtcnn import MTCNNDetector, area_resize, generate_boxes, nms
 from jaxface.weights import common
+from tests.helpers import lfw_photo
 from tests.weights.mtcnn_test import ONet as TorchONet
 from tests.weights.mtcnn_test import PNet as TorchPNet
 from tests.weights.mtcnn_test import RNet as TorchRNet
@@ -218,18 +219,9 @@ def test_max_side_and_batch_agree_with_single_detection(detector):
   np.testing.assert_allclose(small[0].box, single[0].box, atol=8)
 
 
-def _lfw_photo(patch: np.ndarray) -> np.ndarray:
-  """A 25x25 LFW patch as a person would feed it: cubic upscale to 100 px, 30 px of mid-grey
-  context, gray to RGB."""
-  big = cv2.resize(patch.astype(np.float32) * 255, (100, 100), interpolation=cv2.INTER_CUBIC)
-  big = np.clip(big, 0, 255).round().astype(np.uint8)
-  big = cv2.copyMakeBorder(big, 30, 30, 30, 30, cv2.BORDER_CONSTANT, value=128)
-  return cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)
-
-
 def test_lfw_subset_detection_rates(detector):
   patches = skimage.data.lfw_subset()  # 100 faces, then 100 non-faces.
-  results = detector.detect_batch([_lfw_photo(p) for p in patches])
+  results = detector.detect_batch([lfw_photo(p) for p in patches])
   found = np.array([len(r) > 0 for r in results])
   # Measured: 100 / 100 faces (lowest best score 0.96), 0 / 100 non-faces.
   assert found[:100].sum() == 100
