@@ -1,0 +1,635 @@
+"""Preprocessing ops, named in a config by a pipe string.
+
+A pipe string such as ``"decode|face_crop(0.3)|resize(224)|flip_lr|rotate(3)|saliency(0.3)"`` names
+registered ops and their literal arguments (ints, floats, strings, tuples, None; positional or
+``key=value``). ``Pipeline(pipe)`` applies them in order to one example dict, and ``str(pipeline)``
+is the canonical pipe string with every argument spelled out, so a run logs exactly what it did.
+
+Examples are dicts:
+
+* "image": encoded bytes before ``decode``, afterwards RGB uint8 (H, W, 3);
+* "saliency" (optional; "fixation" in ``data_pipelines.synthetic`` is treated the same way): a
+  saliency / fixation map aligned with the image, encoded bytes or uint8 (H, W);
+* "box" (optional): float32 [x1, y1, x2, y2]; "landmarks" (optional): float32 (5, 2) (x, y) in
+  ``LANDMARK_NAMES`` order;
+* anything else (labels, "id") passes through untouched.
+
+Coordinates follow ``jaxface.faces.crops``: pixel centres at integers, pixel ``x`` spans
+``[x - 0.5, x + 0.5]``. Geometric ops move the image, every map, the box and the landmarks
+together; a box is carried as the axis-aligned bound of its four transformed corners.
+
+All ops emit uint8 (normalisation happens on the device). Random ops draw only from the
+``np.random.Generator`` they are given, so a seeded generator reproduces the output; the other
+ops ignore it. Bad configuration raises ``ValueError`` naming the op and the argument; a bad example
+(corrupt bytes, a missing box, landmarks or map that the op needs) raises ``BadExampleError`` so the
+loader can skip it and count it.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+
+from jaxface.faces import crops
+from jaxface.faces.types import Face, LANDMARK_NAMES
+
+Example = dict[str, Any]
+
+# Keys of the maps that travel with the image through geometric ops; ``saliency(r)`` reads the
+# first one present.
+MAP_KEYS = ("saliency", "fixation")
+# Landmark order after a horizontal mirror: the subject's left and right swap places.
+_FLIP_ORDER = [LANDMARK_NAMES.index(n) for n in
+               ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")]
+
+
+class BadExampleError(Exception):
+  """An example that cannot be preprocessed (the loader skips and counts it)."""
+
+  def __init__(self, example_id: Any, reason: str):
+    super().__init__(f"example {example_id!r}: {reason}")
+    self.id = example_id
+    self.reason = reason
+
+
+class Op:
+  """Base class of registered ops.
+
+  Subclasses validate their arguments in ``__init__`` (keeping them as attributes of the same
+  names, which ``__str__`` prints) and implement ``apply``. ``random`` marks ops that use the rng.
+  """
+  name: str = "?"
+  random: bool = False
+
+  def __init__(self):
+    pass  # no arguments; subclasses with arguments define their own
+
+  def apply(self, example: Example, rng: np.random.Generator | None) -> Example:
+    raise NotImplementedError
+
+  def __call__(self, example: Example, rng: np.random.Generator | None = None) -> Example:
+    if self.random and rng is None:
+      raise ValueError(f"{self.name}: a random op needs an np.random.Generator")
+    return self.apply(dict(example), rng)  # a shallow copy: the caller's dict stays as it was
+
+  def params(self) -> dict[str, Any]:
+    names = list(inspect.signature(type(self).__init__).parameters)[1:]
+    return {n: getattr(self, n) for n in names}
+
+  def __str__(self) -> str:
+    p = self.params()
+    return self.name + (f"({', '.join(f'{k}={v!r}' for k, v in p.items())})" if p else "")
+
+  def __repr__(self) -> str:
+    return f"<Op {self}>"
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, Op) and str(self) == str(other)
+
+  def __hash__(self) -> int:
+    return hash(str(self))
+
+
+OPS: dict[str, type[Op]] = {}
+
+
+def register(name: str) -> Callable:
+  """Registers an ``Op`` subclass, or a function ``fn(example, rng, **params) -> example``.
+
+  A function op is treated as random (it receives the rng); its keyword parameters (after
+  ``example`` and ``rng``) are its arguments, checked for count only.
+  """
+  if not name.isidentifier():
+    raise ValueError(f"op name must be an identifier, got {name!r}")
+
+  def wrap(obj):
+    if name in OPS:
+      raise ValueError(f"op {name!r} is already registered")
+    if isinstance(obj, type) and issubclass(obj, Op):
+      cls = obj
+    elif callable(obj):
+      cls = _function_op(obj)
+    else:
+      raise TypeError(f"register({name!r}) needs an Op subclass or a function, got {obj!r}")
+    cls.name = name
+    OPS[name] = cls
+    return obj
+
+  return wrap
+
+
+def _function_op(fn: Callable) -> type[Op]:
+  sig = inspect.signature(fn)
+  arg_names = list(sig.parameters)[2:]
+
+  class FunctionOp(Op):
+    random = True
+
+    def __init__(self, *args, **kwargs):
+      try:
+        bound = sig.replace(parameters=list(sig.parameters.values())[2:]).bind(*args, **kwargs)
+      except TypeError as e:
+        raise ValueError(f"{self.name}: {e}") from None
+      bound.apply_defaults()
+      self._kwargs = dict(bound.arguments)
+
+    def params(self):
+      return {n: self._kwargs[n] for n in arg_names}
+
+    def apply(self, example, rng):
+      return fn(example, rng, **self._kwargs)
+
+  FunctionOp.__name__ = f"FunctionOp_{fn.__name__}"
+  return FunctionOp
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _flatten_pipe(node: ast.expr) -> list[ast.expr]:
+  # "a|b(1)|c" parses as Python's (a | b(1)) | c, so the op list is the left-to-right BitOr chain;
+  # quoted strings containing "|" stay intact.
+  if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+    return _flatten_pipe(node.left) + _flatten_pipe(node.right)
+  return [node]
+
+
+def _literal(op: str, what: str, node: ast.expr) -> Any:
+  try:
+    return ast.literal_eval(node)
+  except ValueError:
+    raise ValueError(f"{op}: argument {what} must be a literal (number, string, tuple, None), "
+                     f"got {ast.unparse(node)!r}") from None
+
+
+def parse(pipe: str) -> list[Op]:
+  """Parses a pipe string into ops; "" gives no ops."""
+  if not isinstance(pipe, str):
+    raise ValueError(f"pipe must be a string, got {type(pipe).__name__}")
+  if not pipe.strip():
+    return []
+  try:
+    tree = ast.parse(pipe.strip(), mode="eval").body
+  except SyntaxError as e:
+    raise ValueError(f"cannot parse pipe {pipe!r}: {e.msg}") from None
+  ops = []
+  for node in _flatten_pipe(tree):
+    if isinstance(node, ast.Name):
+      name, args, kwargs = node.id, [], {}
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+      name = node.func.id
+      if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None
+                                                                   for k in node.keywords):
+        raise ValueError(f"{name}: *args / **kwargs are not allowed")
+      args = [_literal(name, f"#{i + 1}", a) for i, a in enumerate(node.args)]
+      kwargs = {k.arg: _literal(name, k.arg, k.value) for k in node.keywords}
+    else:
+      raise ValueError(f"each op must be a name or name(args), got {ast.unparse(node)!r}")
+    if name not in OPS:
+      raise ValueError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}")
+    cls = OPS[name]
+    try:  # the argument count and names, before the op checks the values
+      inspect.signature(cls).bind(*args, **kwargs)
+    except TypeError as e:
+      raise ValueError(f"{name}: {e}") from None
+    ops.append(cls(*args, **kwargs))
+  return ops
+
+
+class Pipeline:
+  """Ops applied in order; ``str`` gives the canonical pipe string."""
+
+  def __init__(self, pipe: str | Sequence[Op]):
+    self.ops = parse(pipe) if isinstance(pipe, str) else list(pipe)
+
+  @property
+  def random(self) -> bool:
+    return any(op.random for op in self.ops)
+
+  def __call__(self, example: Example, rng: np.random.Generator | None = None) -> Example:
+    for op in self.ops:
+      example = op(example, rng)
+    _check_output(example)
+    return example
+
+  def __str__(self) -> str:
+    return "|".join(str(op) for op in self.ops)
+
+  def __repr__(self) -> str:
+    return f"Pipeline({str(self)!r})"
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, Pipeline) and str(self) == str(other)
+
+
+def _check_output(example: Example) -> None:
+  """The final check: the loader only ever emits uint8 images and maps."""
+  img = example.get("image")
+  if not isinstance(img, np.ndarray):
+    raise ValueError(f"example {example.get('id')!r}: 'image' is not decoded "
+                     "(start the pipe with decode)")
+  if img.dtype != np.uint8 or img.ndim not in (3, 4) or img.shape[-1] != 3:
+    raise ValueError(f"example {example.get('id')!r}: 'image' must be uint8 (H, W, 3) or "
+                     f"(N, H, W, 3), got {img.dtype} {img.shape}")
+  for key in MAP_KEYS:
+    if key in example and (not isinstance(example[key], np.ndarray)
+                           or example[key].dtype != np.uint8):
+      raise ValueError(f"example {example.get('id')!r}: {key!r} must be a decoded uint8 map")
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _int(op: str, arg: str, v, minimum: int = 1) -> int:
+  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+    raise ValueError(f"{op}: {arg} must be an integer >= {minimum}, got {v!r}")
+  return int(v)
+
+
+def _float(op: str, arg: str, v, lo: float = 0.0, hi: float = math.inf) -> float:
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+    raise ValueError(f"{op}: {arg} must be a number in [{lo}, {hi}], got {v!r}")
+  return float(v)
+
+
+def _hw(op: str, arg: str, v) -> tuple[int, int] | int:
+  """A size: an int (square) or an (h, w) pair."""
+  if isinstance(v, (tuple, list)):
+    if len(v) != 2:
+      raise ValueError(f"{op}: {arg} must be an int or an (h, w) pair, got {v!r}")
+    return (_int(op, arg, v[0]), _int(op, arg, v[1]))
+  return _int(op, arg, v)
+
+
+def _pair(size) -> tuple[int, int]:
+  return (size, size) if isinstance(size, int) else size
+
+
+# ----------------------------------------------------------------------------- example access
+
+
+def _image(example: Example, op: str) -> np.ndarray:
+  img = example.get("image")
+  if not isinstance(img, np.ndarray):
+    raise ValueError(f"{op}: 'image' is not decoded (put decode first)")
+  if img.ndim != 3 or img.shape[2] != 3:
+    raise ValueError(f"{op}: needs one (H, W, 3) image, got shape {img.shape}")
+  return img
+
+
+def _maps(example: Example, op: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+  """The maps present, each at the image's size (a map at another resolution covers the same
+  field of view, so it is resized before the image's geometry applies to it)."""
+  out = {}
+  for key in MAP_KEYS:
+    if key in example and example[key] is not None:
+      m = example[key]
+      if not isinstance(m, np.ndarray):
+        raise ValueError(f"{op}: {key!r} is not decoded (put decode first)")
+      if m.ndim == 3 and m.shape[2] == 1:
+        m = m[:, :, 0]
+      if m.ndim != 2:
+        raise ValueError(f"{op}: {key!r} must be an (H, W) map, got shape {m.shape}")
+      if m.shape != tuple(shape):
+        m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+      out[key] = m
+  return out
+
+
+def _move_points(example: Example, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+  """Maps the landmarks and the box (by its four corners) through ``fn`` (input -> output)."""
+  if example.get("landmarks") is not None:
+    lm = np.asarray(example["landmarks"], np.float64)
+    example["landmarks"] = fn(lm.reshape(-1, 2)).reshape(lm.shape).astype(np.float32)
+  if example.get("box") is not None:
+    x1, y1, x2, y2 = np.asarray(example["box"], np.float64).reshape(4)
+    c = fn(np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]]))
+    example["box"] = np.concatenate([c.min(0), c.max(0)]).astype(np.float32)
+
+
+def _warp_all(example: Example, op: str, A: np.ndarray, image_out: np.ndarray,
+              size: int) -> Example:
+  """Stores a square crop made with crop -> photo affine ``A``: the maps follow through
+  ``crops.warp`` with the same affine, the points through its inverse."""
+  img = _image(example, op)
+  for key, m in _maps(example, op, img.shape[:2]).items():
+    example[key] = crops.warp(m, A, size)
+  inv = crops.invert_affine(A)
+  _move_points(example, lambda p: crops.apply_affine(inv, p))
+  example["image"] = image_out
+  return example
+
+
+def _need(example: Example, key: str, op: str) -> np.ndarray:
+  v = example.get(key)
+  if v is None:
+    raise BadExampleError(example.get("id"), f"{op} needs {key!r}")
+  return np.asarray(v, np.float64)
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+@register("decode")
+class Decode(Op):
+  """Decodes "image" bytes to RGB uint8 (H, W, 3) and map bytes to gray uint8 (H, W).
+
+  Arrays pass through (a gray image gets three channels). A map at another size than the image is
+  resized to it (it is taken to cover the same field of view). Corrupt or empty bytes raise
+  ``BadExampleError``.
+  """
+
+  def apply(self, example, rng):
+    eid = example.get("id")
+    img = example.get("image")
+    if isinstance(img, (bytes, bytearray, memoryview, np.bytes_)):
+      img = cv2.imdecode(np.frombuffer(bytes(img), np.uint8), cv2.IMREAD_COLOR)
+      if img is None:
+        raise BadExampleError(eid, "image bytes cannot be decoded")
+      img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif isinstance(img, np.ndarray):
+      if img.dtype != np.uint8:
+        raise BadExampleError(eid, f"image array must be uint8, got {img.dtype}")
+      if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        img = np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2)
+      if img.ndim != 3 or img.shape[2] != 3:
+        raise BadExampleError(eid, f"image array must be (H, W, 3), got {img.shape}")
+    else:
+      raise BadExampleError(eid, f"no image (got {type(img).__name__})")
+    example["image"] = img
+    for key in MAP_KEYS:
+      m = example.get(key)
+      if isinstance(m, (bytes, bytearray, memoryview, np.bytes_)):
+        m = cv2.imdecode(np.frombuffer(bytes(m), np.uint8), cv2.IMREAD_GRAYSCALE)
+        if m is None:
+          raise BadExampleError(eid, f"{key} bytes cannot be decoded")
+        example[key] = m
+      elif isinstance(m, np.ndarray) and m.dtype != np.uint8:
+        raise BadExampleError(eid, f"{key} array must be uint8, got {m.dtype}")
+    example.update(_maps(example, self.name, img.shape[:2]))
+    return example
+
+
+@register("face_crop")
+class FaceCrop(Op):
+  """Crops the stored "box" enlarged by ``margin`` (``crops.margin_box``: 0.3 = 30 % larger in
+  total) with border replication (``crops.crop``).
+
+  ``size=None`` keeps the native resolution: the side is the margin box's longer side, rounded.
+  ``square=True`` makes the margin box square first, so the face is not stretched; otherwise a
+  non-square box is stretched to the square crop, as SAF-BAGE's crop-then-rescale does.
+  """
+
+  def __init__(self, margin: float = 0.3, size: int | None = None, square: bool = False):
+    self.margin = _float(self.name, "margin", margin)
+    self.size = None if size is None else _int(self.name, "size", size)
+    if not isinstance(square, bool):
+      raise ValueError(f"{self.name}: square must be True or False, got {square!r}")
+    self.square = square
+
+  def apply(self, example, rng):
+    img = _image(example, self.name)
+    box = _need(example, "box", self.name)
+    try:
+      mbox = crops.margin_box(box, self.margin, square=self.square)
+    except ValueError as e:
+      raise BadExampleError(example.get("id"), f"{self.name}: {e}") from None
+    size = self.size or max(1, int(round(max(mbox[2] - mbox[0], mbox[3] - mbox[1]))))
+    out, A = crops.crop(img, mbox, size)
+    return _warp_all(example, self.name, A, out, size)
+
+
+@register("align")
+class Align(Op):
+  """Five-point similarity alignment to the ArcFace template (``crops.align``)."""
+
+  def __init__(self, size: int = 224):
+    self.size = _int(self.name, "size", size)
+
+  def apply(self, example, rng):
+    img = _image(example, self.name)
+    lm = _need(example, "landmarks", self.name)
+    try:
+      out, A = crops.align(img, lm, self.size)
+    except ValueError as e:
+      raise BadExampleError(example.get("id"), f"{self.name}: {e}") from None
+    return _warp_all(example, self.name, A, out, self.size)
+
+
+@register("task_crop")
+class TaskCrop(Op):
+  """Zhang et al.'s task-aware crop ``scheme`` 1..5 (``crops.task_crop``), from "box" and, for
+  schemes 1, 3 and 5, "landmarks"."""
+
+  def __init__(self, scheme: int, size: int = 224, context: float = 0.3):
+    if isinstance(scheme, bool) or scheme not in crops.SCHEMES:
+      raise ValueError(f"{self.name}: scheme must be one of {sorted(crops.SCHEMES)}, "
+                       f"got {scheme!r}")
+    self.scheme = int(scheme)
+    self.size = _int(self.name, "size", size)
+    self.context = _float(self.name, "context", context)
+
+  def apply(self, example, rng):
+    img = _image(example, self.name)
+    box = _need(example, "box", self.name)
+    lm = example.get("landmarks")
+    face = Face(box=box.astype(np.float32), score=1.0,
+                landmarks=None if lm is None else np.asarray(lm, np.float32))
+    try:
+      out, A = crops.task_crop(img, face, self.scheme, self.size, self.context)
+    except ValueError as e:
+      raise BadExampleError(example.get("id"), f"{self.name}: {e}") from None
+    return _warp_all(example, self.name, A, out, self.size)
+
+
+@register("resize")
+class Resize(Op):
+  """Resizes to ``size`` (an int for a square, or (h, w)); the aspect ratio is not kept.
+
+  OpenCV's INTER_AREA when shrinking (no aliasing), INTER_LINEAR otherwise; both use the pixel
+  centre convention, so a point moves as x' = (x + 0.5) * w / W - 0.5.
+  """
+
+  def __init__(self, size: int | tuple[int, int]):
+    self.size = _hw(self.name, "size", size)
+
+  def apply(self, example, rng):
+    img = _image(example, self.name)
+    (h, w), (oh, ow) = img.shape[:2], _pair(self.size)
+    interp = cv2.INTER_AREA if oh <= h and ow <= w else cv2.INTER_LINEAR
+    for key, m in _maps(example, self.name, (h, w)).items():
+      example[key] = cv2.resize(m, (ow, oh), interpolation=interp)
+    scale = np.array([ow / w, oh / h])
+    _move_points(example, lambda p: (p + 0.5) * scale - 0.5)
+    example["image"] = cv2.resize(img, (ow, oh), interpolation=interp)
+    return example
+
+
+def _slice_crop(example: Example, op: str, top: int, left: int, oh: int, ow: int) -> Example:
+  img = _image(example, op)
+  for key, m in _maps(example, op, img.shape[:2]).items():
+    example[key] = m[top:top + oh, left:left + ow].copy()
+  _move_points(example, lambda p: p - np.array([left, top]))
+  example["image"] = img[top:top + oh, left:left + ow].copy()
+  return example
+
+
+def _check_fits(example: Example, op: str, oh: int, ow: int) -> tuple[int, int]:
+  h, w = _image(example, op).shape[:2]
+  if oh > h or ow > w:
+    raise ValueError(f"{op}: size ({oh}, {ow}) is larger than the image ({h}, {w}); "
+                     "resize first")
+  return h, w
+
+
+@register("center_crop")
+class CenterCrop(Op):
+  """The central ``size`` window (int or (h, w)); an odd surplus leaves the extra row/column
+  at the bottom/right, as Caffe's centre crop does."""
+
+  def __init__(self, size: int | tuple[int, int]):
+    self.size = _hw(self.name, "size", size)
+
+  def apply(self, example, rng):
+    oh, ow = _pair(self.size)
+    h, w = _check_fits(example, self.name, oh, ow)
+    return _slice_crop(example, self.name, (h - oh) // 2, (w - ow) // 2, oh, ow)
+
+
+@register("random_crop")
+class RandomCrop(Op):
+  """A ``size`` window (int or (h, w)) at a uniformly random integer offset."""
+  random = True
+
+  def __init__(self, size: int | tuple[int, int]):
+    self.size = _hw(self.name, "size", size)
+
+  def apply(self, example, rng):
+    oh, ow = _pair(self.size)
+    h, w = _check_fits(example, self.name, oh, ow)
+    top, left = int(rng.integers(0, h - oh + 1)), int(rng.integers(0, w - ow + 1))
+    return _slice_crop(example, self.name, top, left, oh, ow)
+
+
+def _mirror(example: Example, op: str) -> Example:
+  img = _image(example, op)
+  w = img.shape[1]
+  for key, m in _maps(example, op, img.shape[:2]).items():
+    example[key] = m[:, ::-1].copy()
+  # x -> (w - 1) - x mirrors pixel centres and pixel edges alike.
+  _move_points(example, lambda p: np.stack([w - 1 - p[:, 0], p[:, 1]], axis=1))
+  if example.get("landmarks") is not None and np.shape(example["landmarks"]) == (5, 2):
+    # The subject's left eye is now on the other side: keep the names true to the picture.
+    example["landmarks"] = example["landmarks"][_FLIP_ORDER]
+  example["image"] = img[:, ::-1].copy()
+  return example
+
+
+@register("flip_lr")
+class FlipLR(Op):
+  """Mirrors left-right with probability 1/2, swapping left/right eyes and mouth corners."""
+  random = True
+
+  def apply(self, example, rng):
+    return _mirror(example, self.name) if rng.random() < 0.5 else example
+
+
+@register("rotate")
+class Rotate(Op):
+  """Rotates about the image centre by an angle uniform in [-degrees, degrees] (positive =
+  counter-clockwise on screen), bilinear, replicating the border pixels."""
+  random = True
+
+  def __init__(self, degrees: float):
+    self.degrees = _float(self.name, "degrees", degrees, 0.0, 180.0)
+
+  def apply(self, example, rng):
+    img = _image(example, self.name)
+    angle = float(rng.uniform(-self.degrees, self.degrees))
+    h, w = img.shape[:2]
+    M = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)  # input -> output
+    warp = lambda a: cv2.warpAffine(a, M, (w, h), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE)
+    for key, m in _maps(example, self.name, (h, w)).items():
+      example[key] = warp(m)
+    _move_points(example, lambda p: crops.apply_affine(M, p))
+    example["image"] = warp(img)
+    return example
+
+
+@register("color_jitter")
+class ColorJitter(Op):
+  """Brightness, then contrast, then saturation, each by a factor uniform in
+  [max(0, 1 - v), 1 + v] (torchvision's ranges, in a fixed order). Maps are untouched."""
+  random = True
+
+  def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0):
+    self.brightness = _float(self.name, "brightness", brightness)
+    self.contrast = _float(self.name, "contrast", contrast)
+    self.saturation = _float(self.name, "saturation", saturation)
+
+  def apply(self, example, rng):
+    img = _image(example, self.name)
+    # Draw all three factors always, so the stream of draws does not depend on the values.
+    fb, fc, fs = (rng.uniform(max(0.0, 1 - v), 1 + v)
+                  for v in (self.brightness, self.contrast, self.saturation))
+    x = img.astype(np.float32)
+    gray = lambda a: a @ np.array([0.299, 0.587, 0.114], np.float32)
+    x = np.clip(x * fb, 0, 255)
+    mean = gray(x).mean()
+    x = np.clip((x - mean) * fc + mean, 0, 255)
+    g = gray(x)[..., None]
+    x = np.clip((x - g) * fs + g, 0, 255)
+    example["image"] = np.rint(x).astype(np.uint8)
+    return example
+
+
+@register("saliency")
+class Saliency(Op):
+  """Saliency reweighting x' = x * ((1 - r) + r * S), rounded to uint8 (SPEC 9.1).
+
+  S is the map normalised by its own maximum (per image) to [0, 1] and resized to the image if
+  needed; an all-zero map gives S = 0, i.e. x * (1 - r). r = 0 leaves the image as it is, r = 1
+  is the plain product. The map itself is kept.
+  """
+
+  def __init__(self, r: float):
+    self.r = _float(self.name, "r", r, 0.0, 1.0)
+
+  def apply(self, example, rng):
+    img = _image(example, self.name)
+    maps = _maps(example, self.name, img.shape[:2])
+    if not maps:
+      raise BadExampleError(example.get("id"), f"{self.name} needs one of {MAP_KEYS}")
+    s = next(iter(maps.values())).astype(np.float32)
+    peak = s.max()
+    s = s / peak if peak > 0 else np.zeros_like(s)
+    weight = (1.0 - self.r) + self.r * s
+    example["image"] = np.clip(np.rint(img * weight[..., None]), 0, 255).astype(np.uint8)
+    return example
+
+
+@register("oversample10")
+class Oversample10(Op):
+  """GilNet's test-time over-sampling (SPEC 4.2): the four corner and the centre ``crop`` windows,
+  then their mirrors, stacked: "image" (10, crop, crop, 3), maps (10, crop, crop), "box" (10, 4),
+  "landmarks" (10, 5, 2) (mirrored views with left/right swapped). Comes last in a pipe."""
+
+  def __init__(self, crop: int):
+    self.crop = _int(self.name, "crop", crop)
+
+  def apply(self, example, rng):
+    c = self.crop
+    h, w = _check_fits(example, self.name, c, c)
+    offsets = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c) // 2, (w - c) // 2)]
+    views = [_slice_crop(dict(example), self.name, t, l, c, c) for t, l in offsets]
+    views += [_mirror(dict(v), self.name) for v in views]
+    for key in ("image", "box", "landmarks") + MAP_KEYS:
+      if example.get(key) is not None:
+        example[key] = np.stack([v[key] for v in views])
+    return example
