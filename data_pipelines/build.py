@@ -1,0 +1,166 @@
+"""Prepares a dataset: ``python -m data_pipelines.build NAME [--config CFG] [--manual_dir DIR]
+[--data_dir DIR] [--overwrite]``.
+
+Writes ArrayRecord files with tfds (no TensorFlow) to ``DATA_DIR/NAME/CONFIG/VERSION`` and prints
+a summary: split sizes, a histogram of every class-label feature per split (read back from the
+written files), and the examples the builder skipped with their reasons. The summary is also
+saved as ``DATA_DIR/NAME/CONFIG/summary.json``.
+
+DATA_DIR defaults to $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import data_pipelines  # noqa: F401  (the importlib_resources shim, before tfds builds)
+from data_pipelines import tfds_compat
+import tensorflow_datasets as tfds
+
+# Dataset name -> "module:class"; modules are imported only when their dataset is built.
+BUILDERS = {
+    "synthetic_faces": "data_pipelines.synthetic_faces:SyntheticFaces",
+}
+SHOW_SKIPPED = 10  # skipped examples printed (summary.json holds them all)
+
+
+class BuildError(ValueError):
+  """An unknown dataset or config, or missing manual data."""
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def builder_class(name: str) -> type[tfds.core.DatasetBuilder]:
+  """The builder class registered under ``name`` (imports its module)."""
+  if name not in BUILDERS:
+    raise BuildError(f"unknown dataset {name!r}; known: {', '.join(sorted(BUILDERS))}")
+  module, cls = BUILDERS[name].split(":")
+  return getattr(importlib.import_module(module), cls)
+
+
+def config_names(name: str) -> list[str]:
+  return [c.name for c in builder_class(name).BUILDER_CONFIGS]
+
+
+def _histograms(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, dict[str, int]]:
+  """Counts of every top-level ClassLabel feature in ``split``, by class name, zeros included."""
+  features = builder.info.features
+  labels = {k: f for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)}
+  counts = {k: collections.Counter() for k in labels}
+  source = builder.as_data_source(split, decoders=tfds_compat.skip_image_decoding(features))
+  for i in range(len(source)):
+    record = source[i]
+    for k in labels:
+      counts[k][int(record[k])] += 1
+  return {k: {f.int2str(c): counts[k][c] for c in range(f.num_classes)} for k, f in labels.items()}
+
+
+def summarize(builder: tfds.core.DatasetBuilder, skipped: Sequence[tfds_compat.Skipped],
+              **extra: Any) -> dict[str, Any]:
+  """The JSON-ready summary of a prepared dataset."""
+  splits = {}
+  for split, info in builder.info.splits.items():
+    splits[split] = {"num_examples": int(info.num_examples),
+                     "histograms": _histograms(builder, split)}
+  return {
+      "dataset": builder.name,
+      "config": builder.builder_config.name if builder.builder_config else None,
+      "version": str(builder.version),
+      "path": os.fspath(builder.data_path),
+      **extra,
+      "splits": splits,
+      "skipped": {"count": len(skipped), "examples": [s._asdict() for s in skipped]},
+  }
+
+
+def build(name: str, config: str | None = None, data_dir: str | None = None,
+          manual_dir: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+  """Prepares ``name/config`` (unless already there), writes and returns its summary."""
+  cls = builder_class(name)
+  known = [c.name for c in cls.BUILDER_CONFIGS]
+  if config is None and known:
+    config = cls.DEFAULT_CONFIG_NAME or known[0]
+  if known and config not in known:
+    raise BuildError(f"unknown config {config!r} of dataset {name!r}; known: {', '.join(known)}")
+  data_dir = os.path.expanduser(data_dir or default_data_dir())
+  builder = cls(config=config, data_dir=data_dir, file_format=tfds_compat.FILE_FORMAT)
+  summary_path = os.path.join(data_dir, name, config or "", "summary.json")
+  reused = builder.is_prepared() and not overwrite
+  mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else
+          tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  start = time.perf_counter()
+  try:
+    # The builder already has the file format (passing it here again fails on rebuilds).
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode))
+  except AssertionError as e:
+    if "Manual directory" not in str(e):
+      raise
+    raise BuildError(f"{name}/{config}: manual data not found in "
+                     f"{manual_dir or os.path.join(data_dir, 'downloads', 'manual')}. "
+                     f"Expected:\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
+  seconds = time.perf_counter() - start
+  skipped = list(getattr(builder, "skipped", []))
+  if reused and os.path.exists(summary_path):  # keep what the original build skipped
+    with open(summary_path) as f:
+      skipped = [tfds_compat.Skipped(**s) for s in json.load(f)["skipped"]["examples"]]
+  summary = summarize(builder, skipped, file_format=tfds_compat.FILE_FORMAT, reused=reused,
+                      build_seconds=round(seconds, 3))
+  os.makedirs(os.path.dirname(summary_path), exist_ok=True)
+  with open(summary_path, "w") as f:
+    json.dump(summary, f, indent=2)
+  summary["summary_path"] = summary_path
+  return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  """Human-readable summary: sizes, histograms per split, skipped examples."""
+  s = summary
+  how = "reused" if s.get("reused") else f"built in {s.get('build_seconds', 0):.1f} s"
+  lines = [f"{s['dataset']}/{s['config']} {s['version']} ({how}): {s['path']}",
+           f"{'split':<12}{'examples':>10}"]
+  for split, info in s["splits"].items():
+    lines.append(f"{split:<12}{info['num_examples']:>10}")
+  for split, info in s["splits"].items():
+    for label, hist in info["histograms"].items():
+      counts = " ".join(f"{k}:{v}" for k, v in hist.items())
+      lines.append(f"{split:<12}{label:<12}{counts}")
+  skipped = s["skipped"]
+  lines.append(f"skipped: {skipped['count']}")
+  for e in skipped["examples"][:SHOW_SKIPPED]:
+    lines.append(f"  {e['split']} {e['id']}: {e['reason']}")
+  if skipped["count"] > SHOW_SKIPPED:
+    lines.append(f"  ... {skipped['count'] - SHOW_SKIPPED} more in summary.json")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m data_pipelines.build", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("name", help=f"dataset: {', '.join(sorted(BUILDERS))}")
+  parser.add_argument("--config", help="builder config (default: the builder's default)")
+  parser.add_argument("--manual_dir", help="manually downloaded data (datasets that need it)")
+  parser.add_argument("--data_dir", help="output root (default: $TFDS_DATA_DIR or "
+                      "~/tensorflow_datasets)")
+  parser.add_argument("--overwrite", action="store_true", help="rebuild even if prepared")
+  args = parser.parse_args(argv)
+  try:
+    summary = build(args.name, args.config, args.data_dir, args.manual_dir, args.overwrite)
+  except BuildError as e:
+    parser.error(str(e))
+  print(format_summary(summary))
+  print(f"summary: {summary['summary_path']}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
