@@ -27,6 +27,7 @@ loader can skip it and count it.
 
 from __future__ import annotations
 
+import abc
 import ast
 import inspect
 import math
@@ -57,7 +58,7 @@ class BadExampleError(Exception):
     self.reason = reason
 
 
-class Op:
+class Op(abc.ABC):
   """Base class of registered ops.
 
   Subclasses validate their arguments in ``__init__`` (keeping them as attributes of the same
@@ -69,8 +70,9 @@ class Op:
   def __init__(self):
     pass  # no arguments; subclasses with arguments define their own
 
+  @abc.abstractmethod
   def apply(self, example: Example, rng: np.random.Generator | None) -> Example:
-    raise NotImplementedError
+    """Returns the transformed example."""
 
   def __call__(self, example: Example, rng: np.random.Generator | None = None) -> Example:
     if self.random and rng is None:
