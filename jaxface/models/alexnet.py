@@ -10,6 +10,7 @@ Both name their layers conv1..conv5, fc6, fc7, fc8 so the importers are plain ma
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -62,6 +63,19 @@ def _classifier(module: nn.Module, x_BHWC, aux: dict[str, Any], ch: dict[str, in
   return logits, aux
 
 
+def _conv_relu(module: nn.Module, x, name: str, kernel: int, *, aux: dict[str, Any],
+               ch: dict[str, int], stride: int = 1, pad: int = 0, groups: int = 1):
+  """Conv + ReLU named after the source layer; the activation is recorded in ``aux[name]``.
+
+  ``feature_group_count=2`` uses HWIO kernels (kh, kw, in/2, out) with group-major outputs, the
+  same layout as Caffe groups and the caffe-tensorflow split/concat.
+  """
+  x = nn.Conv(ch[name], (kernel, kernel), strides=stride, padding=pad, feature_group_count=groups,
+              dtype=module.dtype, name=name)(x)
+  aux[name] = x = nn.relu(x)
+  return x
+
+
 class AlexNet(nn.Module):
   """torchvision AlexNet (SPEC 2.1). ``aux['features']`` is relu(conv5) before pool5."""
   num_classes: int = 1000
@@ -75,11 +89,7 @@ class AlexNet(nn.Module):
     ch = channels_torchvision(self.width)
     aux: dict[str, Any] = {}
 
-    def conv(t, name, kernel, stride=1, pad=0):
-      t = nn.Conv(ch[name], (kernel, kernel), strides=stride, padding=pad, dtype=self.dtype,
-                  name=name)(t)
-      aux[name] = t = nn.relu(t)
-      return t
+    conv = functools.partial(_conv_relu, self, aux=aux, ch=ch)
 
     x = x_BHWC.astype(self.dtype)
     x = layers.max_pool_floor(conv(x, "conv1", 11, stride=4, pad=2), 3, 2)
@@ -112,13 +122,7 @@ class AlexNetCaffe(nn.Module):
     ch = channels_caffe(self.width)
     aux: dict[str, Any] = {}
 
-    def conv(t, name, kernel, stride=1, pad=0, groups=1):
-      # feature_group_count=2 uses HWIO kernels (kh, kw, in/2, out) with group-major outputs,
-      # the same layout as Caffe groups and the caffe-tensorflow split/concat.
-      t = nn.Conv(ch[name], (kernel, kernel), strides=stride, padding=pad,
-                  feature_group_count=groups, dtype=self.dtype, name=name)(t)
-      aux[name] = t = nn.relu(t)
-      return t
+    conv = functools.partial(_conv_relu, self, aux=aux, ch=ch)
 
     x = x_BHWC.astype(self.dtype)
     x = conv(x, "conv1", 11, stride=4)

@@ -56,7 +56,8 @@ def lrn_caffe(x_BHWC: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float
               k: float = 1.0) -> jax.Array:
   """Caffe ACROSS_CHANNELS local response normalisation (alpha divided by ``size``).
 
-  Equal to ``torch.nn.LocalResponseNorm(size, alpha, beta, k)``; channels outside the range add zero.
+  Equal to ``torch.nn.LocalResponseNorm(size, alpha, beta, k)``; channels outside the range add
+  zero.
   """
   half = size // 2
   sq = jnp.square(x_BHWC.astype(jnp.float32))

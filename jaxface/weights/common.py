@@ -37,7 +37,7 @@ class Preprocessing:
       raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
 
   def apply(self, rgb_uint8):
-    """Maps RGB pixels (any array type supporting numpy-style ops, last axis = 3) to network input."""
+    """Maps RGB pixels (numpy-style array, last axis = 3) to network input."""
     x = rgb_uint8[..., ::-1] if self.channel_order == "BGR" else rgb_uint8
     x = x.astype(np.float32) * self.scale
     return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
@@ -233,7 +233,8 @@ def load(path: str | os.PathLike) -> Imported:
   except Exception as e:  # noqa: BLE001 - any numpy/zip error means the same thing to the user.
     raise WeightImportError(f"{path} is not a jaxface weight file (.npz): {e}") from e
   if _META_KEY not in flat:
-    raise WeightImportError(f"{path} has no {_META_KEY!r} entry; was it written by jaxface.convert?")
+    raise WeightImportError(f"{path} has no {_META_KEY!r} entry; was it written by "
+                            "jaxface.convert?")
   meta = json.loads(flat.pop(_META_KEY).tobytes().decode())
   return Imported(unflatten(flat), meta)
 

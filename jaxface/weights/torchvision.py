@@ -23,10 +23,10 @@ def import_torchvision(src, arch: str | None = None) -> Imported:
   sd = read_state_dict(src)
   arch = arch or guess_arch(sd)
   if arch in ("alexnet", "vgg16"):
-    from jaxface.weights.alexnet_vgg import torchvision_arrays  # pylint: disable=g-import-not-at-top
+    from jaxface.weights import alexnet_vgg as family  # pylint: disable=g-import-not-at-top
   elif arch in ("resnet18", "resnet50"):
-    from jaxface.weights.resnet import torchvision_arrays  # pylint: disable=g-import-not-at-top
+    from jaxface.weights import resnet as family  # pylint: disable=g-import-not-at-top
   else:
     raise ValueError(f"torchvision importer does not handle arch={arch!r}")
-  arrays, model_kwargs = torchvision_arrays(sd, arch, source=str(src))
+  arrays, model_kwargs = family.torchvision_arrays(sd, arch, source=str(src))
   return build_imported("torchvision", src, arch, arrays, model_kwargs, TORCHVISION)
