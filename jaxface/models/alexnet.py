@@ -14,7 +14,6 @@ import functools
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxface.models import layers, registry
 
@@ -76,13 +75,8 @@ def _conv_relu(module: nn.Module, x, name: str, kernel: int, *, aux: dict[str, A
   return x
 
 
-class AlexNet(nn.Module):
+class AlexNet(layers.Classifier):
   """torchvision AlexNet (SPEC 2.1). ``aux['features']`` is relu(conv5) before pool5."""
-  num_classes: int = 1000
-  width: float = 1.0
-  dtype: Any = jnp.float32
-  dropout_rate: float = 0.5
-  features_only: bool = False
 
   @nn.compact
   def __call__(self, x_BHWC, train: bool = False):
@@ -106,16 +100,11 @@ class AlexNet(nn.Module):
     return _classifier(self, x, aux, ch, train, dropout_first=True)
 
 
-class AlexNetCaffe(nn.Module):
+class AlexNetCaffe(layers.Classifier):
   """Caffe bvlc_alexnet (SPEC 2.2): LRN before pool, ceil pooling, grouped conv2/conv4/conv5.
 
   No adaptive pooling: fc6 expects 6x6 maps, i.e. 227x227 input, for the reference weights.
   """
-  num_classes: int = 1000
-  width: float = 1.0
-  dtype: Any = jnp.float32
-  dropout_rate: float = 0.5
-  features_only: bool = False
 
   @nn.compact
   def __call__(self, x_BHWC, train: bool = False):

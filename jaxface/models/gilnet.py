@@ -7,10 +7,8 @@ released caffemodels; LRN follows the pooling (CaffeNet order) and divides alpha
 
 from __future__ import annotations
 
-from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxface.models import layers, registry
 
@@ -24,17 +22,13 @@ def _const(value: float):
   return nn.initializers.constant(value)
 
 
-class GilNet(nn.Module):
+class GilNet(layers.Classifier):
   """Levi & Hassner age (8 classes) / gender (2 classes) network.
 
   Returns ``(logits, aux)``; aux holds conv1..conv3 (after ReLU), norm1, norm2, pool5, fc6, fc7,
   "features" (conv3 map, the last conv map before pool5) and "pre_logits" (fc8 input).
   """
   num_classes: int = 8
-  width: float = 1.0
-  dtype: Any = jnp.float32
-  dropout_rate: float = 0.5
-  features_only: bool = False
 
   @nn.compact
   def __call__(self, x_BHWC, train: bool = False):

@@ -8,7 +8,7 @@ frameworks depends on these details (SPEC section 0).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -139,3 +139,16 @@ class PReLU(nn.Module):
     a = self.param("alpha", nn.initializers.constant(self.init_slope), (x.shape[-1],),
                    self.param_dtype)
     return jnp.maximum(x, 0) + a.astype(x.dtype) * jnp.minimum(x, 0)
+
+
+class Classifier(nn.Module):
+  """Fields shared by the classifier backbones (AlexNet, VGG, GilNet).
+
+  ``num_classes=0`` makes the model return its pre-logits, ``features_only`` its last conv map;
+  ``width`` scales every channel count; ``dtype`` is the computation dtype (parameters stay f32).
+  """
+  num_classes: int = 1000
+  width: float = 1.0
+  dtype: Any = jnp.float32
+  dropout_rate: float = 0.5
+  features_only: bool = False

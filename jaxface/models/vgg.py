@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxface.models import layers, registry
 
@@ -33,13 +32,8 @@ def channels(width: float) -> dict[str, int]:
   return out
 
 
-class VGG16(nn.Module):
+class VGG16(layers.Classifier):
   """VGG-16 "D". ``aux['features']`` is relu(conv5_3) before pool5 (the usual Grad-CAM layer)."""
-  num_classes: int = 1000
-  width: float = 1.0
-  dtype: Any = jnp.float32
-  dropout_rate: float = 0.5
-  features_only: bool = False
   adaptive_pool: bool = True  # torchvision's AdaptiveAvgPool(7, 7) before the flatten.
 
   @nn.compact
