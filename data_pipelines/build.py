@@ -27,6 +27,14 @@ import tensorflow_datasets as tfds
 # Dataset name -> "module:class"; modules are imported only when their dataset is built.
 BUILDERS = {
     "synthetic_faces": "data_pipelines.synthetic_faces:SyntheticFaces",
+    "adience": "data_pipelines.adience:Adience",
+    "affectnet": "data_pipelines.affectnet:AffectNet",
+    "utkface": "data_pipelines.utkface:UTKFace",
+    "celeba": "data_pipelines.celeba:CelebA",
+    "lfw_gender": "data_pipelines.lfw_gender:LfwGender",
+    "fotw": "data_pipelines.fotw:Fotw",
+    "salicon": "data_pipelines.salicon:Salicon",
+    "fer2013": "data_pipelines.fer2013:Fer2013",
 }
 SHOW_SKIPPED = 10  # skipped examples printed (summary.json holds them all)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import ast
+import importlib
 import inspect
 import math
 from typing import Any, Callable, Sequence
@@ -98,6 +99,22 @@ class Op(abc.ABC):
 
 
 OPS: dict[str, type[Op]] = {}
+# Ops defined in other modules (they need heavier imports): op name -> module that registers it,
+# imported the first time a pipe names the op.
+PLUGIN_OPS = {
+    "detect": "data_pipelines.detect",
+    "cached_saliency": "data_pipelines.saliency_cache",
+}
+
+
+def lookup(name: str) -> type[Op]:
+  """The op class registered under ``name`` (importing its plugin module if needed)."""
+  if name not in OPS and name in PLUGIN_OPS:
+    importlib.import_module(PLUGIN_OPS[name])
+  if name not in OPS:
+    raise ValueError(f"unknown op {name!r}; known ops: "
+                     f"{', '.join(sorted(set(OPS) | set(PLUGIN_OPS)))}")
+  return OPS[name]
 
 
 def register(name: str) -> Callable:
@@ -192,9 +209,7 @@ def parse(pipe: str) -> list[Op]:
       kwargs = {k.arg: _literal(name, k.arg, k.value) for k in node.keywords}
     else:
       raise ValueError(f"each op must be a name or name(args), got {ast.unparse(node)!r}")
-    if name not in OPS:
-      raise ValueError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}")
-    cls = OPS[name]
+    cls = lookup(name)
     try:  # the argument count and names, before the op checks the values
       inspect.signature(cls).bind(*args, **kwargs)
     except TypeError as e:

@@ -106,7 +106,7 @@ def test_unknown_dataset_and_config(capsys, tmp_path):
   with pytest.raises(SystemExit) as e:
     build.main(["no_such_faces", "--data_dir", str(tmp_path)])
   assert e.value.code == 2
-  assert "unknown dataset 'no_such_faces'; known: synthetic_faces" in capsys.readouterr().err
+  assert "unknown dataset 'no_such_faces'; known: adience, affectnet, celeba, fer2013, fotw, lfw_gender, salicon, synthetic_faces, utkface" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     build.main(["synthetic_faces", "--config", "huge", "--data_dir", str(tmp_path)])
   err = capsys.readouterr().err
