@@ -1,4 +1,4 @@
-"""grain data loader: shard -> shuffle -> repeat -> preprocess -> skip bad -> batch -> prefetch.
+"""grain data loader: shard -> shuffle -> repeat -> preprocess -> prefetch -> skip bad -> batch.
 
 ``make_loader`` reads a random-access source (``open_source`` gives a tfds ArrayRecord source with
 image bytes left encoded; ``decode`` is the first op of the pipe) and yields batches of numpy
@@ -8,8 +8,14 @@ of (source, seed, shard): every epoch is reshuffled deterministically, each exam
 draw from ``np.random.default_rng([seed, shard_index, stream_index])``, and ``Loader.get_state()``
 (JSON-serialisable) resumes it exactly.
 
-Examples whose pipeline raises ``BadExampleError`` are dropped and counted by a ``SkipCounter``
-(in stream order, in the consumer thread, so the count is part of the checkpointable state).
+Preprocessing runs ahead of the consumer in ``read_threads`` threads, or with ``worker_count > 0``
+in that many worker processes (grain's ``mp_prefetch``: worker i preprocesses stream positions
+i, i + k, ... and the consumer interleaves them back in order), so the stream is the same for any
+worker count. Everything sent to the workers is a picklable top-level class.
+
+Examples whose pipeline raises ``BadExampleError`` become ``_Bad`` markers; they are dropped and
+counted by a ``SkipCounter`` after the prefetch (in stream order, in the consumer, so the count is
+part of the checkpointable state whatever the worker count).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterator, Sequence
 
+from absl import flags
+import cv2
 import grain
 import jax
 import numpy as np
@@ -29,6 +37,7 @@ Batch = dict[str, np.ndarray]
 
 DEFAULT_LABEL_KEYS = ("age", "gender", "expression")
 _PREFETCH = 64
+_WORKER_BUFFER = 16  # elements each worker process keeps ready
 
 
 class SkipCounter:
@@ -61,6 +70,72 @@ class _Bad:
     self.reason = error.reason
 
 
+class _Preprocess:
+  """The map step: one example through the pipe with its own seeded rng (picklable for workers)."""
+
+  def __init__(self, pipeline: ops.Pipeline, seed: int, shard_index: int,
+               label_keys: Sequence[str]):
+    self.pipeline = pipeline
+    self.seed = seed
+    self.shard_index = shard_index
+    self.label_keys = tuple(label_keys)
+    self.keep = ("image",) + ops.MAP_KEYS + self.label_keys + ("id",)
+
+  def __call__(self, index: int, record: dict[str, Any]) -> dict[str, Any] | _Bad:
+    example = dict(record)
+    rng = np.random.default_rng([self.seed, self.shard_index, index])
+    try:
+      example = self.pipeline(example, rng)
+    except ops.BadExampleError as e:
+      return _Bad(e)
+    missing = [k for k in self.label_keys if k not in example]
+    if missing:
+      raise KeyError(f"example {_to_str(example.get('id'))!r} has no {missing}; "
+                     f"label_keys={self.label_keys}")
+    return {k: example[k] for k in self.keep if k in example}
+
+
+class _KeepGood:
+  """The filter after the prefetch: counts and drops ``_Bad`` markers, in stream order."""
+
+  def __init__(self, skipped: SkipCounter):
+    self.skipped = skipped
+
+  def __call__(self, example: dict[str, Any] | _Bad) -> bool:
+    if isinstance(example, _Bad):
+      self.skipped.add(example.id, example.reason)
+      return False
+    return True
+
+
+class _Collate:
+  """Stacks a batch, adds "mask", and pads an incomplete batch when asked."""
+
+  def __init__(self, batch_size: int, pad_remainder: bool):
+    self.batch_size = batch_size
+    self.pad_remainder = pad_remainder
+
+  def __call__(self, examples: Sequence[dict[str, Any]]) -> Batch:
+    batch = _stack(examples)
+    n = len(examples)
+    batch["mask"] = np.ones(n, bool)
+    if self.pad_remainder and n < self.batch_size:
+      batch = {k: np.concatenate([v, np.repeat(v[-1:], self.batch_size - n, axis=0)])
+               for k, v in batch.items()}
+      batch["mask"][n:] = False
+    return batch
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+  """Runs first in each worker process."""
+  del worker_index, worker_count
+  # A freshly spawned process has not parsed absl flags, which grain's modules read.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  # The workers are the parallelism: OpenCV's own thread pool would only oversubscribe the cores.
+  cv2.setNumThreads(1)
+
+
 class Loader:
   """Iterator of batches with a checkpointable state."""
 
@@ -89,7 +164,7 @@ class Loader:
     self.skipped.load(state["skipped"])
 
   def close(self) -> None:
-    """Stops the prefetch threads."""
+    """Stops the prefetch threads and worker processes."""
     if self._it is not None and hasattr(self._it, "close"):
       self._it.close()
     self._it = None
@@ -106,7 +181,8 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
                 seed: int, shuffle: bool = True, num_epochs: int | None = None,
                 drop_remainder: bool = True, pad_remainder: bool = False,
                 shard_index: int | None = None, shard_count: int | None = None,
-                label_keys: Sequence[str] = DEFAULT_LABEL_KEYS, read_threads: int = 2) -> Loader:
+                label_keys: Sequence[str] = DEFAULT_LABEL_KEYS, read_threads: int = 2,
+                worker_count: int = 0) -> Loader:
   """Training loader (defaults: shuffled, repeated forever, incomplete last batch dropped).
 
   Args:
@@ -121,7 +197,11 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
     shard_index, shard_count: this process' shard ``[shard_index::shard_count]`` of the source;
       default ``jax.process_index()`` / ``jax.process_count()``.
     label_keys: record keys kept besides "image", the maps and "id".
-    read_threads: threads preprocessing ahead of the consumer.
+    read_threads: threads preprocessing ahead of the consumer (in each worker process when
+      ``worker_count > 0``); 0 preprocesses on demand.
+    worker_count: processes preprocessing ahead of the consumer; 0 keeps it in this process.
+      The batches and ``get_state()`` are the same for every worker count; starting the workers
+      takes a few seconds (each imports this module).
   """
   pipeline = pipe if isinstance(pipe, ops.Pipeline) else ops.Pipeline(pipe)
   if batch_size < 1:
@@ -130,7 +210,10 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
   shard_count = jax.process_count() if shard_count is None else shard_count
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
-  keep = ("image",) + ops.MAP_KEYS + tuple(label_keys) + ("id",)
+  if isinstance(worker_count, bool) or not isinstance(worker_count, int) or worker_count < 0:
+    raise ValueError(f"worker_count must be an integer >= 0, got {worker_count!r}")
+  if read_threads < 0:
+    raise ValueError(f"read_threads must be >= 0, got {read_threads}")
 
   ds = grain.MapDataset.source(source)[shard_index::shard_count]
   if len(ds) == 0:
@@ -140,41 +223,23 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
 
-  def preprocess(index: int, record: dict[str, Any]):
-    example = dict(record)
-    rng = np.random.default_rng([seed, shard_index, index])
-    try:
-      example = pipeline(example, rng)
-    except ops.BadExampleError as e:
-      return _Bad(e)
-    missing = [k for k in label_keys if k not in example]
-    if missing:
-      raise KeyError(f"example {_to_str(example.get('id'))!r} has no {missing}; "
-                     f"label_keys={tuple(label_keys)}")
-    return {k: example[k] for k in keep if k in example}
-
   skipped = SkipCounter()
-
-  def keep_good(example) -> bool:
-    if isinstance(example, _Bad):
-      skipped.add(example.id, example.reason)
-      return False
-    return True
-
-  def collate(examples: Sequence[dict[str, Any]]) -> Batch:
-    batch = _stack(examples)
-    n = len(examples)
-    batch["mask"] = np.ones(n, bool)
-    if pad_remainder and n < batch_size:
-      batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)])
-               for k, v in batch.items()}
-      batch["mask"][n:] = False
-    return batch
-
-  it_ds = ds.map_with_index(preprocess).to_iter_dataset(
+  it_ds = ds.map_with_index(_Preprocess(pipeline, seed, shard_index, label_keys))
+  it_ds = it_ds.to_iter_dataset(
       grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=_PREFETCH))
-  it_ds = it_ds.filter(keep_good).batch(
-      batch_size, drop_remainder=drop_remainder and not pad_remainder, batch_fn=collate)
+  if worker_count > 0:
+    # grain reads absl flags in the consumer too when it starts the workers.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    # Each worker gets the stream positions i, i + k, ... (a slice taken after the map, so the
+    # rng index stays the global position) and the consumer interleaves them back in order.
+    it_ds = it_ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=worker_count,
+                                     per_worker_buffer_size=_WORKER_BUFFER),
+        worker_init_fn=_init_worker)
+  it_ds = it_ds.filter(_KeepGood(skipped)).batch(
+      batch_size, drop_remainder=drop_remainder and not pad_remainder,
+      batch_fn=_Collate(batch_size, pad_remainder))
   return Loader(it_ds, skipped)
 
 
@@ -182,12 +247,12 @@ def make_eval_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeli
                      batch_size: int, shard_index: int | None = None,
                      shard_count: int | None = None,
                      label_keys: Sequence[str] = DEFAULT_LABEL_KEYS,
-                     read_threads: int = 2) -> Loader:
+                     read_threads: int = 2, worker_count: int = 0) -> Loader:
   """One unshuffled pass; the last batch is padded and masked so each example counts once."""
   return make_loader(source, pipe=pipe, batch_size=batch_size, seed=0, shuffle=False,
                      num_epochs=1, drop_remainder=False, pad_remainder=True,
                      shard_index=shard_index, shard_count=shard_count, label_keys=label_keys,
-                     read_threads=read_threads)
+                     read_threads=read_threads, worker_count=worker_count)
 
 
 def _to_str(value: Any) -> Any:

@@ -157,3 +157,38 @@ def test_bad_arguments(source):
     loader.make_loader(source, pipe=PIPE, batch_size=4, seed=0, shard_index=2, shard_count=2)
   with pytest.raises(ValueError, match="batch_size"):
     loader.make_loader(source, pipe=PIPE, batch_size=0, seed=0)
+  with pytest.raises(ValueError, match="worker_count must be an integer >= 0, got -1"):
+    loader.make_loader(source, pipe=PIPE, batch_size=4, seed=0, worker_count=-1)
+
+
+# Worker processes cost seconds to start (each imports jax, grain and OpenCV): two tests only.
+
+
+def test_workers_give_the_same_stream_and_skip_count(source):
+  bad_id = source[7]["id"].decode()
+  batches, counts = [], []
+  for workers in (0, 2):
+    ld = loader.make_eval_loader(_CorruptOne(source, 7), pipe=PIPE, batch_size=16,
+                                 worker_count=workers)
+    batches.append(_take(ld, 100))
+    counts.append(ld.skipped.to_dict())
+  _assert_batches_equal(batches[0], batches[1])
+  assert len(batches[1]) == 4  # 49 good examples, padded
+  # The workers only mark the bad example: the consumer counts it.
+  assert counts[0] == counts[1] == {
+      "count": 1, "examples": [{"id": bad_id, "reason": "image bytes cannot be decoded"}]}
+
+
+def test_state_with_workers_resumes_the_threaded_stream(source):
+  k, m = 3, 4  # crosses the epoch boundary after batch 5 (49 good examples a pass)
+  reference = _take(_train(_CorruptOne(source, 7), seed=5), k + m)
+  ld = _train(_CorruptOne(source, 7), seed=5, worker_count=2)
+  head = list(itertools.islice(ld, k))
+  state = json.loads(json.dumps(ld.get_state()))
+  ld.close()
+  _assert_batches_equal(head, reference[:k])
+  fresh = _train(_CorruptOne(source, 7), seed=5, worker_count=2)
+  fresh.set_state(state)
+  assert fresh.skipped.to_dict() == state["skipped"]
+  _assert_batches_equal(_take(fresh, m), reference[k:])
+  assert fresh.skipped.count == 2  # the bad example once in each of the two passes
