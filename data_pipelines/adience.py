@@ -20,8 +20,8 @@ Features (all TF-free):
     an "unknown" class, so no config carries a label whose classes differ from the usual ones.
   user_id: Text (the Flickr album, the subject unit of the protocol); face_id: int32;
     original_image: Text (the photo's file name).
-  source_box: float32 (4,) [x1, y1, x2, y2] = the fold file's [x, y, x + dx, y + dy], the face box in
-    the ORIGINAL Flickr photo; the stored image is already a crop, so it is not a box in the image.
+  source_box: float32 (4,) [x1, y1, x2, y2] = the fold file's [x, y, x + dx, y + dy], the face box
+    in the ORIGINAL Flickr photo; the stored image is already a crop, so it is no box in the image.
   tilt_ang, fiducial_yaw_angle, fiducial_score: float32, as in the fold file.
   id: Text, "<user_id>/<face_id>.<original_image>" (also the example key).
 

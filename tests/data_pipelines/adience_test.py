@@ -80,7 +80,8 @@ GENDER = {
 # Skips every config shares: malformed lines and the repeated id.
 COMMON_SKIPS = [
     ("fold0", "fold_0_data.txt:5", "fold_0_data.txt line 5: 11 tab-separated columns, expected 12"),
-    ("fold4", "fold_4_data.txt:5", "fold_4_data.txt line 5: column face_id = 'abc' is not a number"),
+    ("fold4", "fold_4_data.txt:5",
+     "fold_4_data.txt line 5: column face_id = 'abc' is not a number"),
     ("fold4", "50@N04/1.p50a.jpg", "fold_4_data.txt line 6: repeats the id of line 2"),
 ]
 DROP = "is not one of the 8 groups (age_policy='drop')"
