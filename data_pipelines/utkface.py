@@ -37,10 +37,11 @@ File names are parsed defensively (SPEC 7.3): a space before ".jpg"
 is listed in ``builder.repaired``). A name with the race missing
 (``39_1_20170116174525125.jpg.chip.jpg``) is skipped and counted by default (AMBIGUOUS: the config
 ``aligned_race_unknown``, field ``missing_race="unknown"``, keeps it with race "unknown" instead).
-Any other name that does not parse, an age above 116, a gender other than 0 / 1, a race other than 0..4, an empty, corrupt or
-truncated image, and a name that repeats another after repair, are skipped with a reason
-(``builder.skipped``). Files that are not images (no .jpg / .jpeg / .png ending: a README, a
-.txt) and subfolders are not examples and are ignored (listed in ``builder.ignored``).
+Any other name that does not parse, an age above 116, a gender other than 0 / 1, a race other
+than 0..4, an empty, corrupt or truncated image, and a name that repeats another after repair, are
+skipped with a reason (``builder.skipped``). Files that are not images (no .jpg / .jpeg / .png
+ending: a README, a .txt) and subfolders are not examples and are ignored (listed in
+``builder.ignored``).
 
 The in-the-wild parts (part1..3 with 68-point landmark lists) are not supported: which images the
 landmark lists' coordinates refer to is unverified.
