@@ -13,8 +13,10 @@ Reads the manual download in either of its two native forms (config field ``anno
 
 Features:
   image: Image, the file's bytes as they are (mostly JPEG; AffectNet also has PNG files, which
-    tfds stores the same way; OpenCV's decode reads either); image_format: Text, "jpeg", "png",
-    "bmp", "tiff" or "webp", from the file's magic bytes.
+    tfds stores the same way; OpenCV's decode reads either). Read them with
+    ``tfds_compat.skip_image_decoding`` and the project's ``decode`` op: tfds' own decoding keeps
+    a PNG's alpha channel, which does not fit the feature's (H, W, 3). image_format: Text,
+    "jpeg", "png", "bmp", "tiff" or "webp", from the file's magic bytes.
   expression: ClassLabel, AffectNet codes 0 Neutral, 1 Happy, 2 Sad, 3 Surprise, 4 Fear,
     5 Disgust, 6 Anger (and 7 Contempt in the 8-class configs). Codes 8 None, 9 Uncertain,
     10 No-Face and codes beyond the config's classes are left out and counted in
@@ -39,7 +41,7 @@ Split layouts (config field ``layout``):
   The seeded splits are neither paper's exact lists (they were not published): an example goes to
   the split whose cumulative-fraction interval holds ``split_fraction(id, seed)``, a fraction in
   [0, 1) from the SHA-256 of "<seed>/<id>". The assignment does not depend on row order or on the
-  other rows, and the fractions and seed are recorded in the config.
+  other rows; the fractions and the seed (0 in every config) are fields of the config.
 
 Malformed rows (wrong column count, unparsable or non-positive box, not 136 landmark numbers,
 unparsable valence/arousal/expression, a code outside 0-10, a missing annotation file) and bad
