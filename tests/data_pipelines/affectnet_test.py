@@ -406,3 +406,14 @@ def test_missing_manual_data(tmp_path):
           f"{manual}") in str(e.value)
   with pytest.raises(FileNotFoundError, match="expected train_set in the manual directory"):
     build.build("affectnet", "7class_npy", data_dir=str(tmp_path / "d"), manual_dir=str(manual))
+
+
+def test_bad_config_fields_are_named():
+  with pytest.raises(ValueError, match="config x: layout must be one of"):
+    affectnet.AffectNetConfig(name="x", layout="random")
+  with pytest.raises(ValueError, match="config x: num_classes must be 7 or 8, got 11"):
+    affectnet.AffectNetConfig(name="x", num_classes=11)
+  with pytest.raises(ValueError, match="config x: annotation must be 'csv' or 'npy'"):
+    affectnet.AffectNetConfig(name="x", annotation="json")
+  with pytest.raises(ValueError, match="config x: fractions must sum to 1"):
+    affectnet.AffectNetConfig(name="x", layout="vegac", fractions=(("train", 0.5),))
