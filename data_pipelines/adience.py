@@ -97,8 +97,11 @@ def parse_fold_file(path: str) -> list[FoldRow | BadLine]:
   """The lines of a fold file in order; raises ``ValueError`` naming the file if its header is not
   the 12 Adience columns (then no line can be trusted)."""
   name = os.path.basename(path)
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().split("\n")
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().split("\n")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text ({e})") from None
   header = tuple(c.strip() for c in lines[0].rstrip("\r").split("\t"))
   if header != FOLD_COLUMNS:
     raise ValueError(f"{path}: header {lines[0]!r} is not the 12 tab-separated Adience columns "
@@ -286,6 +289,7 @@ some copies) are ignored.
                          tree: str) -> Iterator[tuple[str, dict[str, Any]]]:
     cfg = self.builder_config
     first_line: dict[str, int] = {}
+    skipped_before = len(self.skipped)
     for row in rows:
       if isinstance(row, BadLine):
         self.skip(split, f"{fold_file}:{row.line}", row.reason)
@@ -323,6 +327,12 @@ some copies) are ignored.
           "fiducial_score": row.fiducial_score,
           "id": eid,
       }
+    if not first_line:
+      # tfds would only say "No examples were yielded"; name the fold and the first reason.
+      skipped = self.skipped[skipped_before:]
+      raise ValueError(
+          f"adience/{cfg.name}: no usable example in {split} ({fold_file}): "
+          f"{len(skipped)} rows skipped" + (f", the first: {skipped[0].reason}" if skipped else ""))
 
 
 def _check_subject_exclusive(folds: dict[int, list[FoldRow | BadLine]]) -> None:

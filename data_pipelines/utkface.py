@@ -140,7 +140,8 @@ def assign_split(name: str, seed: int,
     cumulative += fraction
     if u < cumulative:
       return split
-  return SPLITS[-1]  # rounding in the fractions' sum
+  # u fell above a sum rounded below 1: the last split that takes any files.
+  return next(s for s, f in zip(SPLITS[::-1], fractions[::-1]) if f > 0)
 
 
 def age_bucket_names(width: int = 10, num_buckets: int = 11) -> tuple[str, ...]:
@@ -244,14 +245,17 @@ Labels come from the file names; nothing else is needed.
       name = parsed.name if parsed else repair_name(file_name)[0]
       split = assign_split(name, cfg.split_seed, tuple(cfg.split_fractions))
       per_split[split].append((file_name, parsed, reason))
+    # A split with fraction 0 is left out (tfds cannot write an empty split).
     return {split: self._generate_examples(split, root, items)
-            for split, items in per_split.items()}
+            for split, items in per_split.items()
+            if cfg.split_fractions[SPLITS.index(split)] > 0}
 
   def _generate_examples(
       self, split: str, root: str, items: list[tuple[str, ParsedName | None, str | None]],
   ) -> Iterator[tuple[str, dict[str, Any]]]:
     cfg = self.builder_config
     seen: dict[str, str] = {}
+    skipped_before = len(self.skipped)
     for file_name, parsed, reason in items:
       if parsed is None:
         self.skip(split, f"{split}/{repair_name(file_name)[0]}", reason)
@@ -277,3 +281,11 @@ Labels come from the file names; nothing else is needed.
           "file_name": file_name,
           "id": eid,
       }
+    if not seen:
+      # tfds would only say "No examples were yielded"; name the split and the first reason.
+      skipped = self.skipped[skipped_before:]
+      raise ValueError(
+          f"utkface/{cfg.name}: no usable example in split {split!r} (fraction "
+          f"{cfg.split_fractions[SPLITS.index(split)]}, seed {cfg.split_seed}): {len(items)} files "
+          f"assigned, {len(skipped)} skipped" +
+          (f", the first: {skipped[0].reason}" if skipped else ""))

@@ -328,3 +328,13 @@ def test_configs():
                                "60-100")
   with pytest.raises(ValueError, match="tree must be one of"):
     adience.AdienceConfig(name="x", tree="crops")
+
+
+def test_a_fold_without_usable_example_is_a_clear_error(tmp_path):
+  _write_folds(str(tmp_path), FOLDS)
+  os.makedirs(tmp_path / "faces")  # no image at all
+  with pytest.raises(ValueError, match=r"adience/faces_gender: no usable example in fold0 "
+                     r"\(fold_0_data.txt\): 4 rows skipped, the first: fold_0_data.txt line 2: "
+                     r"image file missing: "):
+    build.build("adience", "faces_gender", data_dir=str(tmp_path / "tfds"),
+                manual_dir=str(tmp_path))

@@ -237,3 +237,24 @@ def test_missing_manual_data(tmp_path):
   with pytest.raises(FileNotFoundError, match="utkface: expected UTKFace in the manual directory"):
     build.build("utkface", "aligned", data_dir=str(tmp_path / "tfds2"),
                 manual_dir=str(tmp_path / "manual"))
+
+
+def test_a_zero_fraction_leaves_the_split_out(manual_dir, tmp_path):
+  config = utkface.UTKFaceConfig(name="all_train", split_fractions=(1.0, 0.0, 0.0))
+  builder = utkface.UTKFace(config=config, data_dir=str(tmp_path))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  assert list(builder.info.splits) == ["train"]
+  assert builder.info.splits["train"].num_examples == 12  # 9 + 1 + 2 of the default split
+
+
+def test_an_empty_split_is_a_clear_error(tmp_path):
+  folder = tmp_path / "UTKFace"
+  os.makedirs(folder)
+  open(folder / "25_0_2_20170116220224651.jpg.chip.jpg", "wb").close()
+  _write_jpeg(str(folder / "30_2_0_20170117140050531.jpg.chip.jpg"), 1)
+  # Both files fall in train (see GOOD and SKIPPED) and neither is usable.
+  with pytest.raises(ValueError, match=r"utkface/aligned: no usable example in split 'train' "
+                     r"\(fraction 0.8, seed 0\): 2 files assigned, 2 skipped, the first: image "
+                     r"file empty: .*/UTKFace/25_0_2_20170116220224651.jpg.chip.jpg"):
+    build.build("utkface", "aligned", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path))
