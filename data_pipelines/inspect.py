@@ -17,6 +17,7 @@ sample, the same for the same seed), applies a preprocessing pipe (``data_pipeli
   the image, so a tile's pixels are the decoded image's wherever nothing is drawn.
 
 Examples that the pipe rejects (``BadExampleError``) are counted and replaced by the next ones.
+A pipe that stacks views (``oversample10``) gives one cell per view, "[k/N]" after the id.
 """
 
 from __future__ import annotations
@@ -155,9 +156,29 @@ def load_samples(name: str, config: str | None, split: str, data_dir: str | None
       rejected += 1
       print(f"skipped {_to_str(record.get('id', index))}: {e.reason}")
       continue
-    samples.append(Sample(example, _to_str(example.get("id", f"#{index}")),
-                          label_parts(example, features)))
+    eid = _to_str(example.get("id", f"#{index}"))
+    parts = label_parts(example, features)
+    views = _views(example)
+    for k, view in enumerate(views[:num - len(samples)]):
+      samples.append(Sample(view, f"{eid} [{k + 1}/{len(views)}]" if len(views) > 1 else eid,
+                            parts))
   return samples, rejected
+
+
+def _views(example: dict[str, Any]) -> list[dict[str, Any]]:
+  """One example per view of a stacked (N, H, W, 3) image (e.g. ``oversample10``), each with
+  its own box, landmarks and maps; the example itself otherwise."""
+  image = example["image"]
+  if np.ndim(image) != 4:
+    return [example]
+  views = []
+  for k in range(image.shape[0]):
+    view = dict(example, image=image[k])
+    for key in ("box", "landmarks") + ops.MAP_KEYS:
+      if example.get(key) is not None:
+        view[key] = np.asarray(example[key])[k]
+    views.append(view)
+  return views
 
 
 def _fit(image: np.ndarray, tile: int) -> tuple[np.ndarray, float]:

@@ -92,6 +92,24 @@ def test_a_geometric_pipe_moves_the_drawn_box(data_dir, tmp_path):
   _check_image_tile(grid[4:204, 4:204], _rgb(r["image"])[28:228, 28:228], r["box"] - 28)
 
 
+def test_stacked_views_get_a_cell_each(data_dir, tmp_path):
+  result = inspect.inspect("synthetic_faces", "small", split="test", data_dir=data_dir, num=10,
+                           pipe="decode|oversample10(200)", out=str(tmp_path / "views.png"))
+  eid = result["ids"][0].split(" ")[0]
+  assert result["ids"] == [f"{eid} [{k}/10]" for k in range(1, 11)]
+  grid = _read_png(result["path"])
+  # 4 columns x 3 rows of cells: 200 + 4 + 200 wide, 200 + 34 high.
+  assert grid.shape == (4 + 3 * (200 + 34 + 4), 4 + 4 * (404 + 4), 3)
+  r = _records_by_id(data_dir, "test")[eid]
+  image = _rgb(r["image"])
+  x1, y1, x2, y2 = r["box"]
+  # View 1: the top-left window, as it is; view 6: its mirror (x -> 199 - x).
+  _check_image_tile(grid[4:204, 4:204], image[:200, :200], r["box"])
+  top, left = 4 + 238, 4 + 408  # row 1, column 1
+  _check_image_tile(grid[top:top + 200, left:left + 200], image[:200, :200][:, ::-1],
+                    np.array([199 - x2, y1, 199 - x1, y2]))
+
+
 def test_label_parts_and_wrapping(data_dir):
   features = tfds.builder("synthetic_faces/small", data_dir=data_dir).info.features
   example = {"age": 4, "gender": 1, "expression": 1, "id": b"synthetic/000001",
