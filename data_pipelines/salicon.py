@@ -31,7 +31,8 @@ annotation's index), an annotation for an image id the JSON does not list, a rep
 A JSON that is not COCO-style (not an object, or a missing ``images`` / ``annotations`` list or a
 missing ``id`` / ``file_name`` / ``image_id`` / ``worker_id`` / ``fixations`` key) raises
 ``ValueError`` naming the file and the key. An image listed with no annotations is kept with zero
-fixations and ``num_workers`` 0 (its map is still a label).
+fixations and ``num_workers`` 0 (its map is still a label). A split left without usable examples
+raises ``ValueError`` naming the split and the first skip reason.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ images/test (no labels) is not read.
     labels = self._read_fixations(split, json_path)
     images = _files_by_base_name(image_dir, IMAGE_EXT)
     maps = _files_by_base_name(map_dir, map_ext)
+    skipped_before, yielded = len(self.skipped), 0
     for base in sorted(set(labels) | set(images) | set(maps)):
       label = labels.get(base)
       if base not in images:
@@ -154,6 +156,12 @@ images/test (no labels) is not read.
           "num_workers": np.int32(len(workers)),
           "id": base,
       }
+      yielded += 1
+    if not yielded:
+      # tfds would only say "No examples were yielded"; name the split and why.
+      first = [s.reason for s in self.skipped[skipped_before:] if s.split == split][:1]
+      raise ValueError(f"salicon: no usable examples in split {split!r} ({image_dir}, "
+                       f"{map_dir}, {json_path})" + (f"; first skip: {first[0]}" if first else ""))
 
   def _read_fixations(self, split: str, json_path: str) -> dict[str, Any]:
     """Base name -> (pooled fixations, set of worker ids), or -> the reason to skip the image.

@@ -220,3 +220,16 @@ def test_json_that_is_not_coco_style(tmp_path, tree, content, message):
   _write(str(bad), content)
   with pytest.raises(ValueError, match=re.escape(str(bad)) + ": " + message):
     build.build("salicon", "png", data_dir=str(tmp_path / "d"), manual_dir=str(manual))
+
+
+def test_a_split_without_usable_examples_names_the_split_and_the_first_reason(tmp_path, tree):
+  _, files = tree
+  manual = tmp_path / "manual"
+  for rel, data in files.items():
+    if not rel.startswith("maps/val/"):  # no validation map: both validation images skipped
+      _write(str(manual / rel), data)
+  os.makedirs(manual / "maps" / "val")
+  with pytest.raises(ValueError, match=re.escape(
+      "salicon: no usable examples in split 'validation' (") + ".*" + re.escape(
+          f"; first skip: no saliency map: {manual}/maps/val/{V}10.png")):
+    build.build("salicon", "png", data_dir=str(tmp_path / "d"), manual_dir=str(manual))
