@@ -1,9 +1,11 @@
-"""Benchmarks: ``python -m jaxface.bench models|detect [options]``.
+"""Benchmarks: ``python -m jaxface.bench models|detect|loader [options]``.
 
 ``models`` measures inference and training throughput (images/s) of registry models on the default
 JAX backend (GPU when present), with XLA's FLOP count of the compiled step and the achieved TFLOP/s.
 ``detect`` measures face detection (MTCNN on the default JAX backend, OpenCV's Haar cascade on the
 CPU) in images/s on 640x480 photos, both on the same photos in the same run.
+``loader`` measures the grain data loader (``data_pipelines.loader``) on the full preprocessing
+chain with uint8 output, per worker-process count, in images/s and images/s per busy CPU core.
 Speed targets live here, never in timed test assertions.
 """
 
@@ -219,7 +221,163 @@ def cmd_detect(args) -> int:
   return 1 if failed else 0
 
 
-COMMANDS = {"models": cmd_models, "detect": cmd_detect}
+# Loader cases: (name, synthetic scene (h, w), face height range as a fraction of the shorter side,
+# pipe, goal in images/s per core). "aligned" stands for UTKFace-like 200x200 face chips (the face
+# fills the frame, no detection or crop); the "wild" cases are cluttered scenes with stored boxes.
+LOADER_CASES = {
+    "aligned200": ((200, 200), (0.7, 0.85),
+                   "decode|resize(224)|flip_lr|rotate(5)|saliency(0.3)", 800.0),
+    "wild256": ((256, 256), (0.25, 0.6),
+                "decode|face_crop(0.3)|resize(224)|flip_lr|rotate(3)|saliency(0.3)", 350.0),
+    "wild640x480": ((480, 640), (0.25, 0.6),
+                    "decode|face_crop(0.3)|resize(224)|flip_lr|rotate(3)|saliency(0.3)", 350.0),
+}
+LOADER_DEFINITION = (
+    "img/s = images delivered to the consumer / wall seconds (after warm-up); "
+    "cores = CPU seconds (user + sys) of the consumer process and its worker processes in the "
+    "timed window / wall seconds; img/s/core = img/s / cores = images per CPU-second")
+
+
+def cpu_model() -> str:
+  """The CPU model name from /proc/cpuinfo (Linux), else the platform's processor string."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown CPU"
+
+
+def _process_cpu_seconds(pid: int) -> float | None:
+  """user + sys CPU seconds of a live process, from /proc/PID/stat (None where unavailable)."""
+  import os  # noqa: PLC0415
+
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()  # the command name may contain spaces
+  except OSError:
+    return None
+  return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def _cpu_seconds() -> tuple[float | None, int]:
+  """CPU seconds of this process and its live child processes (the loader's workers); count."""
+  import multiprocessing  # noqa: PLC0415
+  import os  # noqa: PLC0415
+
+  pids = [os.getpid()] + [c.pid for c in multiprocessing.active_children()]
+  times = [_process_cpu_seconds(pid) for pid in pids]
+  if any(t is None for t in times):
+    return None, len(pids)
+  return sum(times), len(pids)
+
+
+def loader_source(case: str, size: int, pool: int, seed: int = 0) -> list[dict]:
+  """An in-memory random-access source of ``size`` records cycling over ``pool`` distinct encoded
+  synthetic examples (JPEG image, PNG fixation map, box, landmarks, labels, id)."""
+  from data_pipelines import synthetic  # noqa: PLC0415 - only this command needs it.
+
+  image_size, face_size, _, _ = LOADER_CASES[case]
+  config = synthetic.SyntheticConfig(image_size=image_size, face_size=face_size, seed=seed)
+  examples = [synthetic.encode_example(e) for e in synthetic.generate(min(pool, size), config)]
+  return [examples[i % len(examples)] for i in range(size)]
+
+
+def bench_loader(case: str, workers: int, num_batches: int, batch_size: int,
+                 read_threads: int = 2, warmup_batches: int = 2, pool: int = 64) -> dict:
+  """Throughput of ``make_loader`` on ``case``'s source and pipe with ``workers`` processes."""
+  from data_pipelines import loader  # noqa: PLC0415
+
+  image_size, _, pipe, goal = LOADER_CASES[case]
+  # Enough records that the timed batches do not wrap an epoch.
+  source = loader_source(case, (warmup_batches + num_batches) * batch_size, pool)
+  ld = loader.make_loader(source, pipe=pipe, batch_size=batch_size, seed=0, shard_index=0,
+                          shard_count=1, read_threads=read_threads, worker_count=workers)
+  try:
+    for _ in range(warmup_batches):  # worker start-up and the first buffer fill are not timed
+      next(ld)
+    cpu0, processes = _cpu_seconds()
+    t0 = time.perf_counter()
+    for _ in range(num_batches):
+      batch = next(ld)
+    seconds = time.perf_counter() - t0
+    cpu1, _ = _cpu_seconds()
+  finally:
+    ld.close()
+  images = num_batches * batch_size
+  cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+  img_s = images / seconds
+  per_core = images / cpu if cpu else None
+  return {
+      "case": case, "image_size": list(image_size), "pipe": pipe, "workers": workers,
+      "read_threads": read_threads, "batch_size": batch_size, "batches": num_batches,
+      "images": images, "output_shape": list(batch["image"].shape),
+      "output_dtype": str(batch["image"].dtype), "processes": processes, "seconds": seconds,
+      "img_s": img_s, "cpu_seconds": cpu, "cores": cpu / seconds if cpu else None,
+      "img_s_per_core": per_core, "goal_img_s_per_core": goal,
+      "meets_goal": None if per_core is None else per_core >= goal,
+  }
+
+
+def cmd_loader(args) -> int:
+  import cv2  # noqa: PLC0415
+
+  # The workers run OpenCV single-threaded (data_pipelines.loader); so does the consumer here, so
+  # that every worker count is measured the same way.
+  threads = cv2.getNumThreads()
+  cv2.setNumThreads(1)
+  try:
+    return _run_loader_cases(args)
+  finally:
+    cv2.setNumThreads(threads)
+
+
+def _run_loader_cases(args) -> int:
+  import os  # noqa: PLC0415
+
+  import cv2  # noqa: PLC0415
+
+  print(f"# host {platform.node()}; CPU {cpu_model()}; {os.cpu_count()} logical cores; "
+        f"OpenCV {cv2.__version__}", flush=True)
+  print(f"# {LOADER_DEFINITION}", flush=True)
+  if not args.json:
+    print(f"{'case':<13}{'workers':>8}{'img/s':>10}{'cores':>7}{'img/s/core':>12}{'goal':>7}"
+          f"  pipe", flush=True)
+  for case in args.cases:
+    for workers in args.workers:
+      r = bench_loader(case, workers, args.num_batches, args.batch_size, args.read_threads)
+      if args.json:
+        print(json.dumps(r), flush=True)
+      else:
+        fmt = lambda v, spec: format(v, spec) if v is not None else "n/a"
+        print(f"{case:<13}{workers:>8}{r['img_s']:10.1f}{fmt(r['cores'], '7.2f'):>7}"
+              f"{fmt(r['img_s_per_core'], '12.1f'):>12}{r['goal_img_s_per_core']:7.0f}  "
+              f"{r['pipe']}", flush=True)
+  return 0
+
+
+def _int_list(text: str) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",")]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+  if any(v < 0 for v in values):
+    raise argparse.ArgumentTypeError(f"worker counts must be >= 0, got {text!r}")
+  return values
+
+
+def _case_list(text: str) -> list[str]:
+  cases = text.split(",")
+  unknown = [c for c in cases if c not in LOADER_CASES]
+  if unknown:
+    raise argparse.ArgumentTypeError(f"unknown case(s) {', '.join(unknown)}; choose from "
+                                     f"{', '.join(LOADER_CASES)}")
+  return cases
+
+
+COMMANDS = {"models": cmd_models, "detect": cmd_detect, "loader": cmd_loader}
 
 
 def main(argv=None) -> int:
@@ -241,7 +399,20 @@ def main(argv=None) -> int:
   d.add_argument("--min_seconds", type=float, default=3.0,
                  help="minimum timed seconds per detector")
   d.add_argument("--json", action="store_true")
+  ld = sub.add_parser("loader", help="data loader throughput on the full preprocessing chain")
+  ld.add_argument("--workers", type=_int_list, default=[0, 1, 2],
+                  help="comma-separated worker-process counts (0 = threads in this process)")
+  ld.add_argument("--cases", type=_case_list, default=list(LOADER_CASES),
+                  help=f"comma-separated: {','.join(LOADER_CASES)}")
+  ld.add_argument("--num_batches", type=int, default=50, help="timed batches per measurement")
+  ld.add_argument("--batch_size", type=int, default=64)
+  ld.add_argument("--read_threads", type=int, default=2,
+                  help="preprocessing threads per process (loader's read_threads)")
+  ld.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
+  if args.command == "loader" and (args.num_batches <= 0 or args.batch_size <= 0 or
+                                   args.read_threads < 0):
+    parser.error("--num_batches and --batch_size must be positive, --read_threads >= 0")
   if args.command == "detect" and (args.images < 0 or args.empty < 0 or
                                    args.images + args.empty == 0):
     parser.error("--images and --empty must be >= 0 and not both 0")
