@@ -138,7 +138,7 @@ def read_list(path: str, columns: Sequence[str] | None, num_values: int,
     except ValueError as e:
       out.problems.setdefault(file, []).append(f"{where}: {e}")
   if count is not None and count != num_rows:
-    out.warning = f"{name}: count line says {count} images but {num_rows} rows follow (not fatal)"
+    out.warning = f"count line says {count} images but {num_rows} rows follow (not fatal)"
   return out
 
 
@@ -247,14 +247,17 @@ original whitespace-aligned lists (not the CSV conversions of some mirrors).
         self.skip(NO_SPLIT, lst.name, lst.warning)
     # Annotated files with no (usable) partition row: one record each, all reasons together.
     partitioned = set(partition.rows) | set(partition.problems)
-    stray: dict[str, list[str]] = {}
+    stray: dict[str, tuple[list[str], list[str]]] = {}  # file -> (problems, lists naming it)
     for lst in lists:
       for file in [*lst.rows, *lst.problems]:
         if file not in partitioned:
-          stray.setdefault(file, []).extend(lst.problems.get(file, []))
-          stray[file].append(f"in {lst.name} but not in {PARTITION_FILE}")
+          problems, names = stray.setdefault(file, ([], []))
+          problems.extend(lst.problems.get(file, []))
+          names.append(lst.name)
     for file in sorted(stray):
-      self.skip(NO_SPLIT, file, "; ".join(stray[file]))
+      problems, names = stray[file]
+      self.skip(NO_SPLIT, file, "; ".join(
+          [*problems, f"in {', '.join(names)} but not in {PARTITION_FILE}"]))
     for file, reasons in partition.problems.items():
       self.skip(NO_SPLIT, file, "; ".join(reasons))
     by_split: dict[str, list[str]] = {s: [] for s in PARTITIONS.values()}
@@ -274,12 +277,10 @@ original whitespace-aligned lists (not the CSV conversions of some mirrors).
                          lists: list[ListFile]) -> Iterator[tuple[str, dict[str, Any]]]:
     attrs, landmarks, identity = lists[:3]
     for file in files:
-      reasons = []
-      for lst in lists:
-        if file in lst.problems:
-          reasons.extend(lst.problems[file])
-        elif file not in lst.rows:
-          reasons.append(f"in {PARTITION_FILE} but not in {lst.name}")
+      reasons = [r for lst in lists for r in lst.problems.get(file, [])]
+      absent = [lst.name for lst in lists if file not in lst.rows and file not in lst.problems]
+      if absent:
+        reasons.append(f"in {PARTITION_FILE} but not in {', '.join(absent)}")
       if reasons:
         self.skip(split, file, "; ".join(reasons))
         continue

@@ -54,7 +54,7 @@ def _write_tree(root: str, flat: bool, images: str) -> dict[str, bytes]:
   # CRLF line endings, as Windows-made copies have them.
   partition = ["000001.jpg 0", "000002.jpg 0", "000003.jpg 0", "000004.jpg 1", "000005.jpg 2",
                "000006.jpg 2", "000007.jpg 0", "000008.jpg 3", "000009.jpg 1", "000011.jpg 0",
-               "000012.jpg 0"]
+               "000012.jpg 0", "000013.jpg 2"]  # 000013: in no annotation list
   with open(os.path.join(evl, "list_eval_partition.txt"), "w", newline="") as f:
     f.write("\r\n".join(partition) + "\r\n")
   attrs = {
@@ -90,22 +90,23 @@ def _expected_skips(manual: str, flat: bool, images: str, landmarks: str) -> lis
   not_in = "but not in list_eval_partition.txt"
   return [
       ("(none)", "list_attr_celeba.txt",
-       "list_attr_celeba.txt: count line says 12 images but 11 rows follow (not fatal)"),
-      ("(none)", "000010.jpg", f"in list_attr_celeba.txt {not_in}; in {landmarks} {not_in}; "
-       f"in identity_CelebA.txt {not_in}"
-       + (f"; in list_bbox_celeba.txt {not_in}" if images == "img_celeba" else "")),
+       "count line says 12 images but 11 rows follow (not fatal)"),
+      ("(none)", "000010.jpg", f"in list_attr_celeba.txt, {landmarks}, identity_CelebA.txt"
+       + (", list_bbox_celeba.txt" if images == "img_celeba" else "") + f" {not_in}"),
       ("(none)", "000008.jpg",
        "list_eval_partition.txt line 8: unknown partition code '3' (expected 0, 1 or 2)"),
       ("train", "000002.jpg", "image file cannot be decoded (corrupt or truncated): "
        + _path(manual, flat, images, "000002.jpg")),
       ("train", "000003.jpg", "image file missing: " + _path(manual, flat, images, "000003.jpg")),
       ("train", "000007.jpg", f"in list_eval_partition.txt but not in {landmarks}"
-       + ("; in list_eval_partition.txt but not in list_bbox_celeba.txt"
-          if images == "img_celeba" else "")),
+       + (", list_bbox_celeba.txt" if images == "img_celeba" else "")),
       ("train", "000011.jpg",
        f"{landmarks} line 11: values must be integers, got '21 11 31 12 15 18 11 25 21 7a'"),
       ("validation", "000009.jpg",
        "list_attr_celeba.txt line 10: attribute values must be +1 or -1 (bad: Male)"),
+      ("test", "000013.jpg", f"in list_eval_partition.txt but not in list_attr_celeba.txt, "
+       f"{landmarks}, identity_CelebA.txt"
+       + (", list_bbox_celeba.txt" if images == "img_celeba" else "")),
       ("test", "000006.jpg",
        "list_attr_celeba.txt line 8: expected 40 values after the file name, got 39"),
   ]
@@ -143,7 +144,7 @@ def test_build_labels_splits_and_skips(tmp_path, config, flat):
   skipped = [(e["split"], e["id"], e["reason"]) for e in summary["skipped"]["examples"]]
   assert collections.Counter(skipped) == collections.Counter(
       _expected_skips(manual, flat, images, landmarks))
-  assert summary["skipped"]["count"] == 9
+  assert summary["skipped"]["count"] == 10
 
   for split in ("train", "validation", "test"):
     records = _records(str(tmp_path / "tfds"), config, split)
@@ -160,6 +161,10 @@ def test_build_labels_splits_and_skips(tmp_path, config, flat):
         np.testing.assert_array_equal(r["box"], [x, y, x + w, y + h])
       else:
         assert "box" not in r
+  builder = tfds.builder(f"celeba/{config}", data_dir=str(tmp_path / "tfds"))
+  assert builder.info.metadata["attributes"][:3] == [
+      "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive"]
+  assert len(builder.info.metadata["attributes"]) == 40
   attrs = _records(str(tmp_path / "tfds"), config, "validation")["000004.jpg"]["attributes"]
   # 000004: Attractive and Smiling only (Male -1, Young -1).
   assert attrs.dtype == np.int32
