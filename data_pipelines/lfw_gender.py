@@ -30,11 +30,11 @@ Features (TF-free):
     always centred on the face and funneled images are re-aligned.
   id: Text, ``<identity>/<file>``, also the example key.
 
-Skipped (``builder.skipped``): an image in neither list (e.g. Tara_Kirk in some copies); an image
-in both lists; a listed image that is missing or corrupt; a list line that is not a
-``<Name>_<NNNN>.jpg`` file name, or repeats an earlier line of the same list (the first is kept),
-with the list file and line number. List-line records whose identity is unknown have split
-``(none)``.
+Skipped (``builder.skipped``): an image in neither list (e.g. Tara_Kirk in some copies) or in a
+folder other than its identity's; an image in both lists; a listed image that is missing or
+corrupt; a list line that is not a ``<Name>_<NNNN>.jpg`` file name, or repeats an earlier line of
+the same list (the first is kept), with the list file and line number. List-line records whose
+identity is unknown have split ``(none)``.
 """
 
 from __future__ import annotations
@@ -192,9 +192,13 @@ The list paths and the tree are fields of LfwGenderConfig (relative to the manua
       for file in sorted(os.listdir(folder)):
         if not file.lower().endswith(".jpg"):
           continue
-        if (file not in male and file not in female) or identity_of(file) != person:
-          self.skip(self._split(person), f"{person}/{file}",
-                    f"in neither {male_name} nor {female_name}")
+        if file not in male and file not in female:
+          reason = f"in neither {male_name} nor {female_name}"
+        elif identity_of(file) != person:
+          reason = f"listed, but in the folder {person}/ instead of {identity_of(file)}/"
+        else:
+          continue
+        self.skip(self._split(person), f"{person}/{file}", reason)
     # A split with fraction 0 gets nobody; leave it out rather than write an empty one.
     return {split: self._generate_examples(split, tree, by_split[split])
             for split, fraction in zip(SPLITS, fractions) if fraction > 0}

@@ -47,6 +47,7 @@ def _write_tree(root: str, tree: str, male: str, female: str) -> dict[str, bytes
   files["Alice_Smith/Alice_Smith_0002.jpg"] = _jpeg(9, size=(22, 44))
   files["Tara_Kirk/Tara_Kirk_0001.jpg"] = _jpeg(10)  # in neither list
   files["Dana_Both/Dana_Both_0001.jpg"] = _jpeg(11)  # in both lists
+  files["Frank_Lee/Gina_Moss_0001.jpg"] = _jpeg(13)  # listed, in someone else's folder
   truncated = _jpeg(12)
   files["Bob_Jones/Bob_Jones_0002.jpg"] = truncated[:len(truncated) // 2]
   for rel, data in files.items():
@@ -87,13 +88,15 @@ def test_build_labels_splits_boxes_and_skips(tmp_path):
       ("train", "Dana_Both/Dana_Both_0001.jpg",
        "listed in both male_names.txt (line 5) and female_names.txt (line 6)"),
       ("train", "Tara_Kirk/Tara_Kirk_0001.jpg", "in neither male_names.txt nor female_names.txt"),
+      ("test", "Frank_Lee/Gina_Moss_0001.jpg",
+       "listed, but in the folder Frank_Lee/ instead of Gina_Moss/"),
       ("train", "Carol_King/Carol_King_0002.jpg",
        f"image file missing: {tree}/Carol_King/Carol_King_0002.jpg"),
       ("validation", "Bob_Jones/Bob_Jones_0002.jpg",
        "image file cannot be decoded (corrupt or truncated): "
        f"{tree}/Bob_Jones/Bob_Jones_0002.jpg"),
   ])
-  assert summary["skipped"]["count"] == 6
+  assert summary["skipped"]["count"] == 7
 
   identities = {}
   for split in ("train", "validation", "test"):
@@ -122,7 +125,7 @@ def test_custom_config_tree_lists_and_fractions(tmp_path):
   assert ("(none)", "f.txt line 4",
           "f.txt line 4: 'Carol_King_3.jpg' is not a <Name>_<NNNN>.jpg file name"
           ) in builder.skipped
-  assert len(builder.skipped) == 6
+  assert len(builder.skipped) == 7
 
 
 def test_split_of_and_face_box():
