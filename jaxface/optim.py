@@ -33,12 +33,12 @@ left out or set to None takes the default shown):
 ``t`` is the number of updates already applied (optax's count): the first update uses ``t = 0``,
 as Caffe's ``iter`` and Keras' ``iterations`` do.
 
-Patterns are Python regular expressions matched against '/'-joined parameter paths with a
-leading ``params`` collection name removed (``conv1/kernel``, ``fc7/bias``). A pattern matches a
-parameter when it fully matches the path or one of its leading components, so ``fc6`` selects
-``fc6/kernel`` and ``fc6/bias`` but not ``fc60/...``, ``conv1`` does not select ``conv1_1/...``,
-``conv.*`` selects every conv layer and ``conv1/kernel`` only that kernel. A pattern that matches
-no parameter is an error (it is almost always a typo that would silently train everything).
+Patterns are Python regular expressions searched (``re.search``) in '/'-joined parameter paths
+with a leading ``params`` collection name removed (``conv1/kernel``, ``fc7/bias``). So ``fc6``
+selects ``fc6/kernel`` and ``fc6/bias``, ``conv\\d_\\d/`` every VGG conv layer, and an anchor
+selects one module exactly: ``^conv1/`` does not select ``conv1_1/kernel`` (``conv1`` alone
+would). A pattern that matches no parameter is an error: it is almost always a typo that would
+silently train everything.
 
 Momentum and the learning rate: Caffe and Keras fold the current rate into the velocity, optax
 scales the accumulated trace by the current rate. The two agree while the rate is constant and
@@ -279,8 +279,7 @@ def _path(keypath: Sequence[Any]) -> str:
 
 
 def _matches(pattern: re.Pattern, path: str) -> bool:
-  parts = path.split("/")
-  return any(pattern.fullmatch("/".join(parts[:i])) for i in range(1, len(parts) + 1))
+  return pattern.search(path) is not None
 
 
 def _assign(c: dict[str, Any], path: str) -> tuple[str, float, bool]:

@@ -34,7 +34,7 @@ def _save(fig: Figure, path: str | os.PathLike, dpi: int) -> str:
   return path
 
 
-def plot_confusion_matrix(confusion: Any, class_names: Sequence[str], path: str | os.PathLike,
+def confusion_matrix_png(confusion: Any, class_names: Sequence[str], path: str | os.PathLike,
                           title: str | None = None, dpi: int = 100) -> str:
   """Confusion matrix (rows true, columns predicted): each cell shows its count and row %.
 
@@ -118,7 +118,7 @@ def _is_number(v: Any) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def plot_learning_curves(metrics_path: str | os.PathLike, path: str | os.PathLike,
+def learning_curves_png(metrics_path: str | os.PathLike, path: str | os.PathLike,
                          names: Sequence[str] | None = None, title: str | None = None,
                          dpi: int = 100) -> str:
   """One panel per metric, against step, from a JSON-lines metrics file.

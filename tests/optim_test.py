@@ -124,11 +124,16 @@ def test_configdict_and_groups_report():
       "fc8/bias": ("lr_x1", 1.0, False), "fc8/kernel": ("lr_x1+wd", 1.0, False)}
   text = optim.format_param_groups(cfg, _params())
   assert "conv2/kernel  (2, 2)" in text and "frozen: 8 parameters" in text
-  # "conv1" selects the conv1 module, not conv1_1.
-  rows = optim.describe_param_groups({"lr": 0.1, "freeze": ("conv1",)},
-                                     {"conv1": {"kernel": jnp.ones(1)},
-                                      "conv1_1": {"kernel": jnp.ones(1)}})
-  assert [r.frozen for r in rows] == [True, False]
+  # Patterns are searched in the path: anchor them to select one module exactly.
+  tree = {"conv1": {"kernel": jnp.ones(1)}, "conv1_1": {"kernel": jnp.ones(1)},
+          "fc7": {"kernel": jnp.ones(1)}}
+  rows = optim.describe_param_groups({"lr": 0.1, "freeze": ("conv1",)}, tree)
+  assert [r.frozen for r in rows] == [True, True, False]
+  rows = optim.describe_param_groups({"lr": 0.1, "freeze": ("^conv1/",)}, {"params": tree})
+  assert [(r.path, r.frozen) for r in rows] == [
+      ("conv1/kernel", True), ("conv1_1/kernel", False), ("fc7/kernel", False)]
+  rows = optim.describe_param_groups({"lr": 0.1, "lr_mult": ((r"conv\d_\d/", 0.1),)}, tree)
+  assert [r.lr_mult for r in rows] == [1.0, 0.1, 1.0]
 
 
 def test_frozen_and_trainable_parameters_get_zero_updates():

@@ -19,7 +19,7 @@ def _read_png(path):
 
 def test_confusion_matrix_png(tmp_path):
   cm = np.array([[5, 1, 0], [2, 7, 1], [0, 0, 0]])
-  out = plots.plot_confusion_matrix(cm, ["neutral", "happy", "sad"], tmp_path / "sub" / "cm.png",
+  out = plots.confusion_matrix_png(cm, ["neutral", "happy", "sad"], tmp_path / "sub" / "cm.png",
                                     title="expression")
   image = _read_png(out)
   # figsize (max(4, 0.9 * 3 + 2) + 1, ...) = (5.7, 4.7) inches at 100 dpi.
@@ -29,11 +29,11 @@ def test_confusion_matrix_png(tmp_path):
 
 def test_confusion_matrix_refuses_mismatched_shapes(tmp_path):
   with pytest.raises(ValueError, match="square"):
-    plots.plot_confusion_matrix(np.ones((2, 3)), ["a", "b"], tmp_path / "x.png")
+    plots.confusion_matrix_png(np.ones((2, 3)), ["a", "b"], tmp_path / "x.png")
   with pytest.raises(ValueError, match="class_names has 3 entries"):
-    plots.plot_confusion_matrix(np.ones((2, 2)), ["a", "b", "c"], tmp_path / "x.png")
+    plots.confusion_matrix_png(np.ones((2, 2)), ["a", "b", "c"], tmp_path / "x.png")
   with pytest.raises(ValueError, match="counts >= 0"):
-    plots.plot_confusion_matrix(-np.ones((2, 2)), ["a", "b"], tmp_path / "x.png")
+    plots.confusion_matrix_png(-np.ones((2, 2)), ["a", "b"], tmp_path / "x.png")
   assert not (tmp_path / "x.png").exists()
 
 
@@ -51,10 +51,10 @@ def test_learning_curves_png(tmp_path):
       events.append({"step": step, "val/loss": 1.5 / (step + 1), "val/accuracy": step / 100})
   # A trainer may be half-way through writing the last line.
   metrics = _write_jsonl(tmp_path / "metrics.jsonl", events, tail='{"step": 100, "train/lo')
-  out = plots.plot_learning_curves(metrics, tmp_path / "curves.png", title="run")
+  out = plots.learning_curves_png(metrics, tmp_path / "curves.png", title="run")
   image = _read_png(out)
   assert image.shape == (320, 1350, 3)  # Three panels: accuracy, loss, lr.
-  out = plots.plot_learning_curves(metrics, tmp_path / "loss.png", names=["train/loss"])
+  out = plots.learning_curves_png(metrics, tmp_path / "loss.png", names=["train/loss"])
   assert _read_png(out).shape == (320, 450, 3)
   assert len(plots.read_metrics_jsonl(metrics)) == len(events)
 
@@ -63,15 +63,15 @@ def test_learning_curves_errors(tmp_path):
   bad = _write_jsonl(tmp_path / "bad.jsonl", [{"step": 0, "loss": 1.0}],
                      tail='{"step": 1, "loss": \n{"step": 2, "loss": 0.5}\n')
   with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not a metrics event"):
-    plots.plot_learning_curves(bad, tmp_path / "x.png")
+    plots.learning_curves_png(bad, tmp_path / "x.png")
   nostep = _write_jsonl(tmp_path / "nostep.jsonl", [{"loss": 1.0}, {"step": 1, "loss": 0.5}])
   with pytest.raises(ValueError, match="line 1.*'step'"):
     plots.read_metrics_jsonl(nostep)
   good = _write_jsonl(tmp_path / "good.jsonl", [{"step": 0, "loss": 1.0}])
   with pytest.raises(ValueError, match=r"no numeric values for \['acc'\]"):
-    plots.plot_learning_curves(good, tmp_path / "x.png", names=["acc"])
+    plots.learning_curves_png(good, tmp_path / "x.png", names=["acc"])
   with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-    plots.plot_learning_curves(tmp_path / "missing.jsonl", tmp_path / "x.png")
+    plots.learning_curves_png(tmp_path / "missing.jsonl", tmp_path / "x.png")
 
 
 def test_image_grid(tmp_path):
