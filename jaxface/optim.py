@@ -38,7 +38,9 @@ with a leading ``params`` collection name removed (``conv1/kernel``, ``fc7/bias`
 selects ``fc6/kernel`` and ``fc6/bias``, ``conv\\d_\\d/`` every VGG conv layer, and an anchor
 selects one module exactly: ``^conv1/`` does not select ``conv1_1/kernel`` (``conv1`` alone
 would). A pattern that matches no parameter is an error: it is almost always a typo that would
-silently train everything.
+silently train everything. Caffe's per-blob rates are first-match rules too: Levi & Hassner's
+``blobs_lr`` 1/2 (weights/biases) and 10/20 on fc8 are
+``lr_mult = (("^fc8/bias", 20), ("^fc8/", 10), ("/bias$", 2))``.
 
 Momentum and the learning rate: Caffe and Keras fold the current rate into the velocity, optax
 scales the accumulated trace by the current rate. The two agree while the rate is constant and

@@ -136,6 +136,15 @@ def test_configdict_and_groups_report():
   assert [r.lr_mult for r in rows] == [1.0, 0.1, 1.0]
 
 
+def test_caffe_blob_multipliers_are_expressible():
+  # Levi & Hassner's prototxt: blobs_lr 1 / 2 (weights / biases), 10 / 20 on fc8; biases undecayed.
+  cfg = {"lr": 1e-3, "weight_decay": 5e-4,
+         "lr_mult": (("^fc8/bias", 20.0), ("^fc8/", 10.0), ("/bias$", 2.0))}
+  got = {r.path: (r.group, r.lr_mult) for r in optim.describe_param_groups(cfg, _params())}
+  assert got["fc8/bias"] == ("lr_x20", 20.0) and got["fc8/kernel"] == ("lr_x10+wd", 10.0)
+  assert got["conv1/bias"] == ("lr_x2", 2.0) and got["conv1/kernel"] == ("lr_x1+wd", 1.0)
+
+
 def test_frozen_and_trainable_parameters_get_zero_updates():
   params = _params()
   g1, g2 = _grads(params, 1), _grads(params, 2)
