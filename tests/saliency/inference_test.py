@@ -10,6 +10,7 @@ import pytest
 from jaxface import models
 from jaxface.saliency import inference
 from jaxface.weights import common
+from tests import helpers
 
 WIDTH = 1 / 32
 MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
@@ -18,10 +19,10 @@ MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 @pytest.fixture(scope="module")
 def tiny():
   model = models.get("mlnet", width=WIDTH)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
-  # A positive output bias keeps the final ReLUs alive, so the maps are not all zero.
-  variables = jax.tree.map(np.asarray, variables)
-  variables["params"]["pre_final_conv"]["bias"] = np.full((1,), 0.5, np.float32)
+  variables = helpers.random_variables(model, jnp.zeros((1, 32, 32, 3)), seed=0)
+  # A unit prior and a positive output bias keep the final ReLUs alive (maps not all zero).
+  variables["params"]["prior"]["W"][:] = 0.0
+  variables["params"]["pre_final_conv"]["bias"][:] = 0.5
   return model, variables
 
 

@@ -9,6 +9,7 @@ from data_pipelines import ops
 from jaxface import models
 from jaxface.saliency import inference
 from jaxface.saliency import online
+from tests import helpers
 
 
 def _op(images, maps, r):
@@ -51,9 +52,10 @@ def test_reweight_float_output(rng):
 
 def test_saliency_reweight_step_inside_jit(rng):
   model = models.get("mlnet", width=1 / 32)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 3)))
-  variables = jax.tree.map(np.asarray, variables)
-  variables["params"]["pre_final_conv"]["bias"] = np.full((1,), 0.5, np.float32)
+  variables = helpers.random_variables(model, jnp.zeros((1, 16, 16, 3)), seed=1)
+  # A unit prior and a positive output bias keep the final ReLUs alive (maps not all zero).
+  variables["params"]["prior"]["W"][:] = 0.0
+  variables["params"]["pre_final_conv"]["bias"][:] = 0.5
   images = rng.integers(0, 256, (2, 20, 20, 3), dtype=np.uint8)
 
   @jax.jit
