@@ -335,11 +335,45 @@ def _warp_all(example: Example, op: str, A: np.ndarray, image_out: np.ndarray,
   ``crops.warp`` with the same affine, the points through its inverse."""
   img = _image(example, op)
   for key, m in _maps(example, op, img.shape[:2]).items():
-    example[key] = crops.warp(m, A, size)
+    example[key] = _warp(m, A, size)
   inv = crops.invert_affine(A)
   _move_points(example, lambda p: crops.apply_affine(inv, p))
   example["image"] = image_out
   return example
+
+
+def _warp(image: np.ndarray, A: np.ndarray, size: int) -> np.ndarray:
+  """``crops.warp``, bit for bit, with a faster path for axis-aligned affines without area
+  reduction (a box crop at about its native size, as ``face_crop`` makes)."""
+  A = np.asarray(A, np.float64).reshape(2, 3)
+  img = np.asarray(image)
+  if (A[0, 1] != 0 or A[1, 0] != 0 or not np.all(np.isfinite(A)) or img.ndim not in (2, 3)
+      or img.dtype.kind not in "ui" or img.dtype.itemsize > 2 or img.size == 0
+      or not 1e-12 <= abs(A[0, 0] * A[1, 1]) < 4.0 or int(size) != size or size < 1):
+    return crops.warp(image, A, size)  # the general case (and its argument errors)
+  # Same arithmetic as crops.warp, element for element, but separable: x depends on the column
+  # only and y on the row only, so each needed row is interpolated horizontally once and the
+  # rows are then blended, instead of four 2-D gathers over float64 coordinate grids.
+  dtype, flat = img.dtype, img.ndim == 2
+  if flat:
+    img = img[:, :, None]
+  h, w = img.shape[:2]
+  grid = np.arange(size, dtype=np.float64)
+  x, y = A[0, 0] * grid + A[0, 2], A[1, 1] * grid + A[1, 2]
+  x0, y0 = np.floor(x), np.floor(y)
+  fx = (x - x0).astype(np.float32)[:, None]
+  fy = (y - y0).astype(np.float32)[:, None, None]
+  xa = np.clip(x0, 0, w - 1).astype(np.intp)
+  xb = np.clip(x0 + 1, 0, w - 1).astype(np.intp)
+  ya = np.clip(y0, 0, h - 1).astype(np.intp)
+  yb = np.clip(y0 + 1, 0, h - 1).astype(np.intp)
+  used, where = np.unique(np.concatenate([ya, yb]), return_inverse=True)
+  rows = img[used]
+  horiz = rows[:, xa].astype(np.float32) * (1 - fx) + rows[:, xb].astype(np.float32) * fx
+  out = horiz[where[:size]] * (1 - fy) + horiz[where[size:]] * fy
+  info = np.iinfo(dtype)
+  out = np.clip(np.rint(out), info.min, info.max).astype(dtype)
+  return out[:, :, 0] if flat else out
 
 
 def _need(example: Example, key: str, op: str) -> np.ndarray:
@@ -417,8 +451,8 @@ class FaceCrop(Op):
     except ValueError as e:
       raise BadExampleError(example.get("id"), f"{self.name}: {e}") from None
     size = self.size or max(1, int(round(max(mbox[2] - mbox[0], mbox[3] - mbox[1]))))
-    out, A = crops.crop(img, mbox, size)
-    return _warp_all(example, self.name, A, out, size)
+    A = crops.box_affine(mbox, size)  # what crops.crop does, with the faster warp
+    return _warp_all(example, self.name, A, _warp(img, A, size), size)
 
 
 @register("align")
@@ -533,17 +567,24 @@ class RandomCrop(Op):
     return _slice_crop(example, self.name, top, left, oh, ow)
 
 
+def _flip(a: np.ndarray) -> np.ndarray:
+  """``a[:, ::-1].copy()``; OpenCV's flip makes the same uint8 array several times faster."""
+  if a.dtype == np.uint8 and a.size and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] <= 4)):
+    return cv2.flip(a, 1).reshape(a.shape)  # (H, W, 1) comes back as (H, W)
+  return a[:, ::-1].copy()
+
+
 def _mirror(example: Example, op: str) -> Example:
   img = _image(example, op)
   w = img.shape[1]
   for key, m in _maps(example, op, img.shape[:2]).items():
-    example[key] = m[:, ::-1].copy()
+    example[key] = _flip(m)
   # x -> (w - 1) - x mirrors pixel centres and pixel edges alike.
   _move_points(example, lambda p: np.stack([w - 1 - p[:, 0], p[:, 1]], axis=1))
   if example.get("landmarks") is not None and np.shape(example["landmarks"]) == (5, 2):
     # The subject's left eye is now on the other side: keep the names true to the picture.
     example["landmarks"] = example["landmarks"][_FLIP_ORDER]
-  example["image"] = img[:, ::-1].copy()
+  example["image"] = _flip(img)
   return example
 
 
