@@ -4,6 +4,7 @@
 * ``gender_age``: multi-task head of Abdolrashidi et al. (paper 004): the gender branch predicts
   gender; its softmax probabilities are concatenated to the last hidden layer of the age branch.
 * ``attributes``: ``num_attributes`` independent logits for the CelebA sigmoid loss (Zhang et al.).
+* ``multi_softmax``: one softmax layer per task on shared features (``{task: logits}``).
 * ``gap``: global average pooling of the last conv map + linear layer, the Class Activation Map
   form of SAF-BAGE (paper 000, AlexNet with the fc layers replaced by GAP).
 
@@ -74,6 +75,23 @@ class GenderAgeHead(nn.Module):
     return out, {"age_hidden": age_hidden}
 
 
+class MultiSoftmaxHead(nn.Module):
+  """Independent softmax heads on shared features, one per task: ``{task: logits}``.
+
+  ``tasks`` is a tuple of ``(name, num_classes)`` pairs (a tuple, so the module stays hashable).
+  """
+  tasks: tuple[tuple[str, int], ...]
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    out = {name: nn.Dense(int(n), dtype=self.dtype, name=f"{name}_fc")(x)
+           for name, n in self.tasks}
+    return out, {}
+
+
 class GapHead(nn.Module):
   """Global average pooling + linear classifier; ``aux['cam_weights']`` gives the CAM weights."""
   num_classes: int
@@ -93,6 +111,7 @@ HEADS: dict[str, tuple[type[nn.Module], bool]] = {
     "attributes": (AttributeHead, False),
     "gender_age": (GenderAgeHead, False),
     "gap": (GapHead, True),
+    "multi_softmax": (MultiSoftmaxHead, False),
 }
 
 

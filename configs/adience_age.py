@@ -1,0 +1,31 @@
+"""SAF-BAGE on Adience age: saliency-reweighted AlexNet, 5-fold subject-exclusive protocol.
+
+Paper: SAF-BAGE (../shared/papers/000_5a6047cae2fd1f56.txt), Table 1 (Adience): reported
+age 62.11 +- 3.2 % exact (52.2 % without saliency, `:r=0`), mean +- std over the five folds.
+
+Settings: jaxface.config_presets.saf_bage_adience (SPEC 9.1): Adience faces/ crops, face crop
+with 30 % margin, 224 x 224, ML-Net saliency r = 0.3 (cached), ImageNet AlexNet with fc6-fc8
+fine-tuned, flip and +-3 degree rotation, 30 epochs, SGD lr 0.001, dropout 0.4, batch 128.
+
+Commands (fold k = 0..4; then the mean and std over the folds):
+  python -m data_pipelines.build adience --config faces_age --manual_dir ~/data/adience
+  for k in 0 1 2 3 4; do python -m jaxface.train \
+      --config configs/adience_age.py:fold=$k,init_from=/tmp/alexnet.npz,mlnet=/tmp/mlnet.npz \
+      --workdir /tmp/adience_age/fold$k; done
+  python -m jaxface.evaluate --folds /tmp/adience_age/fold0,/tmp/adience_age/fold1,\
+      /tmp/adience_age/fold2,/tmp/adience_age/fold3,/tmp/adience_age/fold4
+Arguments: fold (0), r (0.3), model (alexnet; vgg16 for the paper's ablation), init_from, mlnet,
+smoke.
+"""
+
+import ml_collections
+
+from jaxface import config_lib
+from jaxface import config_presets
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = config_lib.parse_arg(arg, fold=0, r=0.3, model="alexnet", init_from="", mlnet="")
+  c = config_presets.saf_bage_adience("age", arg.fold, arg.r, arg.init_from, arg.mlnet,
+                                      arg.smoke, arg.model)
+  return config_lib.finalize(c)

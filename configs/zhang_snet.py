@@ -1,0 +1,32 @@
+"""Zhang et al.'s SNets: VGG-Face fine-tuned from general to specific for smile (FotW); the two
+crops' SNets are ensembled.
+
+Paper: ../shared/papers/002_439a0b88440cd9f0.txt, Table 3: reported 89.34 % smile accuracy on FotW
+for the ensemble of crop schemes 1 (aligned whole face) and 5 (aligned mouth and cheeks).
+
+Steps as in configs/zhang_gnet.py (step 3 uses CelebA's Smiling attribute). Train one SNet per
+crop scheme and average their probabilities with ``jaxface.evaluate --ensemble``.
+
+Commands:
+  for crop in 1 5; do
+    python -m jaxface.train --config configs/zhang_snet.py:crop=$crop,step=2,init_from=/tmp/vggface.npz --workdir /tmp/snet$crop/2
+    python -m jaxface.train --config configs/zhang_snet.py:crop=$crop,step=3,init_from=/tmp/snet$crop/2 --workdir /tmp/snet$crop/3
+    python -m jaxface.train --config configs/zhang_snet.py:crop=$crop,step=4,init_from=/tmp/snet$crop/3 --workdir /tmp/snet$crop/4
+  done
+  python -m jaxface.evaluate --ensemble /tmp/snet1/4,/tmp/snet5/4 --out /tmp/snet_ensemble
+Arguments: crop (1 | 5), step (2 | 3 | 4), init_from, smoke.
+"""
+
+import ml_collections
+
+from jaxface import config_lib
+from jaxface import config_presets
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = config_lib.parse_arg(arg, crop=1, step=4, init_from="")
+  if arg.crop not in (1, 5):
+    raise config_lib.ConfigError(f"config argument crop={arg.crop}: the SNets use crops 1 and 5")
+  c = config_presets.zhang_general_to_specific("smile", arg.step, arg.crop, arg.init_from,
+                                               arg.smoke)
+  return config_lib.finalize(c)

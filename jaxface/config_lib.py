@@ -1,0 +1,283 @@
+"""Helpers shared by the configs: the base schema, typed config arguments, periods, validation.
+
+A config file defines ``get_config(arg: str | None) -> ConfigDict``. ``arg`` is the text after the
+colon in ``--config configs/vegac.py:task=gender,smoke``; ``parse_arg`` turns it into typed values
+(``smoke`` alone means ``smoke=True``). Every config starts from ``base_config()`` so all runs share
+one schema, and ``finalize`` locks it: an unknown field given on the command line
+(``--config.optim.lrr=0.1``) is an error that names it.
+
+Periods use one vocabulary: ``<name>_steps``, ``<name>_epochs`` or ``<name>_examples`` (at most
+one of them non-zero), resolved by ``period_steps``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+PERIODS = ("train", "eval_every", "checkpoint_every", "log_every")
+TASK_KINDS = ("classify", "attributes", "saliency")
+SALIENCY_MODES = ("none", "cache", "online", "dataset")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field."""
+
+
+def base_config() -> ConfigDict:
+  """Every field a training or evaluation run reads, with neutral defaults."""
+  c = ConfigDict()
+  c.name = ""
+  c.seed = 0
+  c.smoke = False
+
+  c.data = ConfigDict(dict(
+      name="synthetic_faces", config="default", data_dir="", manual_dir="",
+      build=True,  # prepare the dataset if it is not (needs manual_dir for real datasets)
+      train_split="train", eval_split="validation", test_split="test",
+      train_pipe="decode|face_crop(0.3)|resize(224)",
+      eval_pipe="decode|face_crop(0.3)|resize(224)",
+      labels=("age",),  # record keys the loader keeps as labels
+      read_threads=2, worker_count=0,
+  ))
+  c.model = ConfigDict(dict(
+      name="alexnet",
+      kwargs=ConfigDict(dict(dropout_rate=0.5), type_safe=False),
+      head="", head_kwargs=ConfigDict({}, type_safe=False),
+      dtype="float32",  # computation dtype; parameters stay float32
+      input_size=(224, 224),
+      preprocessing="imagenet",  # see jaxface.train.PREPROCESSING
+  ))
+  c.task = ConfigDict(dict(
+      kind="classify",
+      class_weights="none",  # none | inverse | balanced (from the training split's labels)
+      label_smoothing=0.0,
+      loss_weights=ConfigDict({}, type_safe=False),  # task name -> weight (multi-task)
+      ordinal=("age",),  # label keys whose classes are ordered (one-off accuracy, AABD)
+  ))
+  c.saliency = ConfigDict(dict(
+      mode="none", r=0.3,
+      crop_pipe="decode|face_crop(0.3)|resize(224)",
+      mlnet="",  # imported .npz or an ML-Net training workdir ("stage:NAME" in a chain)
+      mlnet_input=(224, 224), cache_size=(64, 64), cache_dir="", batch_size=32,
+  ))
+  c.optim = ConfigDict(dict(
+      name="sgd", lr=0.001, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.0, weight_decay_mask="kernels",
+      schedule="constant", boundaries_epochs=(), boundaries_steps=(), decay_factor=0.1,
+      power=1.0, end_lr=0.0, decay=0.0, warmup_steps=0,
+      freeze=(), trainable=(), lr_mult=(), grad_clip_norm=0.0,
+  ))
+  c.batch_size = 128  # global effective batch (all devices, all processes)
+  c.accum_steps = 1  # gradient accumulation: the batch is split into this many micro-batches
+  c.batch_norm = "global"  # statistics over the global batch (the only mode; recorded in the run)
+  c.train_steps = 0
+  c.train_epochs = 0.0
+  c.train_examples = 0
+  c.eval_every_steps = 0
+  c.eval_every_epochs = 0.0
+  c.eval_every_examples = 0
+  c.checkpoint_every_steps = 0
+  c.checkpoint_every_epochs = 0.0
+  c.checkpoint_every_examples = 0
+  c.log_every_steps = 10
+  c.log_every_epochs = 0.0
+  c.log_every_examples = 0
+  c.keep_checkpoints = 2
+  c.best_metric = ""  # e.g. "val/age/accuracy"
+  c.best_mode = "max"
+  c.init_from = ""  # imported .npz weights or another run's workdir
+  c.resume = ""  # another run's workdir to continue from (after this workdir's own checkpoint)
+  c.eval = ConfigDict(dict(batch_size=0, checkpoint="best", split="test", max_batches=0,
+                           num_sample_images=16,
+                           after_train=True))  # evaluate the test split when training ends
+  c.stages = ConfigDict({}, type_safe=False)  # a chain of runs (configs/demo.py)
+  return c
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
+  """Typed ``key=value,flag`` arguments; each key must be in ``defaults`` (its type is kept)."""
+  out = dict(defaults)
+  out.setdefault("smoke", False)
+  if arg:
+    for item in arg.split(","):
+      item = item.strip()
+      if not item:
+        continue
+      key, sep, value = item.partition("=")
+      key = key.strip()
+      if key not in out:
+        raise ConfigError(f"unknown config argument {key!r}; known: {', '.join(sorted(out))}")
+      if not sep:
+        if not isinstance(out[key], bool):
+          raise ConfigError(f"config argument {key!r} needs a value ({key}=...)")
+        out[key] = True
+        continue
+      out[key] = _typed(key, value.strip(), out[key])
+  return ConfigDict(out)
+
+
+def _typed(key: str, value: str, default: Any) -> Any:
+  try:
+    if isinstance(default, bool):
+      if value.lower() in ("1", "true", "yes"):
+        return True
+      if value.lower() in ("0", "false", "no"):
+        return False
+      raise ValueError(value)
+    if isinstance(default, int):
+      return int(value)
+    if isinstance(default, float):
+      return float(value)
+  except ValueError:
+    raise ConfigError(f"config argument {key}={value!r}: expected {type(default).__name__}") from None
+  return value
+
+
+def finalize(config: ConfigDict) -> ConfigDict:
+  """Locks the config (unknown fields become errors) after a last consistency check."""
+  config.lock()
+  return config
+
+
+def load(spec: str) -> ConfigDict:
+  """Imports ``path/to/config.py[:arg]`` and returns ``get_config(arg)`` (outside absl flags)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  module_spec = importlib.util.spec_from_file_location(
+      f"jaxface_config_{abs(hash(os.path.abspath(path)))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} defines no get_config()")
+  return module.get_config(arg or None)
+
+
+def period_steps(config: ConfigDict, name: str, steps_per_epoch: int) -> int:
+  """``<name>_steps`` | ``<name>_epochs`` | ``<name>_examples`` as a number of steps (0 = never).
+
+  Examples are counted at the global effective batch (``config.batch_size``); epochs use
+  ``steps_per_epoch`` (training examples // batch size).
+  """
+  steps = int(config.get(f"{name}_steps", 0) or 0)
+  epochs = float(config.get(f"{name}_epochs", 0) or 0)
+  examples = int(config.get(f"{name}_examples", 0) or 0)
+  given = [f"{name}_{k}" for k, v in (("steps", steps), ("epochs", epochs),
+                                      ("examples", examples)) if v]
+  if len(given) > 1:
+    raise ConfigError(f"set only one of {', '.join(given)}")
+  if min(steps, epochs, examples) < 0:
+    raise ConfigError(f"config.{given[0]} must not be negative")
+  if steps:
+    return steps
+  if epochs:
+    return max(1, int(round(epochs * steps_per_epoch)))
+  if examples:
+    return max(1, -(-examples // int(config.batch_size)))
+  return 0
+
+
+def validate(config: ConfigDict) -> None:
+  """Fails early, naming the field, on values that cannot work."""
+  def need(cond: bool, field: str, msg: str):
+    if not cond:
+      raise ConfigError(f"config.{field}: {msg}")
+
+  if config.get("stages"):
+    return  # each stage is validated when it runs
+  need(config.task.kind in TASK_KINDS, "task.kind", f"must be one of {TASK_KINDS}, got "
+       f"{config.task.kind!r}")
+  need(config.optim.lr > 0, "optim.lr", f"must be positive, got {config.optim.lr}")
+  need(config.optim.weight_decay >= 0, "optim.weight_decay",
+       f"must be >= 0, got {config.optim.weight_decay}")
+  need(config.batch_size >= 1, "batch_size", f"must be >= 1, got {config.batch_size}")
+  need(config.accum_steps >= 1, "accum_steps", f"must be >= 1, got {config.accum_steps}")
+  need(config.batch_size % config.accum_steps == 0, "accum_steps",
+       f"{config.accum_steps} does not divide batch_size {config.batch_size}")
+  need(config.saliency.mode in SALIENCY_MODES, "saliency.mode",
+       f"must be one of {SALIENCY_MODES}, got {config.saliency.mode!r}")
+  need(0.0 <= config.saliency.r <= 1.0, "saliency.r", f"must be in [0, 1], got {config.saliency.r}")
+  need(config.batch_norm == "global", "batch_norm",
+       f"only 'global' (statistics over the global batch) is supported, got {config.batch_norm!r}")
+  need(config.best_mode in ("max", "min"), "best_mode", f"must be 'max' or 'min'")
+  need(config.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+  need(config.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
+       f"must be float32, bfloat16 or float16, got {config.model.dtype!r}")
+  need(bool(config.data.labels) or config.task.kind == "saliency", "data.labels",
+       "name at least one label key")
+  if config.saliency.mode in ("cache", "online"):
+    need(bool(config.saliency.mlnet), "saliency.mlnet",
+         "needs ML-Net weights (.npz) or an ML-Net workdir for saliency mode "
+         f"{config.saliency.mode!r}")
+    if config.saliency.mode == "cache":
+      need("cached_saliency" in config.data.train_pipe, "data.train_pipe",
+           "saliency mode 'cache' needs the cached_saliency op after the crop")
+  for name in PERIODS:
+    period_steps(config, name, 1)
+  need(period_steps(config, "train", 1) > 0, "train_steps",
+       "set one of train_steps, train_epochs, train_examples")
+  for field in ("data_dir", "manual_dir"):
+    path = config.data.get(field)
+    if path and field == "manual_dir":
+      need(os.path.isdir(os.path.expanduser(path)), f"data.{field}",
+           f"directory does not exist: {path}")
+
+
+def apply_smoke(c: ConfigDict, *, size: int = 64, labels: tuple[str, ...] | None = None,
+                width: float = 0.125) -> ConfigDict:
+  """Shrinks a config so it trains two steps and evaluates on a 2-core CPU in seconds.
+
+  The data become the embedded ``synthetic_faces/small`` (built on first use); a config whose
+  labels the synthetic data lack passes ``labels`` it has instead (the smoke run checks the
+  machinery, not the paper's number). Models get ``width`` and ``size`` x ``size`` inputs.
+  """
+  c.smoke = True
+  c.data.name, c.data.config, c.data.manual_dir, c.data.build = (
+      "synthetic_faces", "small", "", True)
+  c.data.train_split, c.data.eval_split, c.data.test_split = "train", "validation", "test"
+  if labels is not None:
+    c.data.labels = labels
+  c.data.train_pipe = _resize_pipe(c.data.train_pipe, size)
+  c.data.eval_pipe = _resize_pipe(c.data.eval_pipe, size)
+  c.saliency.crop_pipe = _resize_pipe(c.saliency.crop_pipe, size)
+  c.saliency.mlnet_input = (size, size)
+  c.saliency.cache_size = (16, 16)
+  c.saliency.batch_size = 8
+  c.model.input_size = (size, size)
+  if c.model.name not in ("mlnet",):
+    c.model.kwargs.width = width
+  else:
+    c.model.kwargs.width = 1 / 16
+  c.model.dtype = "float32"
+  c.batch_size = 4
+  c.accum_steps = min(c.accum_steps, 2)
+  for name in ("train", "eval_every", "checkpoint_every", "log_every"):
+    for unit in ("steps", "epochs", "examples"):
+      c[f"{name}_{unit}"] = 0 if unit != "epochs" else 0.0
+  c.train_steps = 2
+  c.eval_every_steps = 2
+  c.checkpoint_every_steps = 2
+  c.log_every_steps = 1
+  c.eval.batch_size = 8
+  c.eval.max_batches = 2
+  c.eval.num_sample_images = 2
+  c.optim.warmup_steps = 0
+  return c
+
+
+def _resize_pipe(pipe: str, size: int) -> str:
+  """Replaces every crop/resize size in a pipe by smoke sizes (``size`` + 1/8 for crops)."""
+  import re  # pylint: disable=g-import-not-at-top
+  big = size + size // 8
+  pipe = re.sub(r"resize\(\s*\d+\s*\)", f"resize({big})", pipe)
+  pipe = re.sub(r"(random_crop|center_crop|oversample10)\(\s*\d+\s*\)", rf"\1({size})", pipe)
+  pipe = re.sub(r"(align|task_crop)\(([^)]*?)size\s*=\s*\d+", rf"\1(\2size={big}", pipe)
+  if "random_crop" not in pipe and "center_crop" not in pipe and "oversample10" not in pipe:
+    pipe = pipe.replace(f"resize({big})", f"resize({size})")
+  return pipe

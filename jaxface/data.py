@@ -1,0 +1,159 @@
+"""The data side of a run: the prepared dataset, its label vocabulary, and the grain loaders.
+
+Shared by ``jaxface.train``, ``jaxface.evaluate`` and ``jaxface.saliency``: all read
+``config.data`` (and ``config.saliency`` for the cached maps) the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+import data_pipelines  # noqa: F401  (the importlib_resources shim, before tfds builders load)
+from data_pipelines import build as build_lib
+from data_pipelines import loader as loader_lib
+from data_pipelines import tfds_compat
+from jaxface import config_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One label a run predicts: its record key, classes and kind."""
+  name: str  # the record key, e.g. "age"
+  kind: str  # "class" (softmax), "attributes" (sigmoid, multi-label) or "saliency" (a map)
+  class_names: tuple[str, ...] = ()
+  ordinal: bool = False
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+def data_dir(config) -> str:
+  return os.path.expanduser(config.data.data_dir or build_lib.default_data_dir())
+
+
+def prepare(config) -> Any:
+  """The tfds builder of ``config.data`` (prepared now if needed and allowed)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name, cfg = config.data.name, config.data.config or None
+  try:
+    cls = build_lib.builder_class(name)
+  except build_lib.BuildError as e:
+    raise config_lib.ConfigError(f"config.data.name: {e}") from None
+  ddir = data_dir(config)
+  builder = cls(config=cfg, data_dir=ddir, file_format=tfds_compat.FILE_FORMAT)
+  if not builder.is_prepared():
+    if not config.data.build:
+      raise config_lib.ConfigError(
+          f"config.data.data_dir: {name}/{cfg} is not prepared in {ddir}; run `python -m "
+          f"data_pipelines.build {name} --config {cfg} --data_dir {ddir} --manual_dir ...` or set "
+          "config.data.build=True")
+    manual = config.data.manual_dir or None
+    if getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) and not manual:
+      default_manual = os.path.join(ddir, "downloads", "manual")
+      if not os.path.isdir(default_manual):
+        raise config_lib.ConfigError(
+            f"config.data.manual_dir: {name}/{cfg} is not prepared in {ddir} and no manual "
+            f"directory was given (nor {default_manual} exists). Expected:\n"
+            f"{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    if jax.process_index() == 0:
+      summary = build_lib.build(name, cfg, ddir, manual)
+      print(build_lib.format_summary(summary), flush=True)
+    builder = tfds.builder(f"{name}/{cfg}" if cfg else name, data_dir=ddir)
+  return builder
+
+
+def tasks(config, builder) -> list[Task]:
+  """The tasks of ``config.data.labels`` with class names read from the dataset's features."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  features = builder.info.features
+  if config.task.kind == "saliency":
+    return [Task("saliency", "saliency")]
+  out = []
+  for key in config.data.labels:
+    if key not in features:
+      raise config_lib.ConfigError(
+          f"config.data.labels: {key!r} is not a feature of {config.data.name}; features: "
+          f"{', '.join(sorted(features))}")
+    f = features[key]
+    if isinstance(f, tfds.features.ClassLabel):
+      out.append(Task(key, "class", tuple(f.names), key in tuple(config.task.ordinal)))
+    elif config.task.kind == "attributes":
+      n = int(np.prod(f.shape)) if f.shape else 1
+      names = tuple(getattr(builder, "ATTRIBUTE_NAMES", None) or
+                    tuple(f"attr{i}" for i in range(n)))
+      out.append(Task(key, "attributes", names))
+    else:
+      raise config_lib.ConfigError(
+          f"config.data.labels: {key!r} is not a class label (ClassLabel) of {config.data.name}")
+  return out
+
+
+def source(config, builder, split: str, with_saliency: bool = True) -> Sequence[dict[str, Any]]:
+  """Random-access records of ``split`` (images left encoded); with the saliency cache attached
+  when ``config.saliency.mode == "cache"``."""
+  decoders = tfds_compat.skip_image_decoding(builder.info.features)
+  try:
+    src = builder.as_data_source(split=split, decoders=decoders)
+  except Exception as e:  # tfds raises several types for an unknown split
+    raise config_lib.ConfigError(
+        f"split {split!r} of {config.data.name}/{config.data.config}: {e}; splits: "
+        f"{', '.join(builder.info.splits)}") from None
+  if with_saliency and config.saliency.mode == "cache":
+    from data_pipelines import saliency_cache  # pylint: disable=g-import-not-at-top
+    cache = saliency_cache.SaliencyCache.open(cache_dir_for(config, split))
+    src = saliency_cache.with_cache(src, cache)
+  return src
+
+
+def cache_dir_for(config, split: str) -> str:
+  """Where the saliency cache of ``split`` is (built by ``jaxface.saliency precompute``)."""
+  from jaxface.saliency import cache as cache_lib  # pylint: disable=g-import-not-at-top
+  return cache_lib.split_dir(config, split)
+
+
+def label_keys(config) -> tuple[str, ...]:
+  if config.task.kind == "saliency":
+    return ()
+  return tuple(config.data.labels)
+
+
+def train_loader(config, src, seed: int, local_batch: int) -> loader_lib.Loader:
+  return loader_lib.make_loader(
+      src, pipe=config.data.train_pipe, batch_size=local_batch, seed=seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      label_keys=label_keys(config), read_threads=config.data.read_threads,
+      **_workers(config))
+
+
+def eval_loader(config, src, local_batch: int, pipe: str | None = None) -> loader_lib.Loader:
+  return loader_lib.make_eval_loader(
+      src, pipe=pipe or config.data.eval_pipe, batch_size=local_batch,
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      label_keys=label_keys(config), read_threads=config.data.read_threads, **_workers(config))
+
+
+def _workers(config) -> dict[str, int]:
+  import inspect  # pylint: disable=g-import-not-at-top
+  if "worker_count" in inspect.signature(loader_lib.make_loader).parameters:
+    return {"worker_count": int(config.data.worker_count)}
+  if config.data.worker_count:
+    raise config_lib.ConfigError("config.data.worker_count: this loader has no worker support")
+  return {}
+
+
+def label_counts(builder, split: str, key: str, num_classes: int) -> np.ndarray:
+  """Class histogram of ``key`` over ``split`` (for class weights)."""
+  decoders = tfds_compat.skip_image_decoding(builder.info.features)
+  src = builder.as_data_source(split=split, decoders=decoders)
+  counts = np.zeros(num_classes, np.int64)
+  for i in range(len(src)):
+    v = int(src[i][key])
+    if 0 <= v < num_classes:
+      counts[v] += 1
+  return counts

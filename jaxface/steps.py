@@ -1,0 +1,310 @@
+"""The model, the train state and the pure, jitted train and eval steps of a run.
+
+State is a plain dict pytree ``{"step", "params", "batch_stats", "opt_state", "rng"}``;
+``train_step(state, batch) -> (state, metrics)`` is a pure function, jitted once over a Mesh with the
+batch sharded along ``data`` and the state replicated (and donated). Images arrive as uint8 and are
+normalised here, on the device (``PREPROCESSING``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxface import config_lib
+from jaxface import models
+from jaxface.data import Task
+from jaxface.tasks import classification
+from jaxface.tasks import saliency as saliency_loss
+from jaxface.weights import common as weights_common
+
+PyTree = Any
+
+PREPROCESSING = {
+    "imagenet": weights_common.TORCHVISION,  # torchvision weights: RGB, /255, ImageNet mean/std
+    "caffe_bgr": weights_common.CAFFE_IMAGENET_BGR,  # Caffe/Keras ImageNet, ML-Net (SPEC 1.6)
+    "vggface": weights_common.VGGFACE_BGR,
+    "unit": weights_common.Preprocessing("RGB", 1.0 / 255.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def normalize(images_uint8: jax.Array, name: str) -> jax.Array:
+  """uint8 RGB (..., 3) -> float32 network input for the preprocessing convention ``name``."""
+  if name not in PREPROCESSING:
+    raise config_lib.ConfigError(f"config.model.preprocessing: unknown {name!r}; known: "
+                                 f"{', '.join(PREPROCESSING)}")
+  p = PREPROCESSING[name]
+  x = images_uint8[..., ::-1] if p.channel_order == "BGR" else images_uint8
+  x = x.astype(jnp.float32) * p.scale
+  return (x - jnp.asarray(p.mean, jnp.float32)) / jnp.asarray(p.std, jnp.float32)
+
+
+def model_kwargs(config, tasks: Sequence[Task]) -> tuple[dict[str, Any], str | None, dict]:
+  """``(kwargs, head, head_kwargs)`` for ``models.get`` from the config and the tasks."""
+  kwargs = dict(config.model.kwargs.to_dict() if hasattr(config.model.kwargs, "to_dict")
+                else config.model.kwargs)
+  if config.model.dtype != "float32":
+    kwargs["dtype"] = config.model.dtype
+  head = config.model.head or None
+  head_kwargs = dict(config.model.head_kwargs.to_dict()
+                     if hasattr(config.model.head_kwargs, "to_dict") else config.model.head_kwargs)
+  kind = config.task.kind
+  if kind == "saliency":
+    return kwargs, None, {}
+  by_name = {t.name: t for t in tasks}
+  if head == "gender_age":
+    if set(by_name) != {"gender", "age"}:
+      raise config_lib.ConfigError("config.model.head 'gender_age' needs config.data.labels = "
+                                   f"('gender', 'age'), got {tuple(by_name)}")
+    head_kwargs.setdefault("num_age_classes", by_name["age"].num_classes)
+    head_kwargs.setdefault("num_gender_classes", by_name["gender"].num_classes)
+  elif head == "attributes":
+    head_kwargs.setdefault("num_attributes", tasks[0].num_classes)
+  elif head == "multi_softmax":
+    head_kwargs["tasks"] = tuple((t.name, t.num_classes) for t in tasks)
+  else:
+    if len(tasks) != 1:
+      raise config_lib.ConfigError(
+          f"config.data.labels: {len(tasks)} tasks need a multi-task head (config.model.head)")
+    kwargs["num_classes"] = tasks[0].num_classes
+  return kwargs, head, head_kwargs
+
+
+def build_model(config, tasks: Sequence[Task]):
+  kwargs, head, head_kwargs = model_kwargs(config, tasks)
+  if "dtype" in kwargs:
+    kwargs["dtype"] = DTYPES[kwargs["dtype"]]
+  try:
+    return models.get(config.model.name, head=head, head_kwargs=head_kwargs, **kwargs)
+  except KeyError as e:
+    raise config_lib.ConfigError(f"config.model.name: {e.args[0]}") from None
+  except TypeError as e:
+    raise config_lib.ConfigError(f"config.model.kwargs: {e}") from None
+
+
+def outputs_by_task(out: Any, tasks: Sequence[Task]) -> dict[str, jax.Array]:
+  """The model output as ``{task name: logits or map}``."""
+  if isinstance(out, dict):
+    return {t.name: out[t.name] for t in tasks}
+  return {tasks[0].name: out}
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def loss_and_metrics(out: Any, batch: dict[str, jax.Array], params: PyTree, tasks: Sequence[Task],
+                     config, class_weights: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
+  """Total loss and summed metrics (``{name: (sum, count)}``) of one (micro-)batch."""
+  mask = batch["mask"].astype(jnp.float32)
+  outputs = outputs_by_task(out, tasks)
+  total = jnp.zeros((), jnp.float32)
+  metrics = {}
+  weights = dict(config.task.loss_weights) if config.task.loss_weights else {}
+  for t in tasks:
+    o = outputs[t.name].astype(jnp.float32)
+    w = float(weights.get(t.name, 1.0))
+    if t.kind == "saliency":
+      gt = batch["saliency"].astype(jnp.float32) / 255.0
+      gt = jax.image.resize(gt[..., None], o.shape, "linear", antialias=True)
+      loss = saliency_loss.mlnet_total_loss(o, jnp.clip(gt, 0.0, 1.0), params)
+      metrics["saliency/loss"] = (loss * mask.sum(), mask.sum())
+    elif t.kind == "attributes":
+      labels = batch[t.name]
+      loss, count = classification.sigmoid_attributes_loss(o, labels, mask)
+      known = (labels >= 0).astype(jnp.float32) * mask[:, None]
+      correct = ((o > 0) == (labels > 0)).astype(jnp.float32) * known
+      metrics[f"{t.name}/loss"] = (loss * count, count)
+      metrics[f"{t.name}/accuracy"] = (correct.sum(), known.sum())
+    else:
+      labels = batch[t.name].astype(jnp.int32)
+      loss, count = classification.cross_entropy(
+          o, labels, mask=mask, class_weights=class_weights.get(t.name),
+          label_smoothing=config.task.label_smoothing)
+      valid = mask * (labels >= 0)
+      correct = (jnp.argmax(o, -1) == labels).astype(jnp.float32) * valid
+      metrics[f"{t.name}/loss"] = (loss * count, count)
+      metrics[f"{t.name}/accuracy"] = (correct.sum(), valid.sum())
+    total = total + w * loss
+  return total, metrics
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def init_variables(model, input_hw: tuple[int, int], seed: int) -> PyTree:
+  x = jnp.zeros((1, *input_hw, 3), jnp.float32)
+  rngs = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
+  return flax.core.unfreeze(model.init(rngs, x, train=False))
+
+
+def create_state(variables: PyTree, tx: optax.GradientTransformation, seed: int) -> PyTree:
+  params = variables["params"]
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "batch_stats": variables.get("batch_stats", {}),
+      "opt_state": tx.init(params),
+      "rng": jax.random.key_data(jax.random.key(seed + 2)),
+  }
+
+
+def flat_paths(tree: PyTree) -> dict[str, Any]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): v
+          for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@dataclasses.dataclass
+class InitReport:
+  loaded: list[str]
+  new: list[str]  # (path, reason)
+  unused: list[str]
+
+  def format(self) -> str:
+    lines = [f"init_from: {len(self.loaded)} arrays loaded, {len(self.new)} newly initialised, "
+             f"{len(self.unused)} in the file unused"]
+    lines += [f"  new: {p}" for p in self.new]
+    lines += [f"  unused: {p}" for p in self.unused[:20]]
+    return "\n".join(lines)
+
+
+def merge_pretrained(variables: PyTree, pretrained: PyTree) -> tuple[PyTree, InitReport]:
+  """Copies every array of ``pretrained`` whose path and shape match into ``variables``."""
+  target = flat_paths(variables)
+  source = flat_paths(pretrained)
+  loaded, new = [], []
+  merged = {}
+  for path, v in target.items():
+    src = source.get(path)
+    if src is not None and tuple(np.shape(src)) == tuple(v.shape):
+      merged[path] = jnp.asarray(src, v.dtype)
+      loaded.append(path)
+    else:
+      merged[path] = v
+      why = "not in the file" if src is None else f"shape {np.shape(src)} != {tuple(v.shape)}"
+      new.append(f"{path} ({why})")
+  unused = sorted(set(source) - set(target))
+  leaves_with_path = jax.tree_util.tree_leaves_with_path(variables)
+  treedef = jax.tree_util.tree_structure(variables)
+  ordered = ["/".join(str(getattr(k, "key", k)) for k in p) for p, _ in leaves_with_path]
+  return (jax.tree_util.tree_unflatten(treedef, [merged[p] for p in ordered]),
+          InitReport(loaded, new, unused))
+
+
+def load_pretrained(path: str) -> PyTree:
+  """Variables of an imported ``.npz`` (``jaxface.convert``) or of a training workdir."""
+  import os  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(path):
+    from jaxface import checkpointing  # pylint: disable=g-import-not-at-top
+    variables, _, _ = checkpointing.load_model_variables(path)
+    return variables
+  if not os.path.exists(path):
+    raise config_lib.ConfigError(f"config.init_from: no such file or workdir: {path}")
+  return weights_common.load(path).variables
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _split_micro(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
+  return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()}
+
+
+def make_train_step(model, tx: optax.GradientTransformation, tasks: Sequence[Task], config,
+                    class_weights: dict[str, jax.Array], schedule: Callable[[int], float],
+                    prepare: Callable[[jax.Array], jax.Array]):
+  """``train_step(state, batch) -> (state, metrics)``; metrics are ``{name: (sum, count)}`` plus
+  scalar "lr", "grad_norm", "param_norm"."""
+  accum = int(config.accum_steps)
+
+  def loss_fn(params, batch_stats, batch, rng):
+    variables = {"params": params}
+    mutable = []
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+      mutable = ["batch_stats"]
+    x = prepare(batch["image"])
+    (out, _), updates = model.apply(variables, x, train=True, rngs={"dropout": rng},
+                                    mutable=mutable)
+    loss, metrics = loss_and_metrics(out, batch, params, tasks, config, class_weights)
+    return loss, (metrics, updates.get("batch_stats", batch_stats))
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    params = state["params"]
+    if accum == 1:
+      (_, (metrics, batch_stats)), grads = grad_fn(params, state["batch_stats"], batch, rng)
+    else:
+      micro = _split_micro(batch, accum)
+
+      def body(carry, xs):
+        grads_sum, stats, metric_sum = carry
+        mb, i = xs
+        (_, (m, stats)), g = grad_fn(params, stats, mb, jax.random.fold_in(rng, i))
+        grads_sum = jax.tree.map(jnp.add, grads_sum, g)
+        metric_sum = jax.tree.map(jnp.add, metric_sum, m)
+        return (grads_sum, stats, metric_sum), None
+
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      first = jax.tree.map(lambda v: v[0], micro)
+      _, (m0, _) = jax.eval_shape(loss_fn, params, state["batch_stats"], first, rng)
+      metric_zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m0)
+      (grads, batch_stats, metrics), _ = jax.lax.scan(
+          body, (zeros, state["batch_stats"], metric_zero), (micro, jnp.arange(accum)))
+      grads = jax.tree.map(lambda g: g / accum, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    out_metrics = dict(metrics)
+    out_metrics["lr"] = jnp.asarray(schedule(state["step"]), jnp.float32)
+    out_metrics["grad_norm"] = optax.global_norm(grads)
+    out_metrics["param_norm"] = optax.global_norm(new_params)
+    new_state = {"step": state["step"] + 1, "params": new_params, "batch_stats": batch_stats,
+                 "opt_state": opt_state, "rng": state["rng"]}
+    return new_state, out_metrics
+
+  return train_step
+
+
+def make_eval_step(model, tasks: Sequence[Task], config, prepare: Callable[[jax.Array], jax.Array]):
+  """``eval_step(state, batch) -> {task: probabilities or maps, "loss/<task>": ...}``.
+
+  A batch of GilNet's ten views (images (B, 10, H, W, 3)) is averaged over the views' softmax
+  probabilities (SPEC 4.2).
+  """
+  def eval_step(state, batch):
+    variables = {"params": state["params"]}
+    if state["batch_stats"]:
+      variables["batch_stats"] = state["batch_stats"]
+    images = batch["image"]
+    views = images.shape[1] if images.ndim == 5 else 0
+    if views:
+      images = images.reshape(-1, *images.shape[2:])
+    out, aux = model.apply(variables, prepare(images), train=False)
+    outputs = outputs_by_task(out, tasks)
+    result = {}
+    for t in tasks:
+      o = outputs[t.name].astype(jnp.float32)
+      if t.kind == "class":
+        p = jax.nn.softmax(o, -1)
+      elif t.kind == "attributes":
+        p = jax.nn.sigmoid(o)
+      else:
+        p = o
+      if views:
+        p = p.reshape(-1, views, *p.shape[1:]).mean(1)
+      result[t.name] = p
+    if not views:
+      mb = dict(batch)
+      _, metrics = loss_and_metrics(out, mb, state["params"], tasks, config, {})
+      result["metrics"] = metrics
+    return result
+
+  return eval_step

@@ -1,0 +1,386 @@
+"""Training: ``python -m jaxface.train --config configs/X.py[:args] --workdir DIR
+[--config.field=value ...]``.
+
+``train_and_evaluate(config, workdir)`` does the work: it prepares the data (building the dataset
+and the saliency cache when needed), builds the model, restores the newest checkpoint of
+``workdir`` (else ``config.resume``, else ``config.init_from``), and trains data-parallel over every
+device with one jitted step on a Mesh (batch sharded along ``data``, state replicated and donated).
+It validates, checkpoints (Orbax, asynchronous, with the grain iterator state) and logs
+(TensorBoard, ``metrics.jsonl``, a progress line with ETA); a NaN or Inf loss stops the run and
+keeps the last good checkpoint. A config with ``stages`` (``configs/demo.py``) runs a chain of such
+runs in ``workdir/<stage>``.
+
+Multi-host: call with ``--multihost`` (or JAX_COORDINATOR_ADDRESS set) on every host;
+``jax.distributed.initialize()`` picks up Slurm or the coordinator flags; each process reads its
+own shard of the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
+import numpy as np
+
+from jaxface import checkpointing
+from jaxface import config_lib
+from jaxface import data as data_lib
+from jaxface import logging_lib
+from jaxface import optim
+from jaxface import steps as steps_lib
+
+_FLAGS: dict[str, Any] = {}
+
+
+def define_flags() -> None:
+  """Command-line flags (defined only when run as a program, so importing stays side-effect free)."""
+  _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "config file (path[:args])",
+                                                     lock_config=True)
+  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None,
+                                          "directory of checkpoints, logs and outputs")
+  _FLAGS["multihost"] = flags.DEFINE_bool("multihost", False,
+                                          "call jax.distributed.initialize() first")
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or Inf."""
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  return jax.make_mesh((jax.device_count(),), ("data",))
+
+
+def versions() -> dict[str, str]:
+  import flax  # pylint: disable=g-import-not-at-top
+  import grain  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  out = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+         "optax": optax.__version__, "orbax": getattr(ocp, "__version__", "?"),
+         "numpy": np.__version__, "grain": getattr(grain, "__version__", "?")}
+  try:
+    from importlib.metadata import version  # pylint: disable=g-import-not-at-top
+    out["jaxface"] = version("jaxface")
+    out["grain"] = version("grain")
+  except Exception:  # noqa: BLE001 - a source checkout without metadata
+    pass
+  return out
+
+
+def to_device(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """Numeric arrays of this process' batch -> global arrays sharded along ``data``."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()
+          if v.dtype != object}
+
+
+def resolve_stage_refs(config, workdir_root: str):
+  """``"stage:NAME"`` in ``saliency.mlnet`` / ``init_from`` -> ``workdir_root/NAME``."""
+  with config.unlocked():
+    for holder, field in ((config.saliency, "mlnet"), (config, "init_from")):
+      v = holder[field]
+      if isinstance(v, str) and v.startswith("stage:"):
+        holder[field] = os.path.join(workdir_root, v[len("stage:"):])
+  return config
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
+
+
+def make_prepare(config, mesh) -> Any:
+  """uint8 images -> network input on the device, with the saliency reweighting computed in the
+  step when ``config.saliency.mode == "online"``."""
+  name = config.model.preprocessing
+  steps_lib.normalize(jnp.zeros((1, 1, 1, 3), jnp.uint8), name)  # fail early on a bad name
+  if config.saliency.mode != "online":
+    return lambda images: steps_lib.normalize(images, name)
+  from jaxface.saliency import online  # pylint: disable=g-import-not-at-top
+  from jaxface.saliency import inference  # pylint: disable=g-import-not-at-top
+  apply_fn, variables = inference.load_mlnet(config.saliency.mlnet)
+  variables = jax.device_put(variables, NamedSharding(mesh, P()))
+  r, size = float(config.saliency.r), tuple(config.saliency.mlnet_input)
+
+  def prepare(images):
+    weighted = online.saliency_reweight_step(apply_fn, variables, images, r, size)
+    return steps_lib.normalize(weighted, name)
+  return prepare
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Trains (resuming if ``workdir`` has a checkpoint), evaluates, returns the final metrics."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if config.get("stages"):
+    return _run_stages(config, workdir)
+  config_lib.validate(config)
+  if config.saliency.mode == "cache":
+    from jaxface.saliency import cache as cache_lib  # pylint: disable=g-import-not-at-top
+    cache_lib.precompute(config, workdir)
+  summary = Trainer(config, workdir).run()
+  if config.eval.after_train:
+    from jaxface import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+    summary["test"] = evaluate_lib.evaluate(config, workdir)
+  return summary
+
+
+def _run_stages(config, workdir: str) -> dict[str, Any]:
+  from jaxface import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  results = {}
+  for name, stage in config.stages.items():
+    stage = resolve_stage_refs(stage, workdir)
+    sub = os.path.join(workdir, name)
+    print(f"=== stage {name}: {sub}", flush=True)
+    summary = train_and_evaluate(stage, sub)
+    results[name] = summary.get("test") or evaluate_lib.evaluate(stage, sub)
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, "results.json"), results)
+  return results
+
+
+class Trainer:
+  """One training run (see ``train_and_evaluate``)."""
+
+  def __init__(self, config, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.mesh = make_mesh()
+    self.data_sharding = NamedSharding(self.mesh, P("data"))
+    self.replicated = NamedSharding(self.mesh, P())
+    n_dev, n_proc = jax.device_count(), jax.process_count()
+    if config.batch_size % n_dev:
+      raise config_lib.ConfigError(f"config.batch_size {config.batch_size} is not divisible by "
+                                   f"the {n_dev} devices")
+    if (config.batch_size // config.accum_steps) % n_dev:
+      raise config_lib.ConfigError(
+          f"config.accum_steps: micro-batches of {config.batch_size // config.accum_steps} "
+          f"do not split over {n_dev} devices")
+    self.local_batch = config.batch_size // n_proc
+
+    self.builder = data_lib.prepare(config)
+    self.tasks = data_lib.tasks(config, self.builder)
+    self.train_source = data_lib.source(config, self.builder, config.data.train_split)
+    self.steps_per_epoch = max(1, len(self.train_source) // config.batch_size)
+    self.total_steps = config_lib.period_steps(config, "train", self.steps_per_epoch)
+    self.model = steps_lib.build_model(config, self.tasks)
+
+  def _class_weights(self) -> dict[str, jax.Array]:
+    scheme = self.config.task.class_weights
+    if scheme == "none":
+      return {}
+    out = {}
+    for t in self.tasks:
+      if t.kind != "class":
+        continue
+      counts = data_lib.label_counts(self.builder, self.config.data.train_split, t.name,
+                                     t.num_classes)
+      w = classification_weights(counts, scheme)
+      out[t.name] = jnp.asarray(w, jnp.float32)
+      print(f"class weights {t.name}: " + " ".join(
+          f"{n}:{v:.3f}" for n, v in zip(t.class_names, w)), flush=True)
+    return out
+
+  def _init_state(self, tx):
+    c = self.config
+    variables = steps_lib.init_variables(self.model, tuple(c.model.input_size), c.seed)
+    report = None
+    if c.init_from:
+      variables, report = steps_lib.merge_pretrained(variables,
+                                                     steps_lib.load_pretrained(c.init_from))
+    state = steps_lib.create_state(variables, tx, c.seed)
+    return jax.device_put(state, self.replicated), report
+
+  def run(self) -> dict[str, Any]:
+    c, workdir = self.config, self.workdir
+    main = jax.process_index() == 0
+    schedule = optim.make_schedule(c.optim, self.steps_per_epoch, self.total_steps)
+    variables_shape = jax.eval_shape(
+        lambda: steps_lib.init_variables(self.model, tuple(c.model.input_size), c.seed))
+    tx = optim.make_optimizer(c.optim, variables_shape["params"], self.steps_per_epoch,
+                              self.total_steps)
+    state, init_report = self._init_state(tx)
+    class_weights = self._class_weights()
+    prepare = make_prepare(c, self.mesh)
+
+    ckpt = checkpointing.Checkpointer(workdir, keep=c.keep_checkpoints,
+                                      best_metric=c.best_metric, best_mode=c.best_mode)
+    loader = data_lib.train_loader(c, self.train_source, c.seed, self.local_batch)
+    start_step, resumed_from = 0, None
+    meta_model = {"name": c.model.name, "kwargs": steps_lib.model_kwargs(c, self.tasks)[0],
+                  "head": c.model.head, "head_kwargs": steps_lib.model_kwargs(c, self.tasks)[2]}
+    if ckpt.latest_step() is not None:
+      step = ckpt.latest_step()
+      state, data_state, _ = ckpt.restore(step, state)
+      loader.set_state(data_state["loader"])
+      start_step, resumed_from = int(step), f"{workdir} step {step}"
+    elif c.resume:
+      other = checkpointing.Checkpointer(c.resume, read_only=True)
+      step = checkpointing.resolve_step(other, "latest")
+      state, data_state, _ = other.restore(step, state)
+      other.close()
+      loader.set_state(data_state["loader"])
+      start_step, resumed_from = int(step), f"{c.resume} step {step}"
+
+    if main:
+      _write_json(os.path.join(workdir, "config.json"), json.loads(c.to_json_best_effort()))
+      _write_json(os.path.join(workdir, "run.json"), {
+          "versions": versions(), "devices": [str(d) for d in jax.devices()],
+          "process_count": jax.process_count(), "mesh": dict(self.mesh.shape),
+          "batch_norm": c.batch_norm, "train_pipe": str(c.data.train_pipe),
+          "eval_pipe": str(c.data.eval_pipe), "steps_per_epoch": self.steps_per_epoch,
+          "total_steps": self.total_steps, "train_examples": len(self.train_source),
+          "tasks": [t.__dict__ for t in self.tasks], "resumed_from": resumed_from})
+      print(f"training {c.model.name} on {c.data.name}/{c.data.config} "
+            f"({len(self.train_source)} examples, {self.steps_per_epoch} steps/epoch) for "
+            f"{self.total_steps} steps on {jax.device_count()} device(s); pipe: "
+            f"{loader_pipe(c.data.train_pipe)}", flush=True)
+      if init_report is not None and resumed_from is None:
+        print(init_report.format(), flush=True)
+      print(optim_report(c.optim, state["params"]), flush=True)
+      if resumed_from:
+        print(f"resumed from {resumed_from}", flush=True)
+
+    train_step = jax.jit(
+        steps_lib.make_train_step(self.model, tx, self.tasks, c, class_weights, schedule, prepare),
+        in_shardings=(self.replicated, self.data_sharding),
+        out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+    from jaxface import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+    evaluator = evaluate_lib.Evaluator(c, self.builder, self.tasks, self.model, prepare,
+                                       self.mesh)
+    eval_every = config_lib.period_steps(c, "eval_every", self.steps_per_epoch)
+    ckpt_every = config_lib.period_steps(c, "checkpoint_every", self.steps_per_epoch)
+    log_every = config_lib.period_steps(c, "log_every", self.steps_per_epoch) or 10
+    writer = logging_lib.MetricWriter(workdir)
+    progress = logging_lib.Progress(self.total_steps, c.batch_size, start_step)
+    last_good = ckpt.latest_step()
+    pending = None  # metrics of the previous step, fetched one step late
+    sums: dict[str, list[float]] = {}
+    val_metrics: dict[str, float] = {}
+    step = start_step
+
+    def flush(step_metrics, at_step) -> dict[str, float]:
+      host = jax.device_get(step_metrics)
+      scalars = {}
+      for k, v in host.items():
+        if isinstance(v, tuple):
+          s, n = float(v[0]), float(v[1])
+          acc = sums.setdefault(k, [0.0, 0.0])
+          acc[0] += s
+          acc[1] += n
+          scalars[k] = s / n if n else float("nan")
+        else:
+          scalars[k] = float(v)
+      losses = [v for k, v in scalars.items() if k.endswith("loss")]
+      if any(not math.isfinite(v) for v in losses + [scalars["grad_norm"]]):
+        raise TrainingDiverged(
+            f"loss is not finite at step {at_step} ({', '.join(f'{k}={v}' for k, v in scalars.items() if k.endswith('loss'))}); "
+            f"stopping. The last good checkpoint is step {last_good} in {ckpt.directory}")
+      return scalars
+
+    try:
+      while step < self.total_steps:
+        batch = next(loader)
+        state, metrics = train_step(state, to_device(batch, self.data_sharding))
+        step += 1
+        if pending is not None:
+          flush(*pending)
+        pending = (metrics, step)
+        due_log = step % log_every == 0 or step == self.total_steps
+        due_eval = eval_every and (step % eval_every == 0 or step == self.total_steps)
+        due_ckpt = (ckpt_every and step % ckpt_every == 0) or step == self.total_steps
+        if due_log or due_eval or due_ckpt:
+          flush(*pending)
+          pending = None
+          train_scalars = {f"train/{k}": s / n for k, (s, n) in sums.items() if n}
+          sums.clear()
+          hp = jax.device_get({k: metrics[k] for k in ("lr", "grad_norm", "param_norm")})
+          train_scalars.update({f"train/{k}": float(v) for k, v in hp.items()})
+          train_scalars["train/img_per_s"] = progress.rate(step)
+          train_scalars["train/skipped"] = loader.skipped.count
+          writer.write(step, train_scalars)
+          if due_log:
+            progress.report(step, {k[6:]: v for k, v in train_scalars.items()
+                                   if k.endswith(("loss", "accuracy")) or k == "train/lr"})
+        if due_eval:
+          val_metrics = evaluator.validate(state)
+          writer.write(step, val_metrics)
+          if main:
+            print(f"validation step {step}: " + " | ".join(
+                f"{k} {v:.4f}" for k, v in val_metrics.items()), flush=True)
+        if due_ckpt:
+          metrics_for_best = val_metrics if (c.best_metric and due_eval) else None
+          ckpt.save(step, state, {"loader": loader.get_state()},
+                    {"model": meta_model, "step": step, "val": val_metrics,
+                     "skipped": loader.skipped.to_dict()}, metrics_for_best)
+          last_good = step
+    finally:
+      ckpt.close()
+      writer.close()
+      loader.close()
+    summary = {"step": step, "val": val_metrics, "skipped": loader.skipped.to_dict(),
+               "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step()}
+    if main:
+      _write_json(os.path.join(workdir, "train_summary.json"), summary)
+      if loader.skipped.count:
+        print(f"skipped {loader.skipped.count} bad examples while training; first: "
+              f"{loader.skipped.examples[:3]}", flush=True)
+    return summary
+
+
+def classification_weights(counts: np.ndarray, scheme: str) -> np.ndarray:
+  from jaxface.tasks import classification  # pylint: disable=g-import-not-at-top
+  return np.asarray(classification.class_weights_from_counts(counts, scheme), np.float32)
+
+
+def loader_pipe(pipe: str) -> str:
+  from data_pipelines import ops  # pylint: disable=g-import-not-at-top
+  return str(ops.Pipeline(pipe))
+
+
+def optim_report(optim_config, params) -> str:
+  groups = optim.describe_param_groups(optim_config, params)
+  frozen = [g for g in groups if g[3]]
+  mults = sorted({g[2] for g in groups if not g[3]})
+  lines = [f"parameters: {len(groups)} arrays, {len(frozen)} frozen; lr multipliers {mults}"]
+  lines += [f"  frozen: {g[0]}" for g in frozen[:40]]
+  if len(frozen) > 40:
+    lines.append(f"  ... {len(frozen) - 40} more frozen")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _FLAGS["multihost"].value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+  config = _FLAGS["config"].value
+  if config is None:
+    raise app.UsageError("--config is required")
+  if not _FLAGS["workdir"].value:
+    raise app.UsageError("--workdir is required")
+  try:
+    train_and_evaluate(config, _FLAGS["workdir"].value)
+  except (config_lib.ConfigError, TrainingDiverged) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.FLAGS.set_default("verbosity", -1)  # Orbax logs every file at INFO; --verbosity=0 shows it
+  app.run(main)
