@@ -20,6 +20,7 @@ Layout of a cache directory::
       ids.json             the N example ids, in row order
       split.json           the split string, N, skipped examples, seconds
     .tmp-*                 a split being written (ignored by readers, removed by the next writer)
+    .writer.lock           held by the writer, so two processes never write one cache at once
 
 A split appears atomically (written in a temporary directory, then renamed), so an interrupted
 run never leaves a split that looks complete. This module needs no jax.
@@ -27,6 +28,8 @@ run never leaves a split that looks complete. This module needs no jax.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -46,6 +49,7 @@ IDS_FILE = "ids.json"
 SPLIT_FILE = "split.json"
 SPLIT_PREFIX = "split-"
 TMP_PREFIX = ".tmp-"
+LOCK_FILE = ".writer.lock"
 FORMAT_VERSION = 1
 # The key a source record gets, and the keys of the dataset's own maps it loses.
 CROP_KEY = "saliency_crop"
@@ -288,8 +292,26 @@ def write_meta(cache_dir: str, meta: dict[str, Any]) -> None:
   _write_json_atomic(path, {**meta, "format_version": FORMAT_VERSION})
 
 
+@contextlib.contextmanager
+def writer_lock(cache_dir: str):
+  """An exclusive lock on ``cache_dir`` for a writer (a second process waits for the first).
+
+  Hold it while removing stale temporary directories and writing splits: a concurrent writer
+  would otherwise delete the other's work in progress. (``flock``: local and most network file
+  systems.)
+  """
+  os.makedirs(cache_dir, exist_ok=True)
+  with open(os.path.join(cache_dir, LOCK_FILE), "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def remove_stale_tmp(cache_dir: str) -> list[str]:
-  """Deletes what interrupted writers left behind; returns the names removed."""
+  """Deletes what interrupted writers left behind (call it under ``writer_lock``); returns the
+  names removed."""
   removed = []
   for name in os.listdir(cache_dir):
     if name.startswith(TMP_PREFIX):

@@ -178,8 +178,9 @@ def _compute_split(source, split: str, cache_dir: str, crop_pipe: ops.Pipeline, 
 def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str:
   """Makes sure the cache of ``config`` holds ``splits`` (default: the config's splits).
 
-  Returns the cache directory. Splits already in the cache are reused; the others are computed.
-  Also writes ``<workdir>/saliency_cache.json`` and, when maps were computed, a PNG of samples.
+  Returns the cache directory. Splits already in the cache are reused; the others are computed
+  (under the cache's writer lock, so concurrent callers wait rather than clash; a multi-host
+  trainer still does best to call it on one process and let the others wait). Also writes ``<workdir>/saliency_cache.json`` and, when maps were computed, a PNG of samples.
   """
   mode = _field(config, "saliency.mode")
   if mode != "cache":
@@ -225,24 +226,23 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
   sc.write_meta(cache_dir, meta)
-  for stale in sc.remove_stale_tmp(cache_dir):
-    logging.warning("saliency cache: removed %s left by an interrupted run", stale)
-
-  todo = [s for s in splits if not sc.has_split(cache_dir, s)]
-  report: dict[str, Any] = {s: {"reused": True} for s in splits if s not in todo}
   samples: list[np.ndarray] = []
-  if todo:
-    predict_fn = inference.make_predict_fn(weights.apply, mlnet_input, cache_size, blur_sigma)
+  with sc.writer_lock(cache_dir):
+    for stale in sc.remove_stale_tmp(cache_dir):
+      logging.warning("saliency cache: removed %s left by an interrupted run", stale)
+    todo = [s for s in splits if not sc.has_split(cache_dir, s)]
+    report: dict[str, Any] = {s: {"reused": True} for s in splits if s not in todo}
+    for split in splits:
+      if split not in todo:
+        logging.info("saliency %s: reusing %s", split, cache_dir)
+    if todo:
+      predict_fn = inference.make_predict_fn(weights.apply, mlnet_input, cache_size, blur_sigma)
     for split in todo:
       source = loader.open_source(name, config_name, split, data_dir)
       logging.info("saliency %s: %d examples -> %s", split, len(source), cache_dir)
       report[split] = {"reused": False, **_compute_split(
           source, split, cache_dir, crop_pipe, predict_fn, weights, cache_size, batch_size,
           samples)}
-  for split in splits:
-    if split in todo:
-      continue
-    logging.info("saliency %s: reusing %s", split, cache_dir)
 
   cache = sc.SaliencyCache.open(cache_dir)
   sc.check_matches(cache, crop_pipe, mlnet_sha256=weights.sha256, cache_size=cache_size,

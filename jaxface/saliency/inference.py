@@ -200,8 +200,11 @@ def load_mlnet(source: str | os.PathLike | tuple[Variables, str, Mapping[str, An
     raise FileNotFoundError(f"mlnet weights not found: {path} (expected an imported .npz or an "
                             "ML-Net training workdir)")
   if os.path.isdir(path):
-    from jaxface import checkpointing  # pylint: disable=g-import-not-at-top
-
+    try:
+      from jaxface import checkpointing  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(f"mlnet source {path} is a directory (an ML-Net training workdir), which "
+                        f"needs jaxface.checkpointing: {e}") from e
     variables, name, kwargs = checkpointing.load_model_variables(path, step=step)
     return MLNetWeights(_build(name, kwargs), variables, name, _kwargs_from_json(kwargs),
                         variables_sha256(variables), os.path.abspath(path),

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import threading
 
 import cv2
 import jax
@@ -238,3 +239,18 @@ def test_command_line(setup, tmp_path):
     rc = cli.main(["precompute", "--config", str(tmp_path / "missing.py"), "--workdir",
                    str(tmp_path)])
   assert rc == 1 and "missing.py" in err.getvalue()
+
+
+def test_writer_lock_makes_a_second_writer_wait(tmp_path):
+  entered = threading.Event()
+
+  def second():
+    with sc.writer_lock(str(tmp_path)):
+      entered.set()
+
+  with sc.writer_lock(str(tmp_path)):
+    t = threading.Thread(target=second)
+    t.start()
+    assert not entered.wait(0.3)
+  assert entered.wait(5)
+  t.join()
