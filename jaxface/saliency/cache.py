@@ -65,7 +65,8 @@ def load_config(spec: str):
   return module.get_config(arg) if sep else module.get_config()
 
 
-def _field(config, dotted: str, default: Any = ..., required: bool = True) -> Any:
+def _field(config, dotted: str, default: Any = ...) -> Any:
+  """``config.<dotted>``; a missing or None field gives ``default`` (an error if none is given)."""
   node = config
   for part in dotted.split("."):
     try:
@@ -74,21 +75,19 @@ def _field(config, dotted: str, default: Any = ..., required: bool = True) -> An
       if default is not ...:
         return default
       raise ValueError(f"config has no field config.{dotted}") from None
-  if node is None and default is not ... and not required:
+  if node is None and default is not ...:
     return default
   return node
 
 
 def _pair(config, dotted: str, default: Any = ...) -> tuple[int, int]:
   v = _field(config, dotted, default)
-  if v is None and default is not ...:
-    v = default
   try:
     h, w = (int(s) for s in v)
-    if h < 1 or w < 1:
-      raise ValueError
   except (TypeError, ValueError):
-    raise ValueError(f"config.{dotted} must be an (h, w) pair of positive ints, got {v!r}") from None
+    h = w = 0
+  if h < 1 or w < 1:
+    raise ValueError(f"config.{dotted} must be an (h, w) pair of positive ints, got {v!r}")
   return h, w
 
 
@@ -179,8 +178,9 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
   """Makes sure the cache of ``config`` holds ``splits`` (default: the config's splits).
 
   Returns the cache directory. Splits already in the cache are reused; the others are computed
-  (under the cache's writer lock, so concurrent callers wait rather than clash; a multi-host
-  trainer still does best to call it on one process and let the others wait). Also writes ``<workdir>/saliency_cache.json`` and, when maps were computed, a PNG of samples.
+  under the cache's writer lock, so concurrent callers wait rather than clash (a multi-host
+  trainer still does best to call it on one process and let the others wait). Also writes
+  ``<workdir>/saliency_cache.json`` and, when maps were computed, a PNG of samples.
   """
   mode = _field(config, "saliency.mode")
   if mode != "cache":
@@ -196,9 +196,9 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
     raise ValueError("config.saliency.crop_pipe must stop before cached_saliency")
   mlnet_input = _pair(config, "saliency.mlnet_input")
   cache_size = _pair(config, "saliency.cache_size", DEFAULT_CACHE_SIZE)
-  batch_size = int(_field(config, "saliency.batch_size", DEFAULT_BATCH_SIZE, required=False))
-  blur_sigma = float(_field(config, "saliency.blur_sigma", 0.0, required=False))
-  r = float(_field(config, "saliency.r", 0.3, required=False))
+  batch_size = int(_field(config, "saliency.batch_size", DEFAULT_BATCH_SIZE))
+  blur_sigma = float(_field(config, "saliency.blur_sigma", 0.0))
+  r = float(_field(config, "saliency.r", 0.3))
   if batch_size < 1:
     raise ValueError(f"config.saliency.batch_size must be >= 1, got {batch_size}")
   splits = list(splits) if splits else config_splits(config)
@@ -212,7 +212,7 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
 
   weights = inference.load_mlnet(mlnet_src)
   key = cache_key(weights.sha256, str(crop_pipe), mlnet_input, cache_size, blur_sigma)
-  cache_dir = _field(config, "saliency.cache_dir", "", required=False) or default_cache_dir(
+  cache_dir = _field(config, "saliency.cache_dir", "") or default_cache_dir(
       data_dir, name, config_name, key)
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
   meta = {
