@@ -122,8 +122,17 @@ class SaliencyCache:
 
   @classmethod
   def open(cls, cache_dir: str | os.PathLike) -> "SaliencyCache":
-    """Opens the complete splits of a cache (memmapped); raises CacheError if there is none."""
+    """Opens the complete splits of a cache (memmapped); raises CacheError if there is none.
+
+    ``cache_dir`` may also be one split's directory: then only that split is opened.
+    """
     cache_dir = os.path.abspath(os.fspath(cache_dir))
+    only = None
+    if os.path.basename(cache_dir).startswith(SPLIT_PREFIX):
+      if not os.path.isdir(cache_dir):
+        raise CacheError(f"saliency cache split not found: {cache_dir} (run python -m "
+                         "jaxface.saliency precompute for this split)")
+      cache_dir, only = os.path.dirname(cache_dir), os.path.basename(cache_dir)
     if not os.path.isdir(cache_dir):
       raise CacheError(f"saliency cache directory not found: {cache_dir} (run python -m "
                        "jaxface.saliency precompute)")
@@ -134,7 +143,7 @@ class SaliencyCache:
     splits, maps, index = {}, [], {}
     for name in sorted(os.listdir(cache_dir)):
       path = os.path.join(cache_dir, name)
-      if not (name.startswith(SPLIT_PREFIX) and os.path.isdir(path)):
+      if not (name.startswith(SPLIT_PREFIX) and os.path.isdir(path)) or only not in (None, name):
         continue
       info = _read_json(os.path.join(path, SPLIT_FILE), "saliency cache split")
       ids = _read_json(os.path.join(path, IDS_FILE), "saliency cache ids")

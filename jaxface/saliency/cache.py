@@ -174,6 +174,50 @@ def _compute_split(source, split: str, cache_dir: str, crop_pipe: ops.Pipeline, 
           "rate": round(len(writer.ids) / max(progress.seconds, 1e-9), 2)}
 
 
+def _settings(config) -> dict[str, Any]:
+  """The config fields a cache depends on, checked."""
+  crop_pipe = ops.Pipeline(_field(config, "saliency.crop_pipe"))
+  if crop_pipe.random:
+    raise ValueError(f"config.saliency.crop_pipe {str(crop_pipe)!r} has random ops; the cached "
+                     "crop must be deterministic (put flips and rotations after cached_saliency)")
+  if "cached_saliency" in [op.name for op in crop_pipe.ops]:
+    raise ValueError("config.saliency.crop_pipe must stop before cached_saliency")
+  mlnet_src = _field(config, "saliency.mlnet")
+  if not mlnet_src:
+    raise ValueError("config.saliency.mlnet is empty: give an imported ML-Net .npz or an ML-Net "
+                     "training workdir")
+  return {"crop_pipe": crop_pipe, "mlnet": mlnet_src,
+          "mlnet_input": _pair(config, "saliency.mlnet_input"),
+          "cache_size": _pair(config, "saliency.cache_size", DEFAULT_CACHE_SIZE),
+          "blur_sigma": float(_field(config, "saliency.blur_sigma", 0.0))}
+
+
+def _resolve_dir(config, settings: dict[str, Any], mlnet_sha256: str) -> tuple[str, str]:
+  key = cache_key(mlnet_sha256, str(settings["crop_pipe"]), settings["mlnet_input"],
+                  settings["cache_size"], settings["blur_sigma"])
+  cache_dir = _field(config, "saliency.cache_dir", "") or default_cache_dir(
+      _field(config, "data.data_dir", None), _field(config, "data.name"),
+      _field(config, "data.config", None), key)
+  return os.path.abspath(os.path.expanduser(cache_dir)), key
+
+
+def cache_dir_for(config) -> str:
+  """The cache directory ``precompute(config, ...)`` writes (a .npz is hashed, not loaded)."""
+  settings = _settings(config)
+  src = settings["mlnet"]
+  if isinstance(src, (str, os.PathLike)) and os.path.isfile(src):
+    from jaxface.weights import common  # pylint: disable=g-import-not-at-top
+    sha = common.sha256_file(src)
+  else:
+    sha = inference.load_mlnet(src).sha256
+  return _resolve_dir(config, settings, sha)[0]
+
+
+def split_dir(config, split: str) -> str:
+  """The directory of one split in the cache of ``config`` (``SaliencyCache.open`` takes it)."""
+  return os.path.join(cache_dir_for(config), sc.split_dirname(split))
+
+
 def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str:
   """Makes sure the cache of ``config`` holds ``splits`` (default: the config's splits).
 
@@ -188,33 +232,19 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
   name = _field(config, "data.name")
   config_name = _field(config, "data.config", None)
   data_dir = _field(config, "data.data_dir", None)
-  crop_pipe = ops.Pipeline(_field(config, "saliency.crop_pipe"))
-  if crop_pipe.random:
-    raise ValueError(f"config.saliency.crop_pipe {str(crop_pipe)!r} has random ops; the cached "
-                     "crop must be deterministic (put flips and rotations after cached_saliency)")
-  if "cached_saliency" in [op.name for op in crop_pipe.ops]:
-    raise ValueError("config.saliency.crop_pipe must stop before cached_saliency")
-  mlnet_input = _pair(config, "saliency.mlnet_input")
-  cache_size = _pair(config, "saliency.cache_size", DEFAULT_CACHE_SIZE)
+  settings = _settings(config)
+  crop_pipe, mlnet_input = settings["crop_pipe"], settings["mlnet_input"]
+  cache_size, blur_sigma = settings["cache_size"], settings["blur_sigma"]
   batch_size = int(_field(config, "saliency.batch_size", DEFAULT_BATCH_SIZE))
-  blur_sigma = float(_field(config, "saliency.blur_sigma", 0.0))
-  r = float(_field(config, "saliency.r", 0.3))
+  r = float(_field(config, "saliency.r"))
   if batch_size < 1:
     raise ValueError(f"config.saliency.batch_size must be >= 1, got {batch_size}")
   splits = list(splits) if splits else config_splits(config)
   if not splits:
     raise ValueError("no split to precompute: config.data has no train_split / eval_split / "
                      "test_split and no --splits were given")
-  mlnet_src = _field(config, "saliency.mlnet")
-  if not mlnet_src:
-    raise ValueError("config.saliency.mlnet is empty: give an imported ML-Net .npz or an ML-Net "
-                     "training workdir")
-
-  weights = inference.load_mlnet(mlnet_src)
-  key = cache_key(weights.sha256, str(crop_pipe), mlnet_input, cache_size, blur_sigma)
-  cache_dir = _field(config, "saliency.cache_dir", "") or default_cache_dir(
-      data_dir, name, config_name, key)
-  cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
+  weights = inference.load_mlnet(settings["mlnet"])
+  cache_dir, key = _resolve_dir(config, settings, weights.sha256)
   meta = {
       "key": key,
       "dataset": {"name": name, "config": config_name},

@@ -154,6 +154,10 @@ class MLNetWeights:
     out = self.model.apply(variables, x)
     return out[0] if isinstance(out, tuple) else out
 
+  def __iter__(self):
+    """Unpacks as ``apply_fn, variables = load_mlnet(...)``."""
+    return iter((self.apply, self.variables))
+
 
 def variables_sha256(variables: Mapping[str, Any]) -> str:
   """A sha256 of a variables tree: its '/'-joined paths, dtypes, shapes and bytes, in path order."""
@@ -182,6 +186,8 @@ def load_mlnet(source: str | os.PathLike | tuple[Variables, str, Mapping[str, An
                step: int | None = None) -> MLNetWeights:
   """ML-Net from an imported weight file, a training workdir, or an in-memory triple.
 
+  The result also unpacks as ``apply_fn, variables``.
+
   Args:
     source: a ``.npz`` written by ``jaxface.weights.common.save`` (e.g. by ``python -m
       jaxface.convert``); a directory, read with ``jaxface.checkpointing.load_model_variables``
@@ -206,6 +212,8 @@ def load_mlnet(source: str | os.PathLike | tuple[Variables, str, Mapping[str, An
       raise ImportError(f"mlnet source {path} is a directory (an ML-Net training workdir), which "
                         f"needs jaxface.checkpointing: {e}") from e
     variables, name, kwargs = checkpointing.load_model_variables(path, step=step)
+    if not name:
+      raise ValueError(f"{path}: the checkpoint's metadata names no model")
     return MLNetWeights(_build(name, kwargs), variables, name, _kwargs_from_json(kwargs),
                         variables_sha256(variables), os.path.abspath(path),
                         {"workdir": os.path.abspath(path), "step": step})

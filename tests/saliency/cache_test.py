@@ -94,6 +94,16 @@ def test_precompute_writes_a_complete_cache(setup):
   assert png is not None and png.shape[0] > 100
 
 
+def test_cache_dir_for_and_split_dir_name_the_precomputed_cache(setup):
+  assert cache.cache_dir_for(setup["config"]) == setup["cache_dir"]
+  split = cache.split_dir(setup["config"], "validation")
+  assert os.path.dirname(split) == setup["cache_dir"]
+  only = sc.SaliencyCache.open(split)
+  assert list(only.splits) == ["validation"] and len(only) == 50
+  with pytest.raises(sc.CacheError, match="split not found"):
+    sc.SaliencyCache.open(cache.split_dir(setup["config"], "train"))
+
+
 def test_cached_maps_are_ml_net_on_the_crop(setup):
   c = sc.SaliencyCache.open(setup["cache_dir"])
   source = _source(setup, "validation")

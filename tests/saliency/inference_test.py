@@ -128,3 +128,20 @@ def test_load_mlnet_errors(tmp_path):
     inference.load_mlnet(({}, "mlnet"))
   with pytest.raises(ValueError, match="images must be uint8"):
     inference.predict(None, {}, np.zeros((1, 4, 4, 3), np.float32), input_size=(8, 8))
+
+
+def test_load_mlnet_from_a_training_workdir(tiny, tmp_path):
+  from jaxface import checkpointing  # pylint: disable=g-import-not-at-top
+  model, variables = tiny
+  ckpt = checkpointing.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(3, {"params": variables["params"], "step": np.int32(3)}, None,
+            {"model": {"name": "mlnet", "kwargs": {"width": WIDTH}}})
+  ckpt.close()
+  w = inference.load_mlnet(str(tmp_path))
+  assert w.model_name == "mlnet" and w.model_kwargs == {"width": WIDTH}
+  assert w.sha256 == inference.variables_sha256({"params": variables["params"]})
+  apply_fn, restored = w  # also unpacks as (apply_fn, variables)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves({"params": variables["params"]})):
+    np.testing.assert_array_equal(a, b)
+  x = jnp.zeros((1, 16, 16, 3))
+  np.testing.assert_array_equal(apply_fn(restored, x), model.apply(variables, x)[0])
