@@ -12,7 +12,8 @@ the blur; a cache with the same key is reused split by split. The run writes
 ``<workdir>/saliency_cache.json`` (where the cache is, what it holds) and
 ``<workdir>/saliency_cache.png`` (a few crops, their maps, and the reweighted crops).
 
-Config fields read: ``data.name``, ``data.config``, ``data.data_dir`` (None: the tfds default),
+Config fields read: ``data.name``, ``data.config``, ``data.data_dir`` (None or "": the tfds
+default), ``data.build`` (build a missing dataset), ``data.manual_dir``,
 ``data.train_split`` / ``eval_split`` / ``test_split``; ``saliency.mode``, ``saliency.r``,
 ``saliency.crop_pipe``, ``saliency.mlnet``, ``saliency.mlnet_input`` (h, w),
 ``saliency.cache_size`` (h, w; default (64, 64)), ``saliency.cache_dir`` ("": the default),
@@ -38,6 +39,7 @@ from data_pipelines import build
 from data_pipelines import loader
 from data_pipelines import ops
 from data_pipelines import saliency_cache as sc
+from data_pipelines import tfds_compat
 from jaxface.saliency import inference
 
 DEFAULT_CACHE_SIZE = (64, 64)  # maps are smooth: 64x64 keeps them at ~4 KB per example
@@ -78,6 +80,11 @@ def _field(config, dotted: str, default: Any = ...) -> Any:
   if node is None and default is not ...:
     return default
   return node
+
+
+def _optional(config, dotted: str) -> Any:
+  """``config.<dotted>`` with a missing, None or empty value as None (e.g. data_dir "")."""
+  return _field(config, dotted, None) or None
 
 
 def _pair(config, dotted: str, default: Any = ...) -> tuple[int, int]:
@@ -196,8 +203,8 @@ def _resolve_dir(config, settings: dict[str, Any], mlnet_sha256: str) -> tuple[s
   key = cache_key(mlnet_sha256, str(settings["crop_pipe"]), settings["mlnet_input"],
                   settings["cache_size"], settings["blur_sigma"])
   cache_dir = _field(config, "saliency.cache_dir", "") or default_cache_dir(
-      _field(config, "data.data_dir", None), _field(config, "data.name"),
-      _field(config, "data.config", None), key)
+      _optional(config, "data.data_dir"), _field(config, "data.name"),
+      _optional(config, "data.config"), key)
   return os.path.abspath(os.path.expanduser(cache_dir)), key
 
 
@@ -218,6 +225,19 @@ def split_dir(config, split: str) -> str:
   return os.path.join(cache_dir_for(config), sc.split_dirname(split))
 
 
+def _ensure_prepared(config, name: str, config_name: str | None, data_dir: str | None) -> None:
+  """Builds the dataset if it is missing and ``config.data.build`` allows; else a clear error."""
+  ddir = os.path.expanduser(data_dir or build.default_data_dir())
+  cls = build.builder_class(name)
+  if cls(config=config_name, data_dir=ddir, file_format=tfds_compat.FILE_FORMAT).is_prepared():
+    return
+  if not _field(config, "data.build", False):
+    raise ValueError(f"config.data: {name}/{config_name} is not prepared in {ddir}; run python -m "
+                     f"data_pipelines.build {name} --config {config_name} --data_dir {ddir} or "
+                     "set config.data.build=True")
+  build.build(name, config_name, ddir, _optional(config, "data.manual_dir"))
+
+
 def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str:
   """Makes sure the cache of ``config`` holds ``splits`` (default: the config's splits).
 
@@ -230,8 +250,8 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
   if mode != "cache":
     raise ValueError(f"config.saliency.mode is {mode!r}; precompute only applies to 'cache'")
   name = _field(config, "data.name")
-  config_name = _field(config, "data.config", None)
-  data_dir = _field(config, "data.data_dir", None)
+  config_name = _optional(config, "data.config")
+  data_dir = _optional(config, "data.data_dir")
   settings = _settings(config)
   crop_pipe, mlnet_input = settings["crop_pipe"], settings["mlnet_input"]
   cache_size, blur_sigma = settings["cache_size"], settings["blur_sigma"]
@@ -243,6 +263,7 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
   if not splits:
     raise ValueError("no split to precompute: config.data has no train_split / eval_split / "
                      "test_split and no --splits were given")
+  _ensure_prepared(config, name, config_name, data_dir)
   weights = inference.load_mlnet(settings["mlnet"])
   cache_dir, key = _resolve_dir(config, settings, weights.sha256)
   meta = {

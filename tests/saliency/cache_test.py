@@ -264,3 +264,10 @@ def test_writer_lock_makes_a_second_writer_wait(tmp_path):
     assert not entered.wait(0.3)
   assert entered.wait(5)
   t.join()
+
+
+def test_an_unprepared_dataset_is_named(setup, tmp_path):
+  cfg = cache.load_config(setup["config_file"])
+  cfg.data.data_dir = str(tmp_path / "empty")
+  with pytest.raises(ValueError, match="synthetic_faces/small is not prepared in .*empty"):
+    cache.precompute(cfg, str(tmp_path))
