@@ -145,3 +145,12 @@ def test_load_mlnet_from_a_training_workdir(tiny, tmp_path):
     np.testing.assert_array_equal(a, b)
   x = jnp.zeros((1, 16, 16, 3))
   np.testing.assert_array_equal(apply_fn(restored, x), model.apply(variables, x)[0])
+
+
+def test_preprocess_at_the_input_size_is_the_trainers_caffe_bgr(rng):
+  # ML-Net trains on loader crops already at its input size, normalised by the trainer's
+  # "caffe_bgr" convention; inference must feed it the same numbers.
+  from jaxface import steps  # pylint: disable=g-import-not-at-top
+  images = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(inference.preprocess(images, (8, 8)),
+                                steps.normalize(jnp.asarray(images), "caffe_bgr"))
