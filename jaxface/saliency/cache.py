@@ -244,7 +244,7 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
   Returns the cache directory. Splits already in the cache are reused; the others are computed
   under the cache's writer lock, so concurrent callers wait rather than clash (a multi-host
   trainer still does best to call it on one process and let the others wait). Also writes
-  ``<workdir>/saliency_cache.json`` and, when maps were computed, a PNG of samples.
+  ``<workdir>/saliency_cache.json`` and a PNG of a few crops, their maps and reweighted crops.
   """
   mode = _field(config, "saliency.mode")
   if mode != "cache":
@@ -302,11 +302,32 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
   summary = {"cache_dir": cache_dir, "key": key, "reused": not todo,
              "splits": {s: {**report[s], **cache.splits[s]} for s in splits},
              "meta": cache.meta}
+  if not samples:  # everything reused: show a few cached maps of the first split
+    samples = _cached_samples(cache, loader.open_source(name, config_name, splits[0], data_dir),
+                              crop_pipe)
   if samples:
     summary["figure"] = write_figure(os.path.join(workdir, FIGURE_FILE), samples[0], samples[1], r)
   with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=1)
   return cache_dir
+
+
+def _cached_samples(cache: sc.SaliencyCache, source, crop_pipe: ops.Pipeline,
+                    n: int = 6) -> list[np.ndarray]:
+  """[crops, maps] of the first ``n`` examples of ``source`` that the crop pipe and cache take."""
+  crops, maps = [], []
+  for i in range(len(source)):
+    if len(crops) == n:
+      break
+    try:
+      example = crop_pipe(dict(source[i]))
+    except ops.BadExampleError:
+      continue
+    m = cache.get(example.get("id"))
+    if m is not None:
+      crops.append(example["image"])
+      maps.append(m)
+  return [np.stack(crops), np.stack(maps)] if crops else []
 
 
 def write_figure(path: str, crops: np.ndarray, maps: np.ndarray, r: float, n: int = 6) -> str:

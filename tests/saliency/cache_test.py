@@ -161,7 +161,8 @@ def test_precompute_reuses_an_existing_cache(setup, tmp_path):
   with open(tmp_path / cache.SUMMARY_FILE) as f:
     summary = json.load(f)
   assert summary["reused"] and summary["splits"]["validation"]["reused"]
-  assert not (tmp_path / cache.FIGURE_FILE).exists()
+  assert summary["figure"] == str(tmp_path / cache.FIGURE_FILE)
+  assert cv2.imread(summary["figure"]) is not None
 
 
 def test_another_crop_pipe_is_refused(setup):
