@@ -264,8 +264,8 @@ def make_train_step(model, tx: optax.GradientTransformation, tasks: Sequence[Tas
     new_params = optax.apply_updates(params, updates)
     out_metrics = dict(metrics)
     out_metrics["lr"] = jnp.asarray(schedule(state["step"]), jnp.float32)
-    out_metrics["grad_norm"] = optax.global_norm(grads)
-    out_metrics["param_norm"] = optax.global_norm(new_params)
+    out_metrics["grad_norm"] = optax.tree.norm(grads)
+    out_metrics["param_norm"] = optax.tree.norm(new_params)
     new_state = {"step": state["step"] + 1, "params": new_params, "batch_stats": batch_stats,
                  "opt_state": opt_state, "rng": state["rng"]}
     return new_state, out_metrics

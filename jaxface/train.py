@@ -59,7 +59,10 @@ class TrainingDiverged(RuntimeError):
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((jax.device_count(),), ("data",))
+  # Auto axes: jit propagates the batch sharding (Flax layers such as dropout are not written
+  # for explicit-sharding mode, the default axis type of jax.make_mesh since JAX 0.9).
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def versions() -> dict[str, str]:
@@ -285,10 +288,13 @@ class Trainer:
         else:
           scalars[k] = float(v)
       losses = [v for k, v in scalars.items() if k.endswith("loss")]
-      if any(not math.isfinite(v) for v in losses + [scalars["grad_norm"]]):
+      if any(not math.isfinite(v) for v in losses + [scalars["grad_norm"],
+                                                      scalars["param_norm"]]):
         raise TrainingDiverged(
-            f"loss is not finite at step {at_step} ({', '.join(f'{k}={v}' for k, v in scalars.items() if k.endswith('loss'))}); "
-            f"stopping. The last good checkpoint is step {last_good} in {ckpt.directory}")
+            f"loss, gradient or parameters not finite at step {at_step} ("
+            + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()
+                        if k.endswith("loss") or k.endswith("norm"))
+            + f"); stopping. The last good checkpoint is step {last_good} in {ckpt.directory}")
       return scalars
 
     try:

@@ -1,0 +1,315 @@
+"""Training and evaluation end to end: every config's smoke run, one vs eight devices, SIGKILL and
+resume, NaN stop, gradient accumulation, init_from, and bad config values."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxface import checkpointing
+from jaxface import config_lib
+from jaxface import evaluate as evaluate_lib
+from jaxface import steps as steps_lib
+from jaxface import train as train_lib
+from jaxface.data import Task
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+SMOKE = [
+    "affectnet.py:smoke",
+    "affectnet.py:smoke,r=0",
+    "adience_age.py:smoke,fold=2",
+    "adience_gender.py:smoke",
+    "saliency_ratio_ablation.py:smoke,r=0.7",
+    "vegac.py:smoke,task=expression",
+    "vegac.py:smoke,task=gender,dataset=lfw",
+    "zhang_gnet.py:smoke,step=2",
+    "zhang_gnet.py:smoke,step=4",
+    "zhang_snet.py:smoke,crop=5,step=3",
+    "utkface.py:smoke,model=ran",
+    "utkface.py:smoke,model=resnet18",
+    "mlnet_salicon.py:smoke",
+    "gilnet_adience.py:smoke,task=age",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """One synthetic_faces/small build shared by the module (the configs build it on first use)."""
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _load(spec: str, data_dir: str, **overrides):
+  config = config_lib.load(os.path.join(CONFIGS, spec))
+  with config.unlocked():
+    targets = [config] + [s for s in config.stages.values()] if config.stages else [config]
+    for c in targets:
+      c.data.data_dir = data_dir
+      for key, value in overrides.items():
+        node = c
+        *path, leaf = key.split(".")
+        for p in path:
+          node = node[p]
+        node[leaf] = value
+  return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", SMOKE)
+def test_config_smoke_trains_two_steps_and_evaluates(spec, data_dir, tmp_path):
+  config = _load(spec, data_dir)
+  assert config.smoke and config.train_steps == 2
+  summary = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert summary["step"] == 2 and summary["latest_step"] == 2
+  with open(tmp_path / "eval" / "results.json") as f:
+    results = json.load(f)
+  tasks = ["saliency"] if config.task.kind == "saliency" else list(config.data.labels)
+  for task in tasks:
+    assert results[task]["n"] == 16  # eval.max_batches=2 of 8
+    if task != "saliency":
+      assert 0.0 <= results[task]["accuracy"] <= 1.0
+      assert (tmp_path / "eval" / f"confusion_{task}.png").stat().st_size > 1000
+    else:
+      assert np.isfinite(results[task]["loss"])
+  assert (tmp_path / "config.json").exists() and (tmp_path / "metrics.jsonl").exists()
+  assert os.listdir(tmp_path / "tb")
+
+
+def test_demo_smoke_runs_the_whole_chain(data_dir, tmp_path):
+  config = _load("demo.py:smoke", data_dir)
+  results = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert set(results) == {"mlnet", "classifier"}
+  for task in ("age", "gender", "expression"):
+    assert results["classifier"][task]["n"] == 16
+  cls = tmp_path / "classifier"
+  assert (cls / "eval" / "samples.png").stat().st_size > 1000
+  assert (cls / "eval" / "confusion_age.png").exists()
+  with open(cls / "saliency_cache.json") as f:
+    assert json.load(f)  # the cache the classifier read, made with the mlnet stage's weights
+  with open(tmp_path / "results.json") as f:
+    assert set(json.load(f)) == {"mlnet", "classifier"}
+
+
+def test_every_example_counts_once(data_dir, tmp_path):
+  config = _load("utkface.py:smoke,model=resnet18", data_dir, **{"eval.max_batches": 0,
+                                                                 "eval.batch_size": 8})
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "eval" / "results.json") as f:
+    results = json.load(f)
+  # 50 test examples in batches of 8: the padded last batch is masked.
+  assert results["age"]["n"] == 50 and results["gender"]["n"] == 50
+  assert sum(map(sum, results["gender"]["confusion"])) == 50
+
+
+# ----------------------------------------------------------------------------- subprocess runs
+
+_RUN = r"""
+import json, sys
+import numpy as np
+from jaxface import config_lib, checkpointing, train
+config = config_lib.load(sys.argv[1])
+with config.unlocked():
+  for kv in sys.argv[3:]:
+    k, v = kv.split("=", 1)
+    node = config
+    *path, leaf = k.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = type(node[leaf])(v) if not isinstance(node[leaf], bool) else v == "True"
+train.train_and_evaluate(config, sys.argv[2])
+variables, _, _ = checkpointing.load_model_variables(sys.argv[2])
+flat = {"/".join(map(str, p)): np.asarray(v) for p, v in
+        __import__("jax").tree_util.tree_flatten_with_path(variables)[0]}
+np.savez(sys.argv[2] + "/final_params.npz", **{k.replace("'", ""): v for k, v in flat.items()})
+"""
+
+
+def _run(spec, workdir, data_dir, *overrides, devices=1, wait=True):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      f" --xla_force_host_platform_device_count={devices}").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  args = [sys.executable, "-c", _RUN, os.path.join(CONFIGS, spec), str(workdir),
+          f"data.data_dir={data_dir}", *overrides]
+  if not wait:
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def _params(workdir):
+  with np.load(os.path.join(workdir, "final_params.npz")) as f:
+    return {k: f[k] for k in f.files}
+
+
+def _train_losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [(r["step"], r["train/age/loss"]) for r in rows if "train/age/loss" in r]
+
+
+@pytest.mark.slow
+def test_one_and_eight_devices_agree(data_dir, tmp_path):
+  # ResNet-18 (batch norm over the global batch) with the gender->age multi-task head. SGD, as
+  # Adam's first steps are lr * sign(g): rounding noise on a near-zero gradient flips a sign.
+  common = ("utkface.py:smoke,model=resnet18",)
+  overrides = ("batch_size=8", "eval.after_train=False", "eval_every_steps=0",
+               "log_every_steps=1", "optim.name=sgd", "optim.lr=0.01")
+  one, eight = tmp_path / "one", tmp_path / "eight"
+  _run(*common, one, data_dir, *overrides, devices=1)
+  _run(*common, eight, data_dir, *overrides, devices=8)
+  with open(eight / "run.json") as f:
+    assert json.load(f)["mesh"] == {"data": 8}
+  l1, l8 = _train_losses(one), _train_losses(eight)
+  assert [s for s, _ in l1] == [1, 2] and [s for s, _ in l8] == [1, 2]
+  np.testing.assert_allclose([v for _, v in l1], [v for _, v in l8], atol=1e-5, rtol=0)
+  p1, p8 = _params(one), _params(eight)
+  assert p1.keys() == p8.keys()
+  for k in p1:
+    np.testing.assert_allclose(p1[k], p8[k], atol=1e-5, rtol=0, err_msg=k)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(data_dir, tmp_path):
+  spec = "affectnet.py:smoke,r=0"  # AlexNet with dropout: the rng must resume too
+  overrides = ("train_steps=30", "checkpoint_every_steps=3", "eval_every_steps=0",
+               "eval.after_train=False", "log_every_steps=1", "keep_checkpoints=50")
+  full, killed = tmp_path / "full", tmp_path / "killed"
+  _run(spec, full, data_dir, *overrides)
+  proc = _run(spec, killed, data_dir, *overrides, wait=False)
+  ckpt_dir = killed / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if (ckpt_dir / "6").is_dir():
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  steps_at_kill = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  assert steps_at_kill and max(steps_at_kill) < 30, steps_at_kill
+  _run(spec, killed, data_dir, *overrides)  # resumes from the newest complete checkpoint
+  with open(killed / "run.json") as f:
+    assert "step" in json.load(f)["resumed_from"]
+  p_full, p_killed = _params(full), _params(killed)
+  for k in p_full:
+    np.testing.assert_array_equal(p_full[k], p_killed[k], err_msg=k)
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+def test_nan_stops_with_message_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+  config = _load("affectnet.py:smoke,r=0", data_dir, **{
+      "train_steps": 6, "checkpoint_every_steps": 1, "eval_every_steps": 0,
+      "optim.lr": 1e30, "optim.trainable": (), "eval.after_train": False})
+  with pytest.raises(train_lib.TrainingDiverged, match=r"not finite at step \d.*last good"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  steps = checkpointing.Checkpointer(str(tmp_path), read_only=True).all_steps()
+  assert max(steps, default=0) < 6
+  for s in steps:  # every kept checkpoint holds finite parameters
+    variables, _, _ = checkpointing.load_model_variables(str(tmp_path), s)
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(variables))
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(3)(x.reshape(x.shape[0], -1)), {}
+
+  config = config_lib.base_config()
+  config.data.labels = ("age",)
+  tasks = [Task("age", "class", ("a", "b", "c"))]
+  model = Tiny()
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.integers(0, 255, (8, 4, 4, 3)), jnp.uint8),
+           "age": jnp.asarray(rng.integers(0, 3, 8)), "mask": jnp.ones(8, bool)}
+  results = []
+  for accum in (1, 4):
+    config.accum_steps = accum
+    tx = optax.sgd(0.1)
+    variables = steps_lib.init_variables(model, (4, 4), 0)
+    state = steps_lib.create_state(variables, tx, 0)
+    step = jax.jit(steps_lib.make_train_step(model, tx, tasks, config, {}, lambda s: 0.1,
+                                             lambda im: im.astype(jnp.float32) / 255))
+    new_state, metrics = step(state, batch)
+    results.append((new_state["params"], metrics["age/loss"]))
+  for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0])):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  np.testing.assert_allclose(results[0][1][0], results[1][1][0], rtol=1e-6)  # summed loss
+
+
+def test_merge_pretrained_reports_loaded_and_new():
+  variables = {"params": {"conv1": {"kernel": jnp.zeros((3, 3, 3, 4)), "bias": jnp.zeros(4)},
+                          "fc8": {"kernel": jnp.zeros((4, 2)), "bias": jnp.zeros(2)}}}
+  pretrained = {"params": {"conv1": {"kernel": jnp.ones((3, 3, 3, 4)), "bias": jnp.ones(4)},
+                           "fc8": {"kernel": jnp.ones((4, 1000)), "bias": jnp.ones(1000)},
+                           "extra": {"w": jnp.ones(1)}}}
+  merged, report = steps_lib.merge_pretrained(variables, pretrained)
+  assert float(merged["params"]["conv1"]["kernel"].sum()) == 108.0
+  assert float(merged["params"]["fc8"]["kernel"].sum()) == 0.0
+  assert sorted(report.loaded) == ["params/conv1/bias", "params/conv1/kernel"]
+  assert report.new == ["params/fc8/bias (shape (1000,) != (2,))",
+                        "params/fc8/kernel (shape (4, 1000) != (4, 2))"]
+  assert report.unused == ["params/extra/w"]
+  assert "2 arrays loaded, 2 newly initialised, 1 in the file unused" in report.format()
+
+
+def test_checkpointer_keeps_latest_and_best(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2, best_metric="val/acc")
+  state = {"w": jnp.zeros(3)}
+  for step, acc in [(1, 0.2), (2, 0.9), (3, 0.5), (4, 0.4), (5, 0.3)]:
+    ckpt.save(step, {"w": jnp.full(3, float(step))}, {"pos": step}, {"step": step},
+              {"val/acc": acc})
+  ckpt.wait()
+  assert ckpt.all_steps() == [2, 4, 5] and ckpt.best_step() == 2
+  restored, data, meta = ckpt.restore(2, state)
+  np.testing.assert_array_equal(restored["w"], [2.0, 2.0, 2.0])
+  assert data == {"pos": 2} and meta == {"step": 2}
+  assert checkpointing.resolve_step(ckpt, "best") == 2
+  assert checkpointing.resolve_step(ckpt, "latest") == 5
+  with pytest.raises(ValueError, match="no checkpoint of step 3"):
+    checkpointing.resolve_step(ckpt, "3")
+  ckpt.close()
+
+
+# ----------------------------------------------------------------------------- bad configs
+
+
+def test_bad_values_fail_at_start_naming_the_field(data_dir, tmp_path):
+  config = _load("affectnet.py:smoke", data_dir, **{"optim.lr": -0.1})
+  with pytest.raises(config_lib.ConfigError, match=r"config\.optim\.lr: must be positive"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  config = _load("affectnet.py:smoke", data_dir, **{"data.manual_dir": "/no/such/dir"})
+  with pytest.raises(config_lib.ConfigError, match=r"config\.data\.manual_dir: .*/no/such/dir"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  config = _load("affectnet.py:r=0", data_dir)  # the real dataset: not prepared, no manual dir
+  with pytest.raises(config_lib.ConfigError, match=r"config\.data\.manual_dir: affectnet"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  config = _load("affectnet.py:smoke", data_dir, **{"data.labels": ("smile",)})
+  with pytest.raises(config_lib.ConfigError, match=r"config\.data\.labels: 'smile'"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(config_lib.ConfigError, match="unknown config argument 'tsk'"):
+    config_lib.load(os.path.join(CONFIGS, "vegac.py:tsk=age"))
+
+
+def test_unknown_field_on_the_command_line_is_named(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxface.train", "--config", os.path.join(CONFIGS, "affectnet.py"),
+       "--workdir", str(tmp_path), "--config.optim.lrr=0.1"],
+      capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode != 0
+  assert "lrr" in proc.stderr
