@@ -105,5 +105,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.name = "demo"
   c.stages = ml_collections.ConfigDict({"mlnet": mlnet_stage(arg),
                                         "classifier": classifier_stage(arg)}, type_safe=False)
+  c.stage_order = ("mlnet", "classifier")
   c.smoke = arg.smoke
   return config_lib.finalize(c)

@@ -65,6 +65,7 @@ def base_config() -> ConfigDict:
       crop_pipe="decode|face_crop(0.3)|resize(224)",
       mlnet="",  # imported .npz or an ML-Net training workdir ("stage:NAME" in a chain)
       mlnet_input=(224, 224), cache_size=(64, 64), cache_dir="", batch_size=32,
+      blur_sigma=0.0,  # Gaussian blur of the predicted maps (the reference: none)
   ))
   c.optim = ConfigDict(dict(
       name="sgd", lr=0.001, momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-8,
@@ -97,6 +98,7 @@ def base_config() -> ConfigDict:
                            num_sample_images=16,
                            after_train=True))  # evaluate the test split when training ends
   c.stages = ConfigDict({}, type_safe=False)  # a chain of runs (configs/demo.py)
+  c.stage_order = ()  # the order the stages run in (ConfigDict iterates its keys sorted)
   return c
 
 

@@ -343,7 +343,8 @@ def main(argv: Sequence[str]) -> int:
       raise app.UsageError("--workdir is required (or --folds / --ensemble)")
     config = config_lib.load(_FLAGS["config"].value) if _FLAGS["config"].value else load_run_config(_FLAGS["workdir"].value)
     if config.get("stages"):
-      for name, stage in config.stages.items():
+      for name in list(config.stage_order) or sorted(config.stages):
+        stage = config.stages[name]
         from jaxface.train import resolve_stage_refs  # pylint: disable=g-import-not-at-top
         sub = os.path.join(os.path.abspath(_FLAGS["workdir"].value), name)
         evaluate(resolve_stage_refs(stage, os.path.abspath(_FLAGS["workdir"].value)), sub,

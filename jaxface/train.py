@@ -144,8 +144,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 def _run_stages(config, workdir: str) -> dict[str, Any]:
   from jaxface import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
   results = {}
-  for name, stage in config.stages.items():
-    stage = resolve_stage_refs(stage, workdir)
+  order = list(config.stage_order) or sorted(config.stages)
+  if sorted(order) != sorted(config.stages):
+    raise config_lib.ConfigError(f"config.stage_order {order} must name each of config.stages "
+                                 f"({sorted(config.stages)}) once")
+  for name in order:
+    stage = resolve_stage_refs(config.stages[name], workdir)
     sub = os.path.join(workdir, name)
     print(f"=== stage {name}: {sub}", flush=True)
     summary = train_and_evaluate(stage, sub)
