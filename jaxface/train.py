@@ -23,7 +23,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import app
 from absl import flags
@@ -372,11 +372,88 @@ def optim_report(optim_config, params) -> str:
   return "\n".join(lines)
 
 
+# Variables of a plain cluster (no Slurm / Open MPI for jax.distributed to detect).
+_ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+_ENV_PROCESS_ID = "JAX_PROCESS_ID"
+_ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+_ENV_LOCAL_DEVICES = "JAX_LOCAL_DEVICE_IDS"
+
+
+def distributed_args(multihost: bool, environ: Mapping[str, str]) -> dict[str, Any] | None:
+  """Keyword arguments of ``jax.distributed.initialize`` for this process; None: single process.
+
+  With JAX_NUM_PROCESSES / JAX_PROCESS_ID set, the coordinator, count, id (and
+  JAX_LOCAL_DEVICE_IDS) are passed explicitly and cluster detection is turned off, so a plain
+  launch inside a Slurm allocation is not mistaken for one task per GPU. Otherwise nothing is
+  passed: jax detects Slurm, Open MPI, Kubernetes and Cloud TPU itself (and reads
+  JAX_COORDINATOR_ADDRESS, e.g. to override Slurm's first-node address).
+  """
+  explicit = [k for k in (_ENV_NUM_PROCESSES, _ENV_PROCESS_ID) if environ.get(k)]
+  if not (multihost or environ.get(_ENV_COORDINATOR) or explicit):
+    return None
+  if not explicit:
+    return {}
+  missing = [k for k in (_ENV_COORDINATOR, _ENV_NUM_PROCESSES, _ENV_PROCESS_ID)
+             if not environ.get(k)]
+  if missing:
+    raise app.UsageError(f"multi-host: {', '.join(explicit)} set but {', '.join(missing)} not; "
+                         "a plain cluster needs all of JAX_COORDINATOR_ADDRESS (host:port of "
+                         "process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID")
+
+  def integer(key: str) -> int:
+    try:
+      return int(environ[key])
+    except ValueError:
+      raise app.UsageError(f"{key}={environ[key]!r} is not an integer") from None
+
+  n, i = integer(_ENV_NUM_PROCESSES), integer(_ENV_PROCESS_ID)
+  if n < 1 or not 0 <= i < n:
+    raise app.UsageError(f"{_ENV_PROCESS_ID}={i} must be in [0, {_ENV_NUM_PROCESSES}={n})")
+  address = environ[_ENV_COORDINATOR]
+  if not address.rpartition(":")[2].isdigit():
+    raise app.UsageError(f"{_ENV_COORDINATOR}={address!r} must be host:port")
+  args = {"coordinator_address": address, "num_processes": n, "process_id": i,
+          "cluster_detection_method": "deactivate"}
+  if environ.get(_ENV_LOCAL_DEVICES):
+    try:
+      args["local_device_ids"] = [int(d) for d in environ[_ENV_LOCAL_DEVICES].split(",")]
+    except ValueError:
+      raise app.UsageError(f"{_ENV_LOCAL_DEVICES}={environ[_ENV_LOCAL_DEVICES]!r} is not a "
+                           "comma-separated list of integers") from None
+  return args
+
+
+def init_distributed(multihost: bool) -> None:
+  """Calls ``jax.distributed.initialize`` when asked (before any other JAX call), then prints
+  this process' place: one line per process, so a launcher's log shows every host joined."""
+  args = distributed_args(multihost, os.environ)
+  if args is not None:
+    try:
+      jax.distributed.initialize(**args)
+    except ValueError as e:  # jax found no cluster to take the missing values from
+      raise app.UsageError(
+          f"jax.distributed.initialize: {e} No Slurm / Open MPI environment was detected: set "
+          "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID "
+          "(launch/multihost.sh does)") from None
+  print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} "
+        f"local / {jax.device_count()} global devices ({jax.default_backend()})", flush=True)
+
+
+def quiet_logs() -> None:
+  """Warnings only from libraries (Orbax logs every file it writes at INFO), progress from ours;
+  an explicit --verbosity wins."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    std_logging.getLogger("jaxface").setLevel(std_logging.INFO)
+
+
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _FLAGS["multihost"].value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+  quiet_logs()
+  init_distributed(_FLAGS["multihost"].value)
   config = _FLAGS["config"].value
   if config is None:
     raise app.UsageError("--config is required")
@@ -392,5 +469,4 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
   define_flags()
-  flags.FLAGS.set_default("verbosity", -1)  # Orbax logs every file at INFO; --verbosity=0 shows it
   app.run(main)
