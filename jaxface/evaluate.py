@@ -125,20 +125,40 @@ class Evaluator:
 
 
 def _gather(x: np.ndarray) -> np.ndarray:
-  """This process' part of a batch -> the global batch, in device order (multi-host)."""
+  """This process' part of a batch -> the global batch, in the order of the step's outputs.
+
+  The rows are placed with the evaluation step's own sharding (the ``data`` axis of
+  ``train.make_mesh()``), so labels and masks line up with the predictions whatever order the
+  mesh gives the processes' devices.
+  """
   if jax.process_count() == 1:
     return np.asarray(x)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  from jaxface.train import make_mesh  # pylint: disable=g-import-not-at-top
+  sharding = NamedSharding(make_mesh(), P("data"))
+  global_x = jax.make_array_from_process_local_data(sharding, np.asarray(x))
+  return np.asarray(multihost_utils.process_allgather(global_x, tiled=True))
 
 
 def _gather_ids(ids) -> np.ndarray:
+  """String ids of this process' part of a batch -> those of the global batch (as ``_gather``).
+
+  Collectives move numbers only: each id travels as UTF-8 bytes in a zero-padded uint8 row, with
+  its length gathered first (to agree on the row width and to cut the padding off exactly).
+  """
   if ids is None:
     return np.zeros(0, object)
   if jax.process_count() == 1:
     return np.asarray(ids, object)
-  # Ids are strings: evaluation reports only need them on process 0 for single-host runs.
-  return np.asarray(ids, object)
+  encoded = [str(i).encode("utf-8") for i in ids]
+  lengths = _gather(np.asarray([len(b) for b in encoded], np.int32))
+  rows = np.zeros((len(encoded), max(int(lengths.max(initial=0)), 1)), np.uint8)
+  for row, b in zip(rows, encoded):
+    row[:len(b)] = np.frombuffer(b, np.uint8)
+  gathered = _gather(rows)
+  out = np.empty(len(gathered), object)
+  out[:] = [bytes(r[:n]).decode("utf-8") for r, n in zip(gathered, lengths)]
+  return out
 
 
 def reports(tasks, probs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict:
