@@ -47,7 +47,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-AGE_GROUPS = ("0-2", "4-6", "8-13", "15-20", "25-32", "38-43", "48-53", "60-100")  # Adience
+AGE_GROUPS = ("0-2", "4-6", "8-12", "15-20", "25-32", "38-43", "48-53", "60-100")  # Adience
 GENDERS = ("male", "female")
 EXPRESSIONS = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger")  # AffectNet
 
