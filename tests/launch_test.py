@@ -272,3 +272,90 @@ def test_two_processes_train_and_evaluate_like_one(data_dir, tmp_path):
   assert sum(map(sum, r2["age"]["confusion"])) == _TEST_SIZE
   assert r2["age"]["confusion"] == r1["age"]["confusion"]
   assert r2["age"]["accuracy"] == pytest.approx(r1["age"]["accuracy"], abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- the scripts
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_syntax_and_help(script):
+  path = os.path.join(LAUNCH, script)
+  subprocess.run(["bash", "-n", path], check=True)
+  proc = subprocess.run(["bash", path, "--help"], capture_output=True, text=True, check=True)
+  assert proc.stdout.startswith("Usage:") and "CONFIG WORKDIR [TRAIN_ARGS...]" in proc.stdout
+  proc = subprocess.run(["bash", path], capture_output=True, text=True)
+  assert proc.returncode == 2 and "CONFIG and WORKDIR are required" in proc.stderr
+  with open(path) as f:
+    assert "set -euo pipefail" in f.read()
+
+
+def _dry_run(script, *args, **env_vars):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+  env.update(env_vars, PYTHON="py")
+  proc = subprocess.run(["bash", os.path.join(LAUNCH, script), "--dry-run", *args],
+                        capture_output=True, text=True, env=env)
+  assert proc.returncode == 0, proc.stderr
+  return proc.stdout.strip()
+
+
+def test_dry_runs_print_the_command_with_args_passed_through():
+  tail = "py -m jaxface.train --config configs/x.py:smoke --workdir /w --config.seed=3 a\\ b"
+  extra = ("configs/x.py:smoke", "/w", "--config.seed=3", "a b")
+  assert _dry_run("single_gpu.sh", "--gpu", "2", *extra) == (
+      f"env CUDA_VISIBLE_DEVICES=2 PYTHONPATH={REPO} {tail}")
+  assert _dry_run("multi_gpu.sh", *extra) == f"env PYTHONPATH={REPO} {tail}"
+  assert _dry_run("multi_gpu.sh", "--gpus=0,1", *extra) == (
+      f"env PYTHONPATH={REPO} CUDA_VISIBLE_DEVICES=0\\,1 {tail}")
+  multihost = tail.replace(" --config.seed", " --multihost --config.seed")
+  assert _dry_run("multihost.sh", "--coordinator", "10.0.0.1:8476", "--num-processes", "2",
+                  "--process-id", "1", "--local-device-ids", "0,1", *extra) == (
+      f"env PYTHONPATH={REPO} JAX_COORDINATOR_ADDRESS=10.0.0.1:8476 JAX_NUM_PROCESSES=2 "
+      f"JAX_PROCESS_ID=1 JAX_LOCAL_DEVICE_IDS=0\\,1 {multihost}")
+  assert _dry_run("multihost.sh", *extra, JAX_COORDINATOR_ADDRESS="h:1", JAX_NUM_PROCESSES="4",
+                  JAX_PROCESS_ID="0") == (
+      f"env PYTHONPATH={REPO} JAX_COORDINATOR_ADDRESS=h:1 JAX_NUM_PROCESSES=4 JAX_PROCESS_ID=0 "
+      f"{multihost}")
+  assert _dry_run("slurm.sbatch", *extra, SLURM_SUBMIT_DIR=REPO) == (
+      f"srun --kill-on-bad-exit=1 env PYTHONPATH={REPO} {multihost}")
+
+
+def test_slurm_header_runs_one_task_per_gpu():
+  with open(os.path.join(LAUNCH, "slurm.sbatch")) as f:
+    opts = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)$", f.read(), re.M))
+  assert {"nodes", "ntasks-per-node", "gpus-per-node"} <= set(opts)
+  assert opts["ntasks-per-node"] == opts["gpus-per-node"]
+  assert "gpus-per-task" not in opts  # would hide the GPU of SLURM_LOCALID from the task
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--num-processes", "2", "--process-id", "0"), "--coordinator (or JAX_COORDINATOR_ADDRESS)"),
+    (("--coordinator", "h", "--num-processes", "2", "--process-id", "0"), "must be HOST:PORT"),
+    (("--coordinator", "h:1", "--process-id", "0"), "--num-processes (or JAX_NUM_PROCESSES)"),
+    (("--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"),
+     "--process-id must be in 0 .. 1, got '2'"),
+    (("--coordinator", "h:1", "--num-processes", "x", "--process-id", "0"),
+     "--num-processes must be a positive integer"),
+])
+def test_multihost_script_names_the_missing_or_bad_option(args, message):
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  proc = subprocess.run(["bash", os.path.join(LAUNCH, "multihost.sh"), "--dry-run", *args,
+                         "c.py", "/w"], capture_output=True, text=True, env=env)
+  assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_multihost_script_really_joins_two_processes(tmp_path):
+  """Both processes launched by multihost.sh reach the coordinator and report their place, then
+  stop at the config check (a negative learning rate), before any data or compile work."""
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env.update(PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen(
+      ["bash", os.path.join(LAUNCH, "multihost.sh"), "--coordinator", f"127.0.0.1:{port}",
+       "--num-processes", "2", "--process-id", str(i),
+       os.path.join(REPO, "configs", "utkface.py:smoke"), str(tmp_path), "--config.optim.lr=-1"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=120) for p in procs]
+  for i, (p, (out, err)) in enumerate(zip(procs, outs)):
+    assert p.returncode == 2, err[-2000:]
+    assert f"process {i}/2: 1 local / 2 global devices (cpu)" in out
+    assert "config.optim.lr: must be positive" in err
