@@ -52,6 +52,8 @@ def define_flags() -> None:
   _FLAGS["ensemble"] = flags.DEFINE_list("ensemble", None,
                                          "workdirs whose probabilities are averaged")
   _FLAGS["out"] = flags.DEFINE_string("out", None, "output directory for --folds / --ensemble")
+  _FLAGS["multihost"] = flags.DEFINE_bool(
+      "multihost", False, "call jax.distributed.initialize() first (as jaxface.train does)")
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -349,6 +351,8 @@ def evaluate_ensemble(workdirs: Sequence[str], out_dir: str, checkpoint=None,
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from jaxface.train import init_distributed  # pylint: disable=g-import-not-at-top
+  init_distributed(_FLAGS["multihost"].value)
   try:
     if _FLAGS["folds"].value:
       evaluate_folds(_FLAGS["folds"].value, _FLAGS["out"].value or os.path.join(_FLAGS["folds"].value[0], "..", "folds_eval"),
