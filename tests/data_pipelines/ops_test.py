@@ -389,3 +389,35 @@ def test_sample_pipe_on_synthetic(encoded):
   assert out["image"].shape == (224, 224, 3) and out["image"].dtype == np.uint8
   assert out["fixation"].shape == (224, 224) and out["landmarks"].shape == (5, 2)
   assert out["id"] == encoded["id"] and out["age"] == encoded["age"]
+
+
+# ----------------------------------------------------------------------------- faster paths
+
+
+def _reweight_reference(img, sal, r):
+  """The saliency op as first written: the float32 formula on the whole map."""
+  s = sal.astype(np.float32)
+  peak = s.max()
+  s = s / peak if peak > 0 else np.zeros_like(s)
+  return np.clip(np.rint(img * ((1.0 - r) + r * s)[..., None]), 0, 255).astype(np.uint8)
+
+
+def test_saliency_lookup_equals_the_whole_map_formula():
+  # Every (pixel value, map value) pair under several peaks and ratios, then random images
+  # (odd sizes, all-zero maps, non-contiguous maps).
+  img = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (256, 1, 3))
+  for peak in (1, 3, 100, 254, 255):
+    sal = np.minimum(np.arange(256), peak).astype(np.uint8)[:, None].repeat(256, 1)
+    for r in (0.0, 0.1, 0.25, 0.3, 0.7, 1.0):
+      np.testing.assert_array_equal(ops._reweight(img, sal, r), _reweight_reference(img, sal, r))
+  rng = _rng(3)
+  for t in range(40):
+    h, w = rng.integers(1, 40, 2)
+    img = rng.integers(0, 256, (h, w, 3), np.uint8)
+    sal = rng.integers(0, rng.integers(1, 257), (h, 2 * w), np.uint8)[:, ::2]
+    if t % 9 == 0:
+      sal[:] = 0
+    r = float(rng.random())
+    np.testing.assert_array_equal(ops._reweight(img, sal, r), _reweight_reference(img, sal, r))
+    np.testing.assert_array_equal(ops._reweight(img, sal.astype(np.float32), r),
+                                  _reweight_reference(img, sal, r))
