@@ -69,3 +69,19 @@ def test_speed_paths_match_the_reference_ops():
     np.testing.assert_array_equal(ops._warp(img, A, size), crops.warp(img, A, size))
     np.testing.assert_array_equal(ops._flip(img), img[:, ::-1])
   assert fast_paths >= 20
+
+
+def test_warp_column_gather_matches_for_every_layout():
+  # The OpenCV gather serves uint8 with 1, 3 or 4 channels; 2 channels and uint16 / int16 take
+  # numpy's gather. Both give crops.warp's arrays.
+  rng = np.random.default_rng(2)
+  for dtype, channels in [(np.uint8, 4), (np.uint8, 2), (np.uint16, 3), (np.int16, 1)]:
+    info = np.iinfo(dtype)
+    img = rng.integers(info.min, int(info.max) + 1, (37, 53, channels), dtype)
+    for box in ([3.2, -4.5, 40.7, 30.1], [10.0, 10.0, 30.0, 45.5], [-9.0, 20.0, 70.0, 50.0]):
+      mbox = crops.margin_box(box, 0.3)
+      size = max(1, int(round(max(mbox[2] - mbox[0], mbox[3] - mbox[1]))))
+      A = crops.box_affine(mbox, size)
+      np.testing.assert_array_equal(ops._warp(img, A, size), crops.warp(img, A, size))
+      np.testing.assert_array_equal(ops._gather_columns(img, np.array([0, 52, 7, 7])),
+                                    img[:, [0, 52, 7, 7]])
