@@ -353,6 +353,8 @@ def main(argv: Sequence[str]) -> int:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from jaxface.train import init_distributed  # pylint: disable=g-import-not-at-top
   init_distributed(_FLAGS["multihost"].value)
+  from jaxface.train import quiet_logs  # pylint: disable=g-import-not-at-top
+  quiet_logs()
   try:
     if _FLAGS["folds"].value:
       evaluate_folds(_FLAGS["folds"].value, _FLAGS["out"].value or os.path.join(_FLAGS["folds"].value[0], "..", "folds_eval"),
@@ -383,5 +385,4 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
   define_flags()
-  flags.FLAGS.set_default("verbosity", -1)
   app.run(main)

@@ -48,6 +48,7 @@ SPLIT_FIELDS = ("train_split", "eval_split", "test_split")
 SUMMARY_FILE = "saliency_cache.json"
 FIGURE_FILE = "saliency_cache.png"
 _LOG_EVERY_S = 10.0
+log = logging.getLogger(__name__)
 
 
 def load_config(spec: str):
@@ -145,7 +146,7 @@ class Progress:
       self.last = now
       rate = self.done / max(now - self.start, 1e-9)
       eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-      logging.info("%s: %d/%d maps, %.1f maps/s, ETA %.0f s", self.what, self.done, self.total,
+      log.info("%s: %d/%d maps, %.1f maps/s, ETA %.0f s", self.what, self.done, self.total,
                    rate, eta)
 
   @property
@@ -175,7 +176,7 @@ def _compute_split(source, split: str, cache_dir: str, crop_pipe: ops.Pipeline, 
   finally:
     ld.close()
   if skipped["count"]:
-    logging.warning("saliency %s: %d examples skipped by the crop pipe (first: %s)", split,
+    log.warning("saliency %s: %d examples skipped by the crop pipe (first: %s)", split,
                     skipped["count"], skipped["examples"][:3])
   return {"num_maps": len(writer.ids), "skipped": skipped, "seconds": round(progress.seconds, 3),
           "rate": round(len(writer.ids) / max(progress.seconds, 1e-9), 2)}
@@ -280,17 +281,17 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
   samples: list[np.ndarray] = []
   with sc.writer_lock(cache_dir):
     for stale in sc.remove_stale_tmp(cache_dir):
-      logging.warning("saliency cache: removed %s left by an interrupted run", stale)
+      log.warning("saliency cache: removed %s left by an interrupted run", stale)
     todo = [s for s in splits if not sc.has_split(cache_dir, s)]
     report: dict[str, Any] = {s: {"reused": True} for s in splits if s not in todo}
     for split in splits:
       if split not in todo:
-        logging.info("saliency %s: reusing %s", split, cache_dir)
+        log.info("saliency %s: reusing %s", split, cache_dir)
     if todo:
       predict_fn = inference.make_predict_fn(weights.apply, mlnet_input, cache_size, blur_sigma)
     for split in todo:
       source = loader.open_source(name, config_name, split, data_dir)
-      logging.info("saliency %s: %d examples -> %s", split, len(source), cache_dir)
+      log.info("saliency %s: %d examples -> %s", split, len(source), cache_dir)
       report[split] = {"reused": False, **_compute_split(
           source, split, cache_dir, crop_pipe, predict_fn, weights, cache_size, batch_size,
           samples)}
