@@ -112,10 +112,16 @@ class Checkpointer:
     return dict(restored.meta or {})
 
   def restore_state_untargeted(self, step: int) -> PyTree:
-    """The saved state as numpy arrays on the host, without a target (for inspection and
-    ``load_model_variables``)."""
+    """The saved state on this process' first device, whatever mesh wrote it (for inspection
+    and ``load_model_variables``)."""
+    meta = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          tree, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))
+        state=ocp.args.StandardRestore(target)))
     return restored.state
 
   def wait(self) -> None:

@@ -47,7 +47,8 @@ def prepare(config) -> Any:
     raise config_lib.ConfigError(f"config.data.name: {e}") from None
   ddir = data_dir(config)
   builder = cls(config=cfg, data_dir=ddir, file_format=tfds_compat.FILE_FORMAT)
-  if not builder.is_prepared():
+  was_missing = not builder.is_prepared()
+  if was_missing:
     if not config.data.build:
       raise config_lib.ConfigError(
           f"config.data.data_dir: {name}/{cfg} is not prepared in {ddir}; run `python -m "
@@ -64,6 +65,11 @@ def prepare(config) -> Any:
     if jax.process_index() == 0:
       summary = build_lib.build(name, cfg, ddir, manual)
       print(build_lib.format_summary(summary), flush=True)
+  if jax.process_count() > 1:
+    # Every process calls prepare once; the others wait here for process 0's build.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"jaxface.data.prepare:{name}/{cfg}")
+  if was_missing:  # re-read the prepared dataset's info (splits, sizes)
     builder = tfds.builder(f"{name}/{cfg}" if cfg else name, data_dir=ddir)
   return builder
 

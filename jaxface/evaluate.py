@@ -90,10 +90,24 @@ class Evaluator:
     loader = data_lib.eval_loader(self.config, src, self.local_batch)
     out = {"probs": {t.name: [] for t in self.tasks}, "labels": {t.name: [] for t in self.tasks},
            "mask": [], "ids": [], "sums": {}}
+    # Every process must run the same number of steps (the step is one program over all of
+    # them): as many as the largest shard needs; a process whose shard ran out feeds masked
+    # copies of a batch it has seen.
+    largest_shard = -(-len(src) // jax.process_count())
+    num_batches = -(-largest_shard // self.local_batch)
+    if max_batches:
+      num_batches = min(num_batches, max_batches)
+    template = None
+    it = iter(loader)
     try:
-      for i, batch in enumerate(loader):
-        if max_batches and i >= max_batches:
-          break
+      for _ in range(num_batches):
+        batch = next(it, None)
+        if batch is None:
+          if template is None:
+            raise ValueError(f"split {split!r}: process {jax.process_index()} got no example "
+                             f"(all skipped? {loader.skipped.to_dict()})")
+          batch = dict(template, mask=np.zeros_like(template["mask"]))
+        template = batch
         result = jax.device_get(self._step(state, to_device(batch, self.data_sharding)))
         mask = _gather(batch["mask"])
         out["mask"].append(mask)
