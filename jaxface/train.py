@@ -138,7 +138,27 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if config.eval.after_train:
     from jaxface import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
     summary["test"] = evaluate_lib.evaluate(config, workdir)
+    check_expectations(config, summary["test"])
   return summary
+
+
+class BelowExpectation(RuntimeError):
+  """A test accuracy below ``config.eval.expect``."""
+
+
+def check_expectations(config, results: dict[str, Any]) -> None:
+  """Fails when a task's test accuracy is below its ``config.eval.expect`` minimum."""
+  expect = dict(config.eval.get("expect") or {})
+  low = []
+  for task, minimum in expect.items():
+    got = results.get(task, {}).get("accuracy")
+    if got is None or got < float(minimum):
+      low.append(f"{task}: {got} < {minimum}")
+  if low:
+    raise BelowExpectation("test accuracy below config.eval.expect: " + "; ".join(low))
+  if expect:
+    print("expected accuracies reached: " + ", ".join(
+        f"{t} {results[t]['accuracy']:.3f} >= {m}" for t, m in expect.items()), flush=True)
 
 
 def _run_stages(config, workdir: str) -> dict[str, Any]:
@@ -461,7 +481,7 @@ def main(argv: Sequence[str]) -> int:
     raise app.UsageError("--workdir is required")
   try:
     train_and_evaluate(config, _FLAGS["workdir"].value)
-  except (config_lib.ConfigError, TrainingDiverged) as e:
+  except (config_lib.ConfigError, TrainingDiverged, BelowExpectation) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -313,3 +313,61 @@ def test_unknown_field_on_the_command_line_is_named(tmp_path):
       capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode != 0
   assert "lrr" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- more modes
+
+
+def test_online_saliency_and_bfloat16(data_dir, tmp_path):
+  """Saliency computed inside the jitted step from an imported ML-Net .npz, bf16 computation."""
+  from jaxface import models  # pylint: disable=g-import-not-at-top
+  from jaxface.weights import common  # pylint: disable=g-import-not-at-top
+  kwargs = {"width": 1 / 16, "dropout_rate": 0.0, "prior_shape": (2, 2)}
+  mlnet = models.get("mlnet", **kwargs)
+  variables = jax.jit(lambda: mlnet.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))()
+  npz = str(tmp_path / "mlnet.npz")
+  common.save(npz, variables, {"model": "mlnet", "model_kwargs": kwargs, "format": "test",
+                               "preprocessing": common.CAFFE_IMAGENET_BGR.to_dict()})
+  config = _load("affectnet.py:smoke,r=0", data_dir, **{
+      "saliency.mode": "online", "saliency.mlnet": npz, "saliency.r": 0.3,
+      "saliency.mlnet_input": (32, 32), "model.dtype": "bfloat16"})
+  summary = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["step"] == 2 and np.isfinite(summary["test"]["expression"]["accuracy"])
+  with open(tmp_path / "run" / "config.json") as f:
+    saved = json.load(f)
+  assert saved["saliency"]["mode"] == "online" and saved["model"]["dtype"] == "bfloat16"
+
+
+def test_folds_and_ensemble_evaluation(data_dir, tmp_path):
+  runs = []
+  for seed in (0, 1):
+    config = _load("gilnet_adience.py:smoke,task=gender", data_dir, **{
+        "seed": seed, "eval.after_train": False, "eval.max_batches": 0})
+    train_lib.train_and_evaluate(config, str(tmp_path / f"run{seed}"))
+    runs.append(str(tmp_path / f"run{seed}"))
+  folds = evaluate_lib.evaluate_folds(runs, str(tmp_path / "folds"))
+  per = [r["gender"]["accuracy"] for r in folds["per_fold"]]
+  summary = folds["summary"]["gender"]["accuracy"]
+  assert summary["mean"] == pytest.approx(np.mean(per))
+  assert summary["std"] == pytest.approx(np.std(per, ddof=1))
+  assert folds["summary"]["gender"]["n"] == 100  # 50 test examples per run
+  ens = evaluate_lib.evaluate_ensemble(runs, str(tmp_path / "ens"))
+  assert ens["gender"]["n"] == 50 and set(ens["members"]) == set(runs)
+  # GilNet's ten-view oversampling: the ensemble of a run with itself is that run.
+  same = evaluate_lib.evaluate_ensemble([runs[0], runs[0]], str(tmp_path / "same"))
+  assert same["gender"]["accuracy"] == pytest.approx(per[0])
+  assert (tmp_path / "ens" / "confusion_gender.png").exists()
+
+
+def test_expectations_fail_the_run_below_the_stated_accuracy():
+  config = config_lib.base_config()
+  config.eval.expect = {"age": 0.4, "gender": 0.8}
+  train_lib.check_expectations(config, {"age": {"accuracy": 0.41}, "gender": {"accuracy": 0.8}})
+  with pytest.raises(train_lib.BelowExpectation, match=r"gender: 0.79 < 0.8"):
+    train_lib.check_expectations(config, {"age": {"accuracy": 0.5},
+                                          "gender": {"accuracy": 0.79}})
+  with pytest.raises(train_lib.BelowExpectation, match=r"age: None < 0.4"):
+    train_lib.check_expectations(config, {"gender": {"accuracy": 0.9}})
+  demo = config_lib.load(os.path.join(CONFIGS, "demo.py"))
+  assert dict(demo.stages.classifier.eval.expect) == {"age": 0.35, "gender": 0.78,
+                                                      "expression": 0.22}
