@@ -7,7 +7,10 @@ reaches on each synthetic label (age group, gender, expression), well above chan
 
 Stages (each in WORKDIR/<stage>):
   1. ``mlnet``: ML-Net (reduced width, random init) trained on the synthetic fixation maps of the
-     face crops with its own loss (SPEC 1.5);
+     face crops with its own loss (SPEC 1.5). From random weights in a minute of CPU it learns a
+     face-shaped blob over the eyes, nose and mouth (correlation about 0.47 with the true maps on
+     test crops) plus a spurious peak at the top edge; the SALICON weights (configs/affectnet.py
+     and the others) do not have that problem;
   2. ``classifier``: the saliency cache of every split is computed with the trained ML-Net
      (``jaxface.saliency`` precompute), then AlexNet (reduced width) with one softmax per label is
      trained on the reweighted crops, with SAF-BAGE's flip and +-3 degree rotation augmentation;
