@@ -95,16 +95,32 @@ class _Preprocess:
     return {k: example[k] for k in self.keep if k in example}
 
 
-class _KeepGood:
-  """The filter after the prefetch: counts and drops ``_Bad`` markers, in stream order."""
+class AllExamplesBadError(ValueError):
+  """A whole pass over the shard produced no usable example (a repeated loader would spin)."""
 
-  def __init__(self, skipped: SkipCounter):
+
+class _KeepGood:
+  """The filter after the prefetch: counts and drops ``_Bad`` markers, in stream order.
+
+  ``shard_size`` bad examples in a row mean every example of the shard is bad: that raises
+  instead of letting a repeating loader spin forever on a dataset the pipe cannot read.
+  """
+
+  def __init__(self, skipped: SkipCounter, shard_size: int):
     self.skipped = skipped
+    self.shard_size = shard_size
+    self._bad_in_a_row = 0
 
   def __call__(self, example: dict[str, Any] | _Bad) -> bool:
     if isinstance(example, _Bad):
       self.skipped.add(example.id, example.reason)
+      self._bad_in_a_row += 1
+      if self._bad_in_a_row >= self.shard_size:
+        raise AllExamplesBadError(
+            f"all {self.shard_size} examples of this shard were skipped by the pipe; first "
+            f"reasons: {self.skipped.examples[:3]}")
       return False
+    self._bad_in_a_row = 0
     return True
 
 
@@ -218,6 +234,7 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
   ds = grain.MapDataset.source(source)[shard_index::shard_count]
   if len(ds) == 0:
     raise ValueError(f"shard {shard_index}/{shard_count} of a source of {len(source)} is empty")
+  shard_size = len(ds)
   if shuffle:
     ds = ds.shuffle(seed=seed)  # before repeat: grain reshuffles each epoch (seeded by epoch)
   if num_epochs != 1:
@@ -237,7 +254,7 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
         grain.MultiprocessingOptions(num_workers=worker_count,
                                      per_worker_buffer_size=_WORKER_BUFFER),
         worker_init_fn=_init_worker)
-  it_ds = it_ds.filter(_KeepGood(skipped)).batch(
+  it_ds = it_ds.filter(_KeepGood(skipped, shard_size)).batch(
       batch_size, drop_remainder=drop_remainder and not pad_remainder,
       batch_fn=_Collate(batch_size, pad_remainder))
   return Loader(it_ds, skipped)

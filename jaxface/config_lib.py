@@ -284,5 +284,6 @@ def _resize_pipe(pipe: str, size: int) -> str:
   pipe = re.sub(r"(random_crop|center_crop|oversample10)\(\s*\d+\s*\)", rf"\1({size})", pipe)
   pipe = re.sub(r"(align|task_crop)\(([^)]*?)size\s*=\s*\d+", rf"\1(\2size={big}", pipe)
   if "random_crop" not in pipe and "center_crop" not in pipe and "oversample10" not in pipe:
-    pipe = pipe.replace(f"resize({big})", f"resize({size})")
+    pipe = pipe.replace(f"resize({big})", f"resize({size})").replace(f"size={big}",
+                                                                   f"size={size}")
   return pipe

@@ -91,8 +91,12 @@ def tasks(config, builder) -> list[Task]:
       out.append(Task(key, "class", tuple(f.names), key in tuple(config.task.ordinal)))
     elif config.task.kind == "attributes":
       n = int(np.prod(f.shape)) if f.shape else 1
-      names = tuple(getattr(builder, "ATTRIBUTE_NAMES", None) or
+      metadata = builder.info.metadata or {}
+      names = tuple(metadata.get(key) or metadata.get("attributes") or
                     tuple(f"attr{i}" for i in range(n)))
+      if len(names) != n:
+        raise config_lib.ConfigError(f"config.data.labels: {key!r} has {n} entries but the "
+                                     f"dataset names {len(names)} attributes")
       out.append(Task(key, "attributes", names))
     else:
       raise config_lib.ConfigError(

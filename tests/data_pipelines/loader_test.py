@@ -192,3 +192,12 @@ def test_state_with_workers_resumes_the_threaded_stream(source):
   assert fresh.skipped.to_dict() == state["skipped"]
   _assert_batches_equal(_take(fresh, m), reference[k:])
   assert fresh.skipped.count == 2  # the bad example once in each of the two passes
+
+
+def test_a_shard_of_only_bad_examples_raises_instead_of_spinning():
+  source = [{"image": b"not an image", "age": 0, "gender": 0, "expression": 0, "id": f"x{i}"}
+            for i in range(3)]
+  ld = loader.make_loader(source, pipe="decode", batch_size=2, seed=0)
+  with pytest.raises(loader.AllExamplesBadError, match="all 3 examples of this shard"):
+    next(ld)
+  ld.close()
