@@ -186,10 +186,11 @@ def _abstract(x):
 
 
 def _jsonable(obj: Any) -> Any:
-  return json.loads(json.dumps(obj, default=_json_default))
+  return json.loads(json.dumps(obj, default=json_default))
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+  """``json.dump(default=...)`` for numpy scalars and arrays, tuples and sets."""
   if isinstance(o, (np.integer,)):
     return int(o)
   if isinstance(o, (np.floating,)):

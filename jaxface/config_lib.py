@@ -140,7 +140,8 @@ def _typed(key: str, value: str, default: Any) -> Any:
     if isinstance(default, float):
       return float(value)
   except ValueError:
-    raise ConfigError(f"config argument {key}={value!r}: expected {type(default).__name__}") from None
+    raise ConfigError(
+        f"config argument {key}={value!r}: expected {type(default).__name__}") from None
   return value
 
 
@@ -210,7 +211,7 @@ def validate(config: ConfigDict) -> None:
   need(0.0 <= config.saliency.r <= 1.0, "saliency.r", f"must be in [0, 1], got {config.saliency.r}")
   need(config.batch_norm == "global", "batch_norm",
        f"only 'global' (statistics over the global batch) is supported, got {config.batch_norm!r}")
-  need(config.best_mode in ("max", "min"), "best_mode", f"must be 'max' or 'min'")
+  need(config.best_mode in ("max", "min"), "best_mode", "must be 'max' or 'min'")
   need(config.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
   need(config.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
        f"must be float32, bfloat16 or float16, got {config.model.dtype!r}")

@@ -138,23 +138,15 @@ def train_loader(config, src, seed: int, local_batch: int) -> loader_lib.Loader:
       src, pipe=config.data.train_pipe, batch_size=local_batch, seed=seed,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       label_keys=label_keys(config), read_threads=config.data.read_threads,
-      **_workers(config))
+      worker_count=int(config.data.worker_count))
 
 
 def eval_loader(config, src, local_batch: int, pipe: str | None = None) -> loader_lib.Loader:
   return loader_lib.make_eval_loader(
       src, pipe=pipe or config.data.eval_pipe, batch_size=local_batch,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
-      label_keys=label_keys(config), read_threads=config.data.read_threads, **_workers(config))
-
-
-def _workers(config) -> dict[str, int]:
-  import inspect  # pylint: disable=g-import-not-at-top
-  if "worker_count" in inspect.signature(loader_lib.make_loader).parameters:
-    return {"worker_count": int(config.data.worker_count)}
-  if config.data.worker_count:
-    raise config_lib.ConfigError("config.data.worker_count: this loader has no worker support")
-  return {}
+      label_keys=label_keys(config), read_threads=config.data.read_threads,
+      worker_count=int(config.data.worker_count))
 
 
 def label_counts(builder, split: str, key: str, num_classes: int) -> np.ndarray:

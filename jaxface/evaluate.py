@@ -23,7 +23,6 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import ml_collections
@@ -205,8 +204,6 @@ def _restore(config, workdir: str, checkpoint):
   """``(evaluator, state, step, builder, tasks)`` of a run."""
   from jaxface import train as train_lib  # pylint: disable=g-import-not-at-top
   mesh = train_lib.make_mesh()
-  with config.unlocked():
-    config.data.build = bool(config.data.get("build", True))
   builder = data_lib.prepare(config)
   tasks = data_lib.tasks(config, builder)
   model = steps_lib.build_model(config, tasks)
@@ -236,7 +233,8 @@ def evaluate(config, workdir: str, checkpoint: str | int | None = None,
   results = reports(tasks, pred["probs"], pred["labels"])
   for t in tasks:
     if t.kind == "saliency":
-      results[t.name] = {"loss": pred["sums"]["saliency/loss"][0] / pred["sums"]["saliency/loss"][1],
+      total, count = pred["sums"]["saliency/loss"]
+      results[t.name] = {"loss": total / count,
                          "n": int(len(pred["ids"]))}
   results["_run"] = {"workdir": workdir, "step": int(step), "split": split,
                      "skipped": pred["skipped"], "n": int(len(pred["ids"]))}
@@ -251,7 +249,7 @@ def write_outputs(out_dir: str, tasks, results: dict, pred: dict | None = None) 
   from jaxface import plots  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2, default=_json_default)
+    json.dump(results, f, indent=2, default=checkpointing.json_default)
   lines = []
   for t in tasks:
     r = results.get(t.name)
@@ -267,7 +265,8 @@ def write_outputs(out_dir: str, tasks, results: dict, pred: dict | None = None) 
                                                                        f"confusion_{t.name}.png"),
                                  title=f"{t.name} (n={r['n']}, accuracy {r['accuracy']:.3f})")
     else:
-      lines.append(f"== {t.name}: " + json.dumps(r, default=_json_default)[:2000])
+      text = json.dumps(r, default=checkpointing.json_default)
+      lines.append(f"== {t.name}: {text[:2000]}")
   with open(os.path.join(out_dir, "report.txt"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines), flush=True)
@@ -302,16 +301,6 @@ def write_samples(config, builder, split: str, out_dir: str, state, evaluator) -
   plots.save_image_grid(np.stack(tiles), titles, os.path.join(out_dir, "samples.png"), ncols)
 
 
-def _json_default(o):
-  if isinstance(o, np.integer):
-    return int(o)
-  if isinstance(o, np.floating):
-    return float(o)
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  return str(o)
-
-
 def evaluate_folds(workdirs: Sequence[str], out_dir: str, checkpoint=None) -> dict[str, Any]:
   """Evaluates each fold's run; mean and sample std (ddof=1) of each task's metrics."""
   per_fold = []
@@ -329,7 +318,7 @@ def evaluate_folds(workdirs: Sequence[str], out_dir: str, checkpoint=None) -> di
             "per_fold": [{k: v for k, v in r.items() if not k.startswith("_")} for r in per_fold]}
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "folds.json"), "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2, default=_json_default)
+    json.dump(result, f, indent=2, default=checkpointing.json_default)
   for task, s in summary.items():
     print(f"{task}: " + ", ".join(f"{m} {v['mean']:.4f} +- {v['std']:.4f}"
                                   for m, v in s.items() if isinstance(v, dict)), flush=True)
@@ -371,17 +360,20 @@ def main(argv: Sequence[str]) -> int:
   quiet_logs()
   try:
     if _FLAGS["folds"].value:
-      evaluate_folds(_FLAGS["folds"].value, _FLAGS["out"].value or os.path.join(_FLAGS["folds"].value[0], "..", "folds_eval"),
+      folds = _FLAGS["folds"].value
+      evaluate_folds(folds, _FLAGS["out"].value or os.path.join(folds[0], "..", "folds_eval"),
                      _FLAGS["checkpoint"].value)
       return 0
     if _FLAGS["ensemble"].value:
       evaluate_ensemble(_FLAGS["ensemble"].value,
-                        _FLAGS["out"].value or os.path.join(_FLAGS["ensemble"].value[0], "..", "ensemble_eval"),
+                        _FLAGS["out"].value or os.path.join(_FLAGS["ensemble"].value[0], "..",
+                                                            "ensemble_eval"),
                         _FLAGS["checkpoint"].value, _FLAGS["split"].value)
       return 0
     if not _FLAGS["workdir"].value:
       raise app.UsageError("--workdir is required (or --folds / --ensemble)")
-    config = config_lib.load(_FLAGS["config"].value) if _FLAGS["config"].value else load_run_config(_FLAGS["workdir"].value)
+    spec, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value
+    config = config_lib.load(spec) if spec else load_run_config(workdir)
     if config.get("stages"):
       for name in list(config.stage_order) or sorted(config.stages):
         stage = config.stages[name]

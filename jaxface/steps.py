@@ -118,19 +118,16 @@ def loss_and_metrics(out: Any, batch: dict[str, jax.Array], params: PyTree, task
     elif t.kind == "attributes":
       labels = batch[t.name]
       loss, count = classification.sigmoid_attributes_loss(o, labels, mask)
-      known = (labels >= 0).astype(jnp.float32) * mask[:, None]
-      correct = ((o > 0) == (labels > 0)).astype(jnp.float32) * known
+      hits, known = classification.attribute_accuracy_counts(o, labels, mask)
       metrics[f"{t.name}/loss"] = (loss * count, count)
-      metrics[f"{t.name}/accuracy"] = (correct.sum(), known.sum())
+      metrics[f"{t.name}/accuracy"] = (hits.sum(), known.sum())
     else:
       labels = batch[t.name].astype(jnp.int32)
       loss, count = classification.cross_entropy(
           o, labels, mask=mask, class_weights=class_weights.get(t.name),
           label_smoothing=config.task.label_smoothing)
-      valid = mask * (labels >= 0)
-      correct = (jnp.argmax(o, -1) == labels).astype(jnp.float32) * valid
       metrics[f"{t.name}/loss"] = (loss * count, count)
-      metrics[f"{t.name}/accuracy"] = (correct.sum(), valid.sum())
+      metrics[f"{t.name}/accuracy"] = classification.accuracy_counts(o, labels, mask)
     total = total + w * loss
   return total, metrics
 
@@ -208,7 +205,10 @@ def load_pretrained(path: str) -> PyTree:
     return variables
   if not os.path.exists(path):
     raise config_lib.ConfigError(f"config.init_from: no such file or workdir: {path}")
-  return weights_common.load(path).variables
+  try:
+    return weights_common.load(path).variables
+  except weights_common.WeightImportError as e:
+    raise config_lib.ConfigError(f"config.init_from: {e}") from None
 
 
 # ----------------------------------------------------------------------------- steps

@@ -22,7 +22,6 @@ import math
 import os
 import platform
 import sys
-import time
 from typing import Any, Mapping, Sequence
 
 from absl import app
@@ -247,8 +246,9 @@ class Trainer:
                                       best_metric=c.best_metric, best_mode=c.best_mode)
     loader = data_lib.train_loader(c, self.train_source, c.seed, self.local_batch)
     start_step, resumed_from = 0, None
-    meta_model = {"name": c.model.name, "kwargs": steps_lib.model_kwargs(c, self.tasks)[0],
-                  "head": c.model.head, "head_kwargs": steps_lib.model_kwargs(c, self.tasks)[2]}
+    kwargs, _, head_kwargs = steps_lib.model_kwargs(c, self.tasks)
+    meta_model = {"name": c.model.name, "kwargs": kwargs, "head": c.model.head,
+                  "head_kwargs": head_kwargs}
     if ckpt.latest_step() is not None:
       step = ckpt.latest_step()
       state, data_state, _ = ckpt.restore(step, state)

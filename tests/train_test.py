@@ -301,6 +301,11 @@ def test_bad_values_fail_at_start_naming_the_field(data_dir, tmp_path):
   config = _load("affectnet.py:smoke", data_dir, **{"data.labels": ("smile",)})
   with pytest.raises(config_lib.ConfigError, match=r"config\.data\.labels: 'smile'"):
     train_lib.train_and_evaluate(config, str(tmp_path))
+  bad = tmp_path / "bad.npz"
+  bad.write_bytes(b"not an npz")
+  config = _load("affectnet.py:smoke,r=0", data_dir, **{"init_from": str(bad)})
+  with pytest.raises(config_lib.ConfigError, match=r"config\.init_from: .*bad\.npz is not a"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "badinit"))
   with pytest.raises(config_lib.ConfigError, match="unknown config argument 'tsk'"):
     config_lib.load(os.path.join(CONFIGS, "vegac.py:tsk=age"))
 

@@ -209,16 +209,31 @@ def _resolve_dir(config, settings: dict[str, Any], mlnet_sha256: str) -> tuple[s
   return os.path.abspath(os.path.expanduser(cache_dir)), key
 
 
-def cache_dir_for(config) -> str:
-  """The cache directory ``precompute(config, ...)`` writes (a .npz is hashed, not loaded)."""
-  settings = _settings(config)
-  src = settings["mlnet"]
+_WEIGHTS_SHA256: dict[tuple[str, float], str] = {}
+
+
+def _weights_sha256(src) -> str:
+  """sha256 of the ML-Net weights, memoised by path and modification time: the trainer asks for
+  the cache directory at every validation, and an ML-Net workdir must be restored to hash it."""
+  key = None
+  if isinstance(src, (str, os.PathLike)) and os.path.exists(src):
+    key = (os.path.abspath(src), os.path.getmtime(src))
+    if key in _WEIGHTS_SHA256:
+      return _WEIGHTS_SHA256[key]
   if isinstance(src, (str, os.PathLike)) and os.path.isfile(src):
     from jaxface.weights import common  # pylint: disable=g-import-not-at-top
     sha = common.sha256_file(src)
   else:
     sha = inference.load_mlnet(src).sha256
-  return _resolve_dir(config, settings, sha)[0]
+  if key is not None:
+    _WEIGHTS_SHA256[key] = sha
+  return sha
+
+
+def cache_dir_for(config) -> str:
+  """The cache directory ``precompute(config, ...)`` writes (a .npz is hashed, not loaded)."""
+  settings = _settings(config)
+  return _resolve_dir(config, settings, _weights_sha256(settings["mlnet"]))[0]
 
 
 def split_dir(config, split: str) -> str:
