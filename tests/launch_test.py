@@ -134,7 +134,7 @@ def train_loader(config, src, seed, local_batch):
   return Recorded([loader_lib.make_loader(
       src, pipe=config.data.train_pipe, batch_size=local_batch // emulate, seed=seed,
       shard_index=k, shard_count=emulate, label_keys=data_lib.label_keys(config),
-      read_threads=config.data.read_threads, **data_lib._workers(config))
+      read_threads=config.data.read_threads, worker_count=int(config.data.worker_count))
       for k in range(emulate)])
 
 
