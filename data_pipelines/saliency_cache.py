@@ -38,7 +38,6 @@ import shutil
 import tempfile
 from typing import Any, Iterable, Sequence
 
-import cv2
 import numpy as np
 
 from data_pipelines import ops
@@ -205,13 +204,18 @@ def check_matches(cache: SaliencyCache, pipe: str | ops.Pipeline, *,
   """Raises CacheError unless ``cache`` was made for this crop pipe (and weights, size, splits).
 
   ``pipe`` is the crop pipe or a whole pipe containing ``cached_saliency``, whose ops before it
-  must be the crop pipe the maps were computed on.
+  must be the crop pipe the maps were computed on; an ``ops.Pipeline`` must also resample as the
+  cache's crops were (fused or op by op; a cache that does not say was made op by op).
   """
   want = crop_part(pipe)
   if want != cache.crop_pipe:
     raise CacheError(f"saliency cache {cache.cache_dir} was made with crop_pipe "
                      f"{cache.crop_pipe!r}, but this run crops with {want!r}; precompute a cache "
                      "for this crop pipe")
+  made_fused = bool(cache.meta.get("fuse_geometry", False))
+  if isinstance(pipe, ops.Pipeline) and pipe.fuse != made_fused:
+    raise CacheError(f"saliency cache {cache.cache_dir} was made with fuse_geometry="
+                     f"{made_fused}, this run crops with fuse_geometry={pipe.fuse}")
   if mlnet_sha256 is not None and mlnet_sha256 != cache.meta["mlnet"]["sha256"]:
     raise CacheError(f"saliency cache {cache.cache_dir} was made with ML-Net weights sha256 "
                      f"{cache.meta['mlnet']['sha256']}, this run uses {mlnet_sha256}")
@@ -257,17 +261,14 @@ def with_cache(source: Sequence[dict[str, Any]], cache: SaliencyCache) -> Cached
 
 
 @ops.register("cached_saliency")
-class CachedSaliency(ops.Op):
+class CachedSaliency(ops.MapSourceOp):
   """Moves the cached map ("saliency_crop") into "saliency", resized to the image (bilinear).
 
   Put it right after the crop pipe the cache was made with, before flips and rotations. A record
   without a cached map raises ``BadExampleError`` (skipped and counted by the loader).
   """
 
-  def apply(self, example, rng):
-    img = example.get("image")
-    if not isinstance(img, np.ndarray) or img.ndim != 3:
-      raise ValueError(f"{self.name}: needs one decoded (H, W, 3) image (put it after the crop)")
+  def attach(self, example):
     m = example.pop(CROP_KEY, None)
     if m is None:
       raise ops.BadExampleError(example.get("id"), f"{self.name}: no cached saliency map for "
@@ -276,13 +277,9 @@ class CachedSaliency(ops.Op):
     if m.dtype != np.uint8 or m.ndim != 2:
       raise ops.BadExampleError(example.get("id"), f"{self.name}: cached map must be uint8 "
                                 f"(h, w), got {m.dtype} {m.shape}")
-    h, w = img.shape[:2]
-    if m.shape != (h, w):
-      m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)  # as ops resizes maps
     for key in ops.MAP_KEYS:
       example.pop(key, None)
-    example["saliency"] = m
-    return example
+    return m
 
 
 # ----------------------------------------------------------------------------- writing

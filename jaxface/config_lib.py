@@ -44,6 +44,9 @@ def base_config() -> ConfigDict:
       eval_pipe="decode|face_crop(0.3)|resize(224)",
       labels=("age",),  # record keys the loader keeps as labels
       read_threads=2, worker_count=0,
+      # Consecutive geometric ops resample once (data_pipelines.ops.Pipeline(fuse=True)): same
+      # geometry and random draws as op by op, one interpolation instead of a chain, ~1.5x faster.
+      fuse_geometry=True,
   ))
   c.model = ConfigDict(dict(
       name="alexnet",
@@ -215,6 +218,8 @@ def validate(config: ConfigDict) -> None:
   need(config.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
   need(config.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
        f"must be float32, bfloat16 or float16, got {config.model.dtype!r}")
+  need(isinstance(config.data.fuse_geometry, bool), "data.fuse_geometry",
+       f"must be True or False, got {config.data.fuse_geometry!r}")
   need(bool(config.data.labels) or config.task.kind == "saliency", "data.labels",
        "name at least one label key")
   if config.saliency.mode in ("cache", "online"):

@@ -133,9 +133,15 @@ def label_keys(config) -> tuple[str, ...]:
   return tuple(config.data.labels)
 
 
+def pipeline(config, pipe: str):
+  """``pipe`` as an ``ops.Pipeline``, fused or op by op as ``config.data.fuse_geometry`` says."""
+  from data_pipelines import ops  # pylint: disable=g-import-not-at-top
+  return ops.Pipeline(pipe, fuse=bool(config.data.get("fuse_geometry", False)))
+
+
 def train_loader(config, src, seed: int, local_batch: int) -> loader_lib.Loader:
   return loader_lib.make_loader(
-      src, pipe=config.data.train_pipe, batch_size=local_batch, seed=seed,
+      src, pipe=pipeline(config, config.data.train_pipe), batch_size=local_batch, seed=seed,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       label_keys=label_keys(config), read_threads=config.data.read_threads,
       worker_count=int(config.data.worker_count))
@@ -143,7 +149,7 @@ def train_loader(config, src, seed: int, local_batch: int) -> loader_lib.Loader:
 
 def eval_loader(config, src, local_batch: int, pipe: str | None = None) -> loader_lib.Loader:
   return loader_lib.make_eval_loader(
-      src, pipe=pipe or config.data.eval_pipe, batch_size=local_batch,
+      src, pipe=pipeline(config, pipe or config.data.eval_pipe), batch_size=local_batch,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       label_keys=label_keys(config), read_threads=config.data.read_threads,
       worker_count=int(config.data.worker_count))

@@ -280,9 +280,9 @@ def write_samples(config, builder, split: str, out_dir: str, state, evaluator) -
   if n <= 0:
     return
   src = data_lib.source(config, builder, split)
-  pipe = ops.Pipeline(config.data.eval_pipe)
+  pipe = data_lib.pipeline(config, config.data.eval_pipe)
   crop_ops = [o for o in pipe.ops if o.name not in ("saliency", "oversample10")]
-  crop_pipe = ops.Pipeline(crop_ops)
+  crop_pipe = ops.Pipeline(crop_ops, fuse=pipe.fuse)
   tiles, titles = [], []
   for i in range(min(n, len(src))):
     ex = pipe(dict(src[i]))

@@ -116,7 +116,7 @@ def invert_affine(A) -> np.ndarray:
   return np.concatenate([inv, -inv @ A[:, 2:]], axis=1)
 
 
-def _compose(A, B) -> np.ndarray:
+def compose_affine(A, B) -> np.ndarray:
   """The affine x -> A(B(x))."""
   A, B = np.asarray(A, np.float64), np.asarray(B, np.float64)
   return np.concatenate([A[:, :2] @ B[:, :2], A[:, :2] @ B[:, 2:] + A[:, 2:]], axis=1)
@@ -145,7 +145,7 @@ def _block_reduce(image: np.ndarray, A: np.ndarray, size: int, k: int):
   # Reduced pixel u averages photo pixels lo + k*u .. lo + k*u + k-1, centred at lo + k*u + (k-1)/2.
   to_reduced = np.array([[1 / k, 0, -(lo[0] + (k - 1) / 2) / k],
                          [0, 1 / k, -(lo[1] + (k - 1) / 2) / k]])
-  return reduced, _compose(to_reduced, A)
+  return reduced, compose_affine(to_reduced, A)
 
 
 def warp(image, A, size: int) -> np.ndarray:
@@ -248,7 +248,7 @@ def _template_window_affine(landmarks, centre, side: float, size: int,
   to_template = umeyama(_check_landmarks(landmarks), template)
   window = box_affine([centre[0] - side / 2, centre[1] - side / 2, centre[0] + side / 2,
                        centre[1] + side / 2], size)
-  return _compose(invert_affine(to_template), window)
+  return compose_affine(invert_affine(to_template), window)
 
 
 def align(image, landmarks, size: int = 224, template=ARCFACE_TEMPLATE_112,
@@ -266,11 +266,17 @@ def align(image, landmarks, size: int = 224, template=ARCFACE_TEMPLATE_112,
     the template point p lands at crop coordinates
     ``size/2 - 0.5 + (p + 0.5 - template_size/2) * face_fraction * size / template_size``.
   """
+  A = align_affine(landmarks, size, template, template_size, face_fraction)
+  return warp(image, A, size), A
+
+
+def align_affine(landmarks, size: int = 224, template=ARCFACE_TEMPLATE_112,
+                 template_size: int = TEMPLATE_SIZE, face_fraction: float = 1.0) -> np.ndarray:
+  """The crop -> photo affine of ``align`` (same arguments), without sampling the crop."""
   if not 0 < face_fraction <= 10:
     raise ValueError(f"face_fraction must be in (0, 10], got {face_fraction}")
   c = (template_size - 1) / 2
-  A = _template_window_affine(landmarks, (c, c), template_size / face_fraction, size, template)
-  return warp(image, A, size), A
+  return _template_window_affine(landmarks, (c, c), template_size / face_fraction, size, template)
 
 
 def _as_face(face) -> Face:

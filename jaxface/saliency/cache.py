@@ -117,11 +117,13 @@ def jaxface_version() -> str:
 
 
 def cache_key(mlnet_sha256: str, crop_pipe: str, mlnet_input: Sequence[int],
-              cache_size: Sequence[int], blur_sigma: float) -> str:
-  """16 hex digits identifying what a cache's maps depend on."""
+              cache_size: Sequence[int], blur_sigma: float, fuse_geometry: bool = False) -> str:
+  """16 hex digits identifying what a cache's maps depend on (the crop's pixels too: fused
+  geometry resamples the crop once, op by op resamples it per op)."""
   payload = json.dumps({"mlnet_sha256": mlnet_sha256, "crop_pipe": sc.canonical_pipe(crop_pipe),
                         "mlnet_input": list(mlnet_input), "cache_size": list(cache_size),
-                        "blur_sigma": float(blur_sigma), "format": sc.FORMAT_VERSION},
+                        "blur_sigma": float(blur_sigma), "format": sc.FORMAT_VERSION,
+                        "fuse_geometry": bool(fuse_geometry)},
                        sort_keys=True)
   return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -184,7 +186,10 @@ def _compute_split(source, split: str, cache_dir: str, crop_pipe: ops.Pipeline, 
 
 def _settings(config) -> dict[str, Any]:
   """The config fields a cache depends on, checked."""
-  crop_pipe = ops.Pipeline(_field(config, "saliency.crop_pipe"))
+  fuse = _field(config, "data.fuse_geometry", False)
+  if not isinstance(fuse, bool):
+    raise ValueError(f"config.data.fuse_geometry must be True or False, got {fuse!r}")
+  crop_pipe = ops.Pipeline(_field(config, "saliency.crop_pipe"), fuse=fuse)
   if crop_pipe.random:
     raise ValueError(f"config.saliency.crop_pipe {str(crop_pipe)!r} has random ops; the cached "
                      "crop must be deterministic (put flips and rotations after cached_saliency)")
@@ -202,7 +207,7 @@ def _settings(config) -> dict[str, Any]:
 
 def _resolve_dir(config, settings: dict[str, Any], mlnet_sha256: str) -> tuple[str, str]:
   key = cache_key(mlnet_sha256, str(settings["crop_pipe"]), settings["mlnet_input"],
-                  settings["cache_size"], settings["blur_sigma"])
+                  settings["cache_size"], settings["blur_sigma"], settings["crop_pipe"].fuse)
   cache_dir = _field(config, "saliency.cache_dir", "") or default_cache_dir(
       _optional(config, "data.data_dir"), _field(config, "data.name"),
       _optional(config, "data.config"), key)
@@ -287,6 +292,7 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
       "dataset": {"name": name, "config": config_name},
       "mlnet": {**inference.describe(weights), "input_size": list(mlnet_input)},
       "crop_pipe": str(crop_pipe),
+      "fuse_geometry": crop_pipe.fuse,
       "cache_size": list(cache_size),
       "blur_sigma": blur_sigma,
       "jaxface_version": jaxface_version(),
