@@ -224,18 +224,27 @@ def cmd_detect(args) -> int:
 # Loader cases: (name, synthetic scene (h, w), face height range as a fraction of the shorter side,
 # pipe, goal in images/s per core). "aligned" stands for UTKFace-like 200x200 face chips (the face
 # fills the frame, no detection or crop); the "wild" cases are cluttered scenes with stored boxes.
+# case: (photo (h, w), face side as a fraction of the photo, crop pipe, rotation degrees, goal in
+# images per CPU-second). The training pipe is the crop, then cached_saliency (maps = "cache") or
+# the dataset's own map (maps = "dataset"), then flip_lr|rotate|saliency(0.3), as configs/*.py.
 LOADER_CASES = {
-    "aligned200": ((200, 200), (0.7, 0.85),
-                   "decode|resize(224)|flip_lr|rotate(5)|saliency(0.3)", 800.0),
-    "wild256": ((256, 256), (0.25, 0.6),
-                "decode|face_crop(0.3)|resize(224)|flip_lr|rotate(3)|saliency(0.3)", 350.0),
-    "wild640x480": ((480, 640), (0.25, 0.6),
-                    "decode|face_crop(0.3)|resize(224)|flip_lr|rotate(3)|saliency(0.3)", 350.0),
+    "aligned200": ((200, 200), (0.7, 0.85), "decode|resize(224)", 5, 800.0),
+    "wild256": ((256, 256), (0.25, 0.6), "decode|face_crop(0.3)|resize(224)", 3, 350.0),
+    "wild640x480": ((480, 640), (0.25, 0.6), "decode|face_crop(0.3)|resize(224)", 3, 350.0),
 }
+MAP_SOURCES = ("cache", "dataset")
+LOADER_CACHE_SIZE = (64, 64)  # config.saliency.cache_size's default
 LOADER_DEFINITION = (
     "img/s = images delivered to the consumer / wall seconds (after warm-up); "
     "cores = CPU seconds (user + sys) of the consumer process and its worker processes in the "
     "timed window / wall seconds; img/s/core = img/s / cores = images per CPU-second")
+
+
+def loader_pipe(case: str, maps: str) -> str:
+  """The full training pipe of ``case`` with its saliency maps from ``maps``."""
+  _, _, crop, degrees, _ = LOADER_CASES[case]
+  tail = f"flip_lr|rotate({degrees})|saliency(0.3)"
+  return f"{crop}|cached_saliency|{tail}" if maps == "cache" else f"{crop}|{tail}"
 
 
 def cpu_model() -> str:
@@ -279,39 +288,79 @@ def loader_source(case: str, size: int, pool: int, seed: int = 0) -> list[dict]:
   synthetic examples (JPEG image, PNG fixation map, box, landmarks, labels, id)."""
   from data_pipelines import synthetic  # noqa: PLC0415 - only this command needs it.
 
-  image_size, face_size, _, _ = LOADER_CASES[case]
+  image_size, face_size, _, _, _ = LOADER_CASES[case]
   config = synthetic.SyntheticConfig(image_size=image_size, face_size=face_size, seed=seed)
   examples = [synthetic.encode_example(e) for e in synthetic.generate(min(pool, size), config)]
   return [examples[i % len(examples)] for i in range(size)]
 
 
-def bench_loader(case: str, workers: int, num_batches: int, batch_size: int,
-                 read_threads: int = 2, warmup_batches: int = 2, pool: int = 64) -> dict:
-  """Throughput of ``make_loader`` on ``case``'s source and pipe with ``workers`` processes."""
-  from data_pipelines import loader  # noqa: PLC0415
+def write_loader_cache(cache_dir: str, source, crop_pipe: str, fuse: bool):
+  """A saliency cache (the real on-disk format, memmapped) for ``source``'s distinct ids, as
+  ``jaxface.saliency precompute`` lays it out; the maps are the dataset's fixation maps cropped
+  by ``crop_pipe`` and shrunk to ``LOADER_CACHE_SIZE`` (ML-Net's output costs the loader the same).
+  Returns the opened ``SaliencyCache``."""
+  import cv2  # noqa: PLC0415
 
-  image_size, _, pipe, goal = LOADER_CASES[case]
+  from data_pipelines import ops  # noqa: PLC0415
+  from data_pipelines import saliency_cache as sc  # noqa: PLC0415
+
+  pipe = ops.Pipeline(crop_pipe, fuse=fuse)
+  first = {}
+  for record in source:
+    first.setdefault(record["id"], record)
+  h, w = LOADER_CACHE_SIZE
+  maps = np.stack([cv2.resize(pipe(dict(r))["fixation"], (w, h), interpolation=cv2.INTER_AREA)
+                   for r in first.values()])
+  sc.write_meta(cache_dir, {"key": "bench", "format_version": sc.FORMAT_VERSION,
+                            "crop_pipe": str(pipe), "fuse_geometry": fuse,
+                            "cache_size": [h, w], "mlnet": {"sha256": "none (bench)"}})
+  with sc.SplitWriter(cache_dir, "train", len(first), (h, w)) as writer:
+    writer.add(list(first), maps)
+    writer.commit()
+  return sc.SaliencyCache.open(cache_dir)
+
+
+def bench_loader(case: str, workers: int, num_batches: int, batch_size: int,
+                 read_threads: int = 2, warmup_batches: int = 2, pool: int = 64,
+                 maps: str = "cache", fuse: bool = True) -> dict:
+  """Throughput of ``make_loader`` on ``case``'s source and pipe with ``workers`` processes."""
+  import tempfile  # noqa: PLC0415
+
+  from data_pipelines import loader  # noqa: PLC0415
+  from data_pipelines import ops  # noqa: PLC0415
+  from data_pipelines import saliency_cache as sc  # noqa: PLC0415
+
+  if maps not in MAP_SOURCES:
+    raise ValueError(f"maps must be one of {MAP_SOURCES}, got {maps!r}")
+  goal = LOADER_CASES[case][4]
+  pipe = loader_pipe(case, maps)
   # Enough records that the timed batches do not wrap an epoch.
   source = loader_source(case, (warmup_batches + num_batches) * batch_size, pool)
-  ld = loader.make_loader(source, pipe=pipe, batch_size=batch_size, seed=0, shard_index=0,
-                          shard_count=1, read_threads=read_threads, worker_count=workers)
-  try:
-    for _ in range(warmup_batches):  # worker start-up and the first buffer fill are not timed
-      next(ld)
-    cpu0, processes = _cpu_seconds()
-    t0 = time.perf_counter()
-    for _ in range(num_batches):
-      batch = next(ld)
-    seconds = time.perf_counter() - t0
-    cpu1, _ = _cpu_seconds()
-  finally:
-    ld.close()
+  with tempfile.TemporaryDirectory(prefix="jaxface-bench-cache-") as cache_dir:
+    if maps == "cache":
+      source = sc.with_cache(source, write_loader_cache(cache_dir, source,
+                                                        LOADER_CASES[case][2], fuse))
+    ld = loader.make_loader(source, pipe=ops.Pipeline(pipe, fuse=fuse), batch_size=batch_size,
+                            seed=0, shard_index=0, shard_count=1, read_threads=read_threads,
+                            worker_count=workers)
+    try:
+      for _ in range(warmup_batches):  # worker start-up and the first buffer fill are not timed
+        next(ld)
+      cpu0, processes = _cpu_seconds()
+      t0 = time.perf_counter()
+      for _ in range(num_batches):
+        batch = next(ld)
+      seconds = time.perf_counter() - t0
+      cpu1, _ = _cpu_seconds()
+    finally:
+      ld.close()
   images = num_batches * batch_size
   cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
   img_s = images / seconds
   per_core = images / cpu if cpu else None
   return {
-      "case": case, "image_size": list(image_size), "pipe": pipe, "workers": workers,
+      "case": case, "maps": maps, "fuse": fuse, "image_size": list(LOADER_CASES[case][0]),
+      "pipe": pipe, "workers": workers,
       "read_threads": read_threads, "batch_size": batch_size, "batches": num_batches,
       "images": images, "output_shape": list(batch["image"].shape),
       "output_dtype": str(batch["image"].dtype), "processes": processes, "seconds": seconds,
@@ -343,18 +392,22 @@ def _run_loader_cases(args) -> int:
         f"OpenCV {cv2.__version__}", flush=True)
   print(f"# {LOADER_DEFINITION}", flush=True)
   if not args.json:
-    print(f"{'case':<13}{'workers':>8}{'img/s':>10}{'cores':>7}{'img/s/core':>12}{'goal':>7}"
-          f"  pipe", flush=True)
+    print(f"{'case':<13}{'maps':>8}{'fuse':>6}{'workers':>8}{'img/s':>10}{'cores':>7}"
+          f"{'img/s/core':>12}{'goal':>7}  pipe", flush=True)
   for case in args.cases:
-    for workers in args.workers:
-      r = bench_loader(case, workers, args.num_batches, args.batch_size, args.read_threads)
-      if args.json:
-        print(json.dumps(r), flush=True)
-      else:
-        fmt = lambda v, spec: format(v, spec) if v is not None else "n/a"
-        print(f"{case:<13}{workers:>8}{r['img_s']:10.1f}{fmt(r['cores'], '7.2f'):>7}"
-              f"{fmt(r['img_s_per_core'], '12.1f'):>12}{r['goal_img_s_per_core']:7.0f}  "
-              f"{r['pipe']}", flush=True)
+    for maps in args.maps:
+      for fuse in args.fuse:
+        for workers in args.workers:
+          r = bench_loader(case, workers, args.num_batches, args.batch_size, args.read_threads,
+                           maps=maps, fuse=fuse)
+          if args.json:
+            print(json.dumps(r), flush=True)
+          else:
+            fmt = lambda v, spec: format(v, spec) if v is not None else "n/a"
+            print(f"{case:<13}{maps:>8}{'on' if fuse else 'off':>6}{workers:>8}"
+                  f"{r['img_s']:10.1f}{fmt(r['cores'], '7.2f'):>7}"
+                  f"{fmt(r['img_s_per_core'], '12.1f'):>12}{r['goal_img_s_per_core']:7.0f}  "
+                  f"{r['pipe']}", flush=True)
   return 0
 
 
@@ -366,6 +419,21 @@ def _int_list(text: str) -> list[int]:
   if any(v < 0 for v in values):
     raise argparse.ArgumentTypeError(f"worker counts must be >= 0, got {text!r}")
   return values
+
+
+def _choice_list(choices, what: str):
+  def parse(text: str) -> list[str]:
+    values = text.split(",")
+    unknown = [v for v in values if v not in choices]
+    if unknown:
+      raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown)}; choose from "
+                                       f"{', '.join(choices)}")
+    return values
+  return parse
+
+
+def _fuse_list(text: str) -> list[bool]:
+  return [v == "on" for v in _choice_list(("on", "off"), "--fuse value(s)")(text)]
 
 
 def _case_list(text: str) -> list[str]:
@@ -404,6 +472,11 @@ def main(argv=None) -> int:
                   help="comma-separated worker-process counts (0 = threads in this process)")
   ld.add_argument("--cases", type=_case_list, default=list(LOADER_CASES),
                   help=f"comma-separated: {','.join(LOADER_CASES)}")
+  ld.add_argument("--maps", type=_choice_list(MAP_SOURCES, "map source(s)"), default=["cache"],
+                  help="comma-separated: cache (the saliency cache, as the configs train) or "
+                       "dataset (the dataset's PNG fixation maps)")
+  ld.add_argument("--fuse", type=_fuse_list, default=[True],
+                  help="comma-separated on,off: fused geometry (config.data.fuse_geometry)")
   ld.add_argument("--num_batches", type=int, default=50, help="timed batches per measurement")
   ld.add_argument("--batch_size", type=int, default=64)
   ld.add_argument("--read_threads", type=int, default=2,

@@ -19,17 +19,19 @@ def test_loader_json_rows(capsys):
                      "--json"]) == 0
   assert bench.main(["loader", "--workers", "0", "--cases", "aligned200",
                      "--num_batches", "2", "--batch_size", "3", "--read_threads", "1",
-                     "--json"]) == 0
+                     "--maps", "dataset", "--fuse", "off", "--json"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert cv2.getNumThreads() == threads  # the command restores OpenCV's setting
   comments = [l for l in lines if l.startswith("#")][:2]
   assert "logical cores" in comments[0] and "img/s/core = img/s / cores" in comments[1]
   rows = [json.loads(l) for l in lines if not l.startswith("#")]
-  assert [(r["case"], r["workers"]) for r in rows] == [("wild256", 1), ("aligned200", 0)]
+  assert [(r["case"], r["workers"], r["maps"], r["fuse"]) for r in rows] == [
+      ("wild256", 1, "cache", True), ("aligned200", 0, "dataset", False)]
   for r in rows:
     assert r["images"] == 6 and r["batches"] == 2 and r["batch_size"] == 3
     assert r["output_shape"] == [3, 224, 224, 3] and r["output_dtype"] == "uint8"
-    assert r["pipe"] == bench.LOADER_CASES[r["case"]][2]
+    assert r["pipe"] == bench.loader_pipe(r["case"], r["maps"])
+    assert ("cached_saliency" in r["pipe"]) == (r["maps"] == "cache")
     assert r["img_s"] == pytest.approx(6 / r["seconds"])
     assert r["cpu_seconds"] > 0
     assert r["cores"] == pytest.approx(r["cpu_seconds"] / r["seconds"])
@@ -46,6 +48,12 @@ def test_loader_bad_arguments(capsys):
   with pytest.raises(SystemExit):
     bench.main(["loader", "--cases", "aligned200,studio"])
   assert "unknown case(s) studio" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    bench.main(["loader", "--maps", "png"])
+  assert "unknown map source(s) png" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    bench.main(["loader", "--fuse", "on,maybe"])
+  assert "unknown --fuse value(s) maybe" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     bench.main(["loader", "--num_batches", "0"])
   assert "--num_batches and --batch_size must be positive" in capsys.readouterr().err

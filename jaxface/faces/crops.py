@@ -110,16 +110,26 @@ def apply_affine(A, points) -> np.ndarray:
   return p @ A[:, :2].T + A[:, 2]
 
 
+# The two helpers below run per example in the data loader: closed forms on plain floats are
+# ~10x faster than numpy's general routines on 2x3 arrays.
+
+
 def invert_affine(A) -> np.ndarray:
-  A = np.asarray(A, np.float64)
-  inv = np.linalg.inv(A[:, :2])
-  return np.concatenate([inv, -inv @ A[:, 2:]], axis=1)
+  """The inverse of a 2x3 affine (raises ValueError for a singular one)."""
+  (a, b, c), (d, e, f) = np.asarray(A, np.float64).reshape(2, 3).tolist()
+  det = a * e - b * d
+  if det == 0 or not math.isfinite(det):
+    raise ValueError(f"affine is not invertible: {[[a, b, c], [d, e, f]]}")
+  ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
+  return np.array([[ia, ib, -(ia * c + ib * f)], [id_, ie, -(id_ * c + ie * f)]])
 
 
 def compose_affine(A, B) -> np.ndarray:
   """The affine x -> A(B(x))."""
-  A, B = np.asarray(A, np.float64), np.asarray(B, np.float64)
-  return np.concatenate([A[:, :2] @ B[:, :2], A[:, :2] @ B[:, 2:] + A[:, 2:]], axis=1)
+  (a0, a1, a2), (a3, a4, a5) = np.asarray(A, np.float64).reshape(2, 3).tolist()
+  (b0, b1, b2), (b3, b4, b5) = np.asarray(B, np.float64).reshape(2, 3).tolist()
+  return np.array([[a0 * b0 + a1 * b3, a0 * b1 + a1 * b4, a0 * b2 + a1 * b5 + a2],
+                   [a3 * b0 + a4 * b3, a3 * b1 + a4 * b4, a3 * b2 + a4 * b5 + a5]])
 
 
 def _block_reduce(image: np.ndarray, A: np.ndarray, size: int, k: int):
