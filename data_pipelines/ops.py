@@ -851,9 +851,10 @@ class Oversample10(Op):
 
 # ----------------------------------------------------------------------------- fused geometry
 
-# Shrinking by more than this factor (input pixels per output pixel) first averages the region
-# with INTER_AREA, as the op-by-op resize does, so the single bilinear warp does not alias.
-SHRINK_PREFILTER = 1.25
+# Shrinking by this factor or more (input pixels per output pixel, per axis) first averages the
+# region over whole blocks of floor(factor) pixels, as ``crops.warp`` does, so that the bilinear
+# warp after it never skips pixels; below it a bilinear sample still reads every input pixel.
+SHRINK_PREFILTER = 2.0
 
 
 def _fused_steps(op_list: Sequence[Op]) -> list[list[Op]]:
@@ -909,13 +910,20 @@ def _run_fused(run: Sequence[Op], example: Example, rng: np.random.Generator | N
   return example
 
 
+def _whole_blocks(lo: int, hi: int, k: int, n: int) -> tuple[int, int]:
+  """[lo, hi) grown to a multiple of ``k`` within [0, n) when it fits (else as much as fits)."""
+  span = -(-(hi - lo) // k) * k
+  hi = min(lo + span, n)
+  return max(hi - span, 0), hi
+
+
 def fused_warp(image: np.ndarray, A: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
   """``image`` sampled at ``A @ [x, y, 1]`` for each output pixel (x, y), bilinear (OpenCV's
   fixed-point weights), replicating the border.
 
-  Only the region the output reads is touched; when ``A`` shrinks by more than
-  ``SHRINK_PREFILTER`` along an axis, that region is first reduced with INTER_AREA to about the
-  output's scale (anti-aliasing, like the op-by-op resize).
+  Only the region the output reads is touched; when ``A`` shrinks by ``SHRINK_PREFILTER`` or
+  more along an axis, that region is first averaged over blocks of floor(factor) pixels
+  (anti-aliasing, as ``crops.warp``).
   """
   (a, b, c), (d, e, f) = np.asarray(A, np.float64).reshape(2, 3).tolist()
   oh, ow = out_hw
@@ -930,15 +938,21 @@ def fused_warp(image: np.ndarray, A: np.ndarray, out_hw: tuple[int, int]) -> np.
   y0 = min(max(math.floor(min(ys)) - 2, 0), h - 1)
   x1 = max(min(math.ceil(max(xs)) + 3, w), x0 + 1)
   y1 = max(min(math.ceil(max(ys)) + 3, h), y0 + 1)
-  region = image[y0:y1, x0:x1]
-  A = np.array([[a, b, c - x0], [d, e, f - y0]])
   kx, ky = math.hypot(a, b), math.hypot(d, e)  # input pixels per output pixel, per axis
-  if max(kx, ky) > SHRINK_PREFILTER:
-    rh, rw = region.shape[:2]
-    nw = max(1, int(round(rw / kx))) if kx > 1 else rw
-    nh = max(1, int(round(rh / ky))) if ky > 1 else rh
-    region = cv2.resize(region, (nw, nh), interpolation=cv2.INTER_AREA)
-    A = crops.compose_affine(_scale_affine((nh, nw), (rh, rw)), A)
+  if max(kx, ky) >= SHRINK_PREFILTER:
+    fx, fy = max(1, int(kx)), max(1, int(ky))
+    # Whole blocks (INTER_AREA at an integer factor is the exact block mean, and fast): grow the
+    # region to a multiple of the block, inside the image where it fits.
+    x0, x1 = _whole_blocks(x0, x1, fx, w)
+    y0, y1 = _whole_blocks(y0, y1, fy, h)
+    nw, nh = -(-(x1 - x0) // fx), -(-(y1 - y0) // fy)
+    region = cv2.resize(image[y0:y1, x0:x1], (nw, nh), interpolation=cv2.INTER_AREA)
+    region = region.reshape((nh, nw) + image.shape[2:])
+    A = crops.compose_affine(_scale_affine((nh, nw), (y1 - y0, x1 - x0)),
+                             np.array([[a, b, c - x0], [d, e, f - y0]]))
+  else:
+    region = image[y0:y1, x0:x1]
+    A = np.array([[a, b, c - x0], [d, e, f - y0]])
   out = cv2.warpAffine(region, A, (ow, oh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                        borderMode=cv2.BORDER_REPLICATE)
   return out.reshape((oh, ow) + image.shape[2:])
