@@ -184,3 +184,19 @@ def test_opencv_flags_used_by_fused_warp_exist():
                        borderMode=cv2.BORDER_REPLICATE)
   np.testing.assert_array_equal(out[:, :3], img[:, 1:])
   np.testing.assert_array_equal(ops.fused_warp(img, A, (4, 4)), out)
+
+
+def test_anisotropic_shrink_prefilters_one_axis_only():
+  # Rows shrink 4x (prefiltered over 4-row blocks), columns grow 2x (no prefilter): horizontal
+  # 1-pixel stripes average out, a vertical edge stays sharp.
+  img = np.zeros((80, 40, 3), np.uint8)
+  img[::2] = 200
+  img[:, 20:] = 0
+  out = ops.Pipeline("resize((20, 80))|flip_lr", fuse=True)({"image": img}, _rng(1))
+  op_by_op = ops.Pipeline("resize((20, 80))|flip_lr")({"image": img}, _rng(1))
+  assert out["image"].shape == (20, 80, 3)
+  assert np.abs(out["image"].astype(int) - op_by_op["image"]).max() <= 2
+  bright = out["image"][:, :, 0]
+  left, right = (bright[:, :38], bright[:, 42:]) if op_by_op["image"][0, 0, 0] else (
+      bright[:, 42:], bright[:, :38])
+  assert np.abs(left.astype(int) - 100).max() <= 2 and right.max() == 0
