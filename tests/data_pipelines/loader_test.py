@@ -1,14 +1,18 @@
 """The grain loader over synthetic_faces/small: determinism, per-epoch reshuffle, exact resume,
-sharding, masked evaluation, skipping corrupt examples, output dtypes and shapes."""
+sharding, masked evaluation, skipping corrupt examples, output dtypes and shapes, and the same
+stream and state for every chunk size, thread count and worker count."""
 
 import itertools
 import json
+import multiprocessing
 
+import grain
 import numpy as np
 import pytest
 
 from data_pipelines import build
 from data_pipelines import loader
+from data_pipelines import ops
 
 PIPE = "decode|face_crop(0.3)|resize(64)|saliency(0.3)"
 RANDOM_PIPE = "decode|face_crop(0.3)|resize(64)|flip_lr|rotate(3)|saliency(0.3)"
@@ -116,17 +120,17 @@ def test_eval_loader_sees_every_example_once_with_a_mask(source):
 
 
 class _CorruptOne:
-  """Wraps a source; record ``bad`` gets image bytes that do not decode."""
+  """Wraps a source; record ``bad`` (an index or a tuple of them) gets bytes that do not decode."""
 
-  def __init__(self, source, bad: int):
-    self.source, self.bad = source, bad
+  def __init__(self, source, bad: int | tuple[int, ...]):
+    self.source, self.bad = source, (bad,) if isinstance(bad, int) else tuple(bad)
 
   def __len__(self):
     return len(self.source)
 
   def __getitem__(self, i):
     record = dict(self.source[i])
-    if i == self.bad:
+    if i in self.bad:
       record["image"] = b"not a jpeg"
     return record
 
@@ -159,39 +163,159 @@ def test_bad_arguments(source):
     loader.make_loader(source, pipe=PIPE, batch_size=0, seed=0)
   with pytest.raises(ValueError, match="worker_count must be an integer >= 0, got -1"):
     loader.make_loader(source, pipe=PIPE, batch_size=4, seed=0, worker_count=-1)
+  with pytest.raises(ValueError, match="chunk_size must be an integer >= 1, got 0"):
+    loader.make_loader(source, pipe=PIPE, batch_size=4, seed=0, chunk_size=0)
+  ld = loader.make_eval_loader(source, pipe=PIPE, batch_size=4)
+  with pytest.raises(ValueError, match=r"position 51 is outside this stream \[0, 50\]"):
+    ld.set_state({"position": 51, "skipped": {"count": 0, "examples": []}})
+  with pytest.raises(ValueError, match=r"state has no 'position' \(keys: \['skipped'\]\)"):
+    ld.set_state({"skipped": {"count": 0, "examples": []}})
 
 
-# Worker processes cost seconds to start (each imports jax, grain and OpenCV): two tests only.
+def test_chunk_size_and_threads_change_nothing(source):
+  # Unshuffled (the evaluation loader), bad records 6 and 7 sit at chunk edges: 6 ends the first
+  # chunk of 7 positions and starts the third chunk of 3, 7 starts the second chunk of 7; the 50
+  # positions leave a last chunk of 1 (7), 2 (3, 16) or 50 (64) positions.
+  bad = _CorruptOne(source, (6, 7))
+  bad_ids = [source[6]["id"].decode(), source[7]["id"].decode()]
+  ref = _train(bad, seed=4)  # chunks of 10 positions (the batch size), two threads
+  reference = list(itertools.islice(ref, 7))  # crosses an epoch
+  ref_state = ref.get_state()
+  ref.close()
+  ref_eval = _take(loader.make_eval_loader(bad, pipe=PIPE, batch_size=16), 100)
+  assert [int(b["mask"].sum()) for b in ref_eval] == [16, 16, 16]  # 48 good, no padding
+  for chunk_size, threads in ((1, 0), (3, 2), (7, 1), (64, 2)):
+    ld = _train(bad, seed=4, chunk_size=chunk_size, read_threads=threads)
+    _assert_batches_equal(_take(ld, 7), reference)
+    assert ld.get_state() == ref_state and ref_state["skipped"]["count"] >= 2  # whole epoch 1
+    ev = loader.make_eval_loader(bad, pipe=PIPE, batch_size=16, chunk_size=chunk_size,
+                                 read_threads=threads)
+    _assert_batches_equal(_take(ev, 100), ref_eval)
+    assert ev.get_state()["position"] == 50
+    assert [e["id"] for e in ev.skipped.examples] == bad_ids  # counted in stream order
+
+
+def test_a_state_restores_mid_chunk_for_any_chunk_size(source):
+  reference = _take(_train(source, seed=6, batch_size=6), 9)
+  ld = _train(source, seed=6, batch_size=6, chunk_size=4)
+  head = list(itertools.islice(ld, 3))
+  state = json.loads(json.dumps(ld.get_state()))
+  assert state == {"position": 18, "skipped": {"count": 0, "examples": []}}  # 18 = 4 * 4 + 2
+  # Rewinding while chunks are being preprocessed ahead drops them.
+  _assert_batches_equal(list(itertools.islice(ld, 2)), reference[3:5])
+  ld.set_state(state)
+  _assert_batches_equal(head + _take(ld, 6), reference)
+  fresh = _train(source, seed=6, batch_size=6, chunk_size=5, read_threads=0)
+  fresh.set_state(state)
+  _assert_batches_equal(_take(fresh, 6), reference[3:])
+
+
+def test_states_of_the_loader_before_chunks_still_resume(source):
+  # Training checkpoints written before chunks hold grain's iterator states; each consumed example
+  # was one stream position: 23 here, the 24th record of the unshuffled stream.
+  skipped = {"count": 0, "examples": []}
+  threaded = {"grain": {"next_index": 23}, "skipped": skipped}
+  workers = {"grain": {"next_index_in_cycle": 1, "next_index_in_datasets": 2,
+                       "iterators_in_use_indices": [0, 1], "exhausted": [0, 0],
+                       "iterators_in_use_states": [{"next_index": 12}, {"next_index": 11}],
+                       "future_states": {}}, "skipped": skipped}
+  for state in (threaded, workers):
+    ld = _train(source, shuffle=False)
+    ld.set_state(state)
+    assert ld.get_state() == {"position": 23, "skipped": skipped}
+    (batch,) = _take(ld, 1)
+    assert list(batch["id"]) == [source[i]["id"].decode() for i in range(23, 33)]
+
+
+def test_a_worker_chunk_travels_in_a_slot_or_pickled(source):
+  ds = grain.MapDataset.source(_CorruptOne(source, 1)).map_with_index(
+      loader._Preprocess(ops.Pipeline(PIPE), 0, 0, loader.DEFAULT_LABEL_KEYS))
+  expected = loader._build_chunk(ds, 0, 4)  # positions 0, 2, 3 good; 1 bad
+  assert list(expected.bad) == [1] and len(expected.values["image"]) == 3
+  # Rows of 3 good examples, each array aligned to 64 bytes: images 3 * 64 * 64 * 3 = 36864,
+  # maps 3 * 64 * 64 = 12288, three int64 labels 3 * 8 = 24 -> 64 each.
+  needed = 36864 + 12288 + 3 * 64
+  released = []
+  for buf in (memoryview(bytearray(needed)), memoryview(bytearray(needed - 1)), None):
+    packed = loader._pack_chunk(ds, 0, 4, buf)
+    assert packed.needed == needed
+    in_slot = {key for key, *_ in packed.placed}
+    assert in_slot == ({"image", "saliency", "age", "gender", "expression"}
+                       if buf is not None and len(buf) == needed else set())
+    assert set(packed.lists) == {"id"}
+    chunk = packed.unpack(0, buf, lambda: released.append(1))
+    assert chunk.size == 4 and list(chunk.bad) == [1] and chunk.bad[1].id == expected.bad[1].id
+    assert list(chunk.values) == list(expected.values)
+    for key, rows in expected.values.items():
+      np.testing.assert_array_equal(chunk.values[key], loader._stack(rows), err_msg=key)
+    chunk.release()
+    chunk.release()
+    assert chunk.values == {}
+  assert released == [1, 1, 1]  # once per chunk
+
+
+# Worker processes cost seconds to start (each imports jax, grain and OpenCV): few tests use them.
+
+
+def _worker_processes() -> list[str]:
+  return [p.name for p in multiprocessing.active_children()
+          if p.name.startswith("data-loader-worker")]
 
 
 def test_workers_give_the_same_stream_and_skip_count(source):
-  bad_id = source[7]["id"].decode()
-  batches, counts = [], []
-  for workers in (0, 2):
-    ld = loader.make_eval_loader(_CorruptOne(source, 7), pipe=PIPE, batch_size=16,
-                                 worker_count=workers)
+  # Chunks of 4 positions: bad 7 ends one, bad 8 starts the next, bad 49 ends the last (48, 49).
+  # Two workers with two threads keep 6 chunks ahead; the first ones come back pickled, the rest
+  # (the 13 chunks minus those) in shared-memory slots.
+  corrupt = _CorruptOne(source, (7, 8, 49))
+  batches, skipped = [], []
+  for workers, chunk_size in ((0, None), (2, 4)):
+    ld = loader.make_eval_loader(corrupt, pipe=PIPE, batch_size=16, worker_count=workers,
+                                 chunk_size=chunk_size)
     batches.append(_take(ld, 100))
-    counts.append(ld.skipped.to_dict())
+    skipped.append(ld.skipped.to_dict())
   _assert_batches_equal(batches[0], batches[1])
-  assert len(batches[1]) == 4  # 49 good examples, padded
-  # The workers only mark the bad example: the consumer counts it.
-  assert counts[0] == counts[1] == {
-      "count": 1, "examples": [{"id": bad_id, "reason": "image bytes cannot be decoded"}]}
+  assert batches[1][-1]["mask"].tolist() == [True] * 15 + [False]  # 47 good examples
+  # The workers only mark the bad examples: the consumer counts them, in stream order.
+  reason = "image bytes cannot be decoded"
+  assert skipped[0] == skipped[1] == {"count": 3, "examples": [
+      {"id": source[i]["id"].decode(), "reason": reason} for i in (7, 8, 49)]}
+  assert not _worker_processes()  # close() stopped them
 
 
-def test_state_with_workers_resumes_the_threaded_stream(source):
+def test_state_with_workers_resumes_the_threaded_stream_mid_chunk(source):
   k, m = 3, 4  # crosses the epoch boundary after batch 5 (49 good examples a pass)
-  reference = _take(_train(_CorruptOne(source, 7), seed=5), k + m)
-  ld = _train(_CorruptOne(source, 7), seed=5, worker_count=2)
-  head = list(itertools.islice(ld, k))
+  ref = _train(_CorruptOne(source, 7), seed=5)  # no workers, 10-position chunks
+  head = list(itertools.islice(ref, k))
+  ref_state = json.loads(json.dumps(ref.get_state()))
+  reference = head + _take(ref, m)
+  assert ref_state["position"] % 4 != 0  # in the middle of a 4-position chunk
+
+  ld = _train(_CorruptOne(source, 7), seed=5, worker_count=2, chunk_size=4)
+  _assert_batches_equal(list(itertools.islice(ld, k)), reference[:k])
   state = json.loads(json.dumps(ld.get_state()))
-  ld.close()
-  _assert_batches_equal(head, reference[:k])
-  fresh = _train(_CorruptOne(source, 7), seed=5, worker_count=2)
+  assert state == ref_state  # the same state whatever the worker count
+  _assert_batches_equal(list(itertools.islice(ld, 2)), reference[k:k + 2])
+  ld.set_state(state)  # rewinds while the workers preprocess chunks ahead
+  _assert_batches_equal(_take(ld, m), reference[k:])
+
+  fresh = _train(_CorruptOne(source, 7), seed=5, worker_count=2, chunk_size=7)
   fresh.set_state(state)
   assert fresh.skipped.to_dict() == state["skipped"]
   _assert_batches_equal(_take(fresh, m), reference[k:])
   assert fresh.skipped.count == 2  # the bad example once in each of the two passes
+  assert not _worker_processes()
+
+
+def test_a_worker_error_is_raised_by_the_consumer_with_its_traceback(source):
+  ld = loader.make_eval_loader(source, pipe=PIPE, batch_size=4, worker_count=1,
+                               label_keys=("age", "no_such_label"))
+  for _ in range(2):  # the failing chunk is not skipped: it raises again
+    with pytest.raises(KeyError, match=r"has no \['no_such_label'\]") as error:
+      next(ld)
+    assert error.value.__notes__[-1].startswith("in data loader worker process 0:\nTraceback")
+  assert ld.get_state()["position"] == 0
+  ld.close()
+  assert not _worker_processes()
 
 
 def test_a_shard_of_only_bad_examples_raises_instead_of_spinning():
