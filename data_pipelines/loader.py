@@ -478,12 +478,16 @@ class _Workers:
   def _start(self) -> None:
     ctx = multiprocessing.get_context("spawn")
     self._tasks, self._results, self._stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-    for i in range(self._worker_count):
-      p = ctx.Process(target=_worker_main, name=f"data-loader-worker-{i}", daemon=True,
-                      args=(i, self._worker_count, self._threads, self._pickled_ds,
-                            self._tasks, self._results, self._stop))
-      p.start()
-      self._processes.append(p)
+    processes = [
+        ctx.Process(target=_worker_main, name=f"data-loader-worker-{i}", daemon=True,
+                    args=(i, self._worker_count, self._threads, self._pickled_ds, self._tasks,
+                          self._results, self._stop))
+        for i in range(self._worker_count)]
+    # start() returns once its child has read the pickled dataset, which comes after the target:
+    # after the child has imported this module. Started together, the workers import in parallel.
+    with futures.ThreadPoolExecutor(len(processes)) as pool:
+      list(pool.map(lambda p: p.start(), processes))
+    self._processes.extend(processes)
     self._finalizer = weakref.finalize(
         self, _shutdown, self._processes, self._tasks, self._results, self._stop, self._slots,
         self._worker_count * self._threads)
