@@ -470,6 +470,7 @@ class _Workers:
     self._free = collections.deque(range(len(self._slots)))
     self._capacity = 0  # bytes of the largest chunk seen
     self._warned_shm = False
+    self._tasks = self._results = self._stop = None
     self._next_id = 0
     self._starts: dict[int, int] = {}  # task id -> first stream position, for wanted tasks
     self._done: dict[int, _Chunk | BaseException] = {}
@@ -567,6 +568,8 @@ class _Workers:
     if self._finalizer is not None:
       self._finalizer()  # runs _shutdown once
       self._finalizer = None
+    # The queues' semaphores go with the last references.
+    self._tasks = self._results = self._stop = None
     self._free = collections.deque(range(len(self._slots)))
     self._starts.clear()
     self._done.clear()
@@ -637,19 +640,25 @@ class Loader:
     return self
 
   def __next__(self) -> Batch:
+    before = self.get_state()
+    try:
+      return self._next_batch()
+    except StopIteration:
+      raise
+    except BaseException:
+      # The next call starts this batch again (a failing chunk raises again instead of being
+      # skipped, and no example of the batch is lost or counted twice).
+      self.set_state(before)
+      raise
+
+  def _next_batch(self) -> Batch:
     batch = _BatchBuilder(self._batch_size)
     while batch.size < self._batch_size:
       if self._chunk is None or self._offset == self._chunk.size:
         if self._chunks is None:
           self._chunks = _ChunkQueue(self._executor, self._position, self._total,
                                      self._chunk_size)
-        try:
-          self._chunk, self._offset, self._row = self._chunks.next(), 0, 0
-        except BaseException:
-          # Resubmitted from this position next time: the failing chunk raises again instead of
-          # being skipped.
-          self._drop_chunks()
-          raise
+        self._chunk, self._offset, self._row = self._chunks.next(), 0, 0
         if self._chunk is None:
           break
       chunk, first, n = self._chunk, self._row, batch.size

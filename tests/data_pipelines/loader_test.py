@@ -313,9 +313,36 @@ def test_a_worker_error_is_raised_by_the_consumer_with_its_traceback(source):
     with pytest.raises(KeyError, match=r"has no \['no_such_label'\]") as error:
       next(ld)
     assert error.value.__notes__[-1].startswith("in data loader worker process 0:\nTraceback")
-  assert ld.get_state()["position"] == 0
+    assert ld.get_state()["position"] == 0
   ld.close()
   assert not _worker_processes()
+
+
+class _FailsOnce(_CorruptOne):
+  """Also raises OSError the first time record ``fail`` is read (say, a network file system)."""
+
+  def __init__(self, source, bad: int, fail: int):
+    super().__init__(source, bad)
+    self.fail = fail
+
+  def __getitem__(self, i):
+    if i == self.fail:
+      self.fail = None
+      raise OSError(f"record {i} is not there yet")
+    return super().__getitem__(i)
+
+
+def test_a_failed_batch_leaves_the_state_as_it_was(source):
+  # Unshuffled, chunks of 4: the second batch takes 10 and (bad) 11 from chunk [8, 12), then
+  # chunk [12, 16) fails. The retry must neither lose 10 nor count 11 twice.
+  ld = _train(_FailsOnce(source, bad=11, fail=13), shuffle=False, chunk_size=4, read_threads=0)
+  next(ld)
+  with pytest.raises(OSError, match="record 13 is not there yet"):
+    next(ld)
+  assert ld.get_state() == {"position": 10, "skipped": {"count": 0, "examples": []}}
+  (batch,) = _take(ld, 1)
+  assert list(batch["id"]) == [source[i]["id"].decode() for i in [10] + list(range(12, 21))]
+  assert ld.get_state()["position"] == 21 and ld.skipped.count == 1
 
 
 def test_a_shard_of_only_bad_examples_raises_instead_of_spinning():
