@@ -97,12 +97,12 @@ class _Preprocess:
   """The map step: one example through the pipe with its own seeded rng (picklable for workers)."""
 
   def __init__(self, pipeline: ops.Pipeline, seed: int, shard_index: int,
-               label_keys: Sequence[str]):
+               label_keys: Sequence[str], keep_maps: bool = True):
     self.pipeline = pipeline
     self.seed = seed
     self.shard_index = shard_index
     self.label_keys = tuple(label_keys)
-    self.keep = ("image",) + ops.MAP_KEYS + self.label_keys + ("id",)
+    self.keep = ("image",) + (ops.MAP_KEYS if keep_maps else ()) + self.label_keys + ("id",)
 
   def __call__(self, index: int, record: dict[str, Any]) -> dict[str, Any] | _Bad:
     example = dict(record)
@@ -783,7 +783,8 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
                 drop_remainder: bool = True, pad_remainder: bool = False,
                 shard_index: int | None = None, shard_count: int | None = None,
                 label_keys: Sequence[str] = DEFAULT_LABEL_KEYS, read_threads: int = 2,
-                worker_count: int = 0, chunk_size: int | None = None) -> Loader:
+                worker_count: int = 0, chunk_size: int | None = None,
+                keep_maps: bool = True) -> Loader:
   """Training loader (defaults: shuffled, repeated forever, incomplete last batch dropped).
 
   Args:
@@ -807,6 +808,8 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
       worker as one message); default ``min(DEFAULT_CHUNK_SIZE, batch_size)``, as a longer chunk
       only delays the first batch. The batches and ``get_state()`` are the same for every
       ``worker_count``, ``read_threads`` and ``chunk_size``.
+    keep_maps: emit the saliency / fixation maps with the images; a classifier whose pipe has
+      already reweighted the image by its map does not need them (less to copy and transfer).
   """
   pipeline = pipe if isinstance(pipe, ops.Pipeline) else ops.Pipeline(pipe)
   if batch_size < 1:
@@ -833,7 +836,7 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
   # Position p of this dataset is stream position p: its rng seed whatever process maps it.
-  ds = ds.map_with_index(_Preprocess(pipeline, seed, shard_index, label_keys))
+  ds = ds.map_with_index(_Preprocess(pipeline, seed, shard_index, label_keys, keep_maps))
   return Loader(ds, batch_size=batch_size, drop_remainder=drop_remainder,
                 pad_remainder=pad_remainder, shard_size=shard_size, chunk_size=chunk_size,
                 read_threads=read_threads, worker_count=worker_count)
@@ -844,13 +847,13 @@ def make_eval_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeli
                      shard_count: int | None = None,
                      label_keys: Sequence[str] = DEFAULT_LABEL_KEYS,
                      read_threads: int = 2, worker_count: int = 0,
-                     chunk_size: int | None = None) -> Loader:
+                     chunk_size: int | None = None, keep_maps: bool = True) -> Loader:
   """One unshuffled pass; the last batch is padded and masked so each example counts once."""
   return make_loader(source, pipe=pipe, batch_size=batch_size, seed=0, shuffle=False,
                      num_epochs=1, drop_remainder=False, pad_remainder=True,
                      shard_index=shard_index, shard_count=shard_count, label_keys=label_keys,
                      read_threads=read_threads, worker_count=worker_count,
-                     chunk_size=chunk_size)
+                     chunk_size=chunk_size, keep_maps=keep_maps)
 
 
 def _to_str(value: Any) -> Any:

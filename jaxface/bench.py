@@ -342,7 +342,7 @@ def bench_loader(case: str, workers: int, num_batches: int, batch_size: int,
                                                         LOADER_CASES[case][2], fuse))
     ld = loader.make_loader(source, pipe=ops.Pipeline(pipe, fuse=fuse), batch_size=batch_size,
                             seed=0, shard_index=0, shard_count=1, read_threads=read_threads,
-                            worker_count=workers)
+                            worker_count=workers, keep_maps=False)  # as a classifier trains
     try:
       for _ in range(warmup_batches):  # worker start-up and the first buffer fill are not timed
         next(ld)

@@ -127,6 +127,11 @@ def cache_dir_for(config, split: str) -> str:
   return cache_lib.split_dir(config, split)
 
 
+def keep_maps(config) -> bool:
+  """Only a saliency model trains on the maps; a classifier's pipe has already applied them."""
+  return config.task.kind == "saliency"
+
+
 def label_keys(config) -> tuple[str, ...]:
   if config.task.kind == "saliency":
     return ()
@@ -144,7 +149,7 @@ def train_loader(config, src, seed: int, local_batch: int) -> loader_lib.Loader:
       src, pipe=pipeline(config, config.data.train_pipe), batch_size=local_batch, seed=seed,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       label_keys=label_keys(config), read_threads=config.data.read_threads,
-      worker_count=int(config.data.worker_count))
+      worker_count=int(config.data.worker_count), keep_maps=keep_maps(config))
 
 
 def eval_loader(config, src, local_batch: int, pipe: str | None = None) -> loader_lib.Loader:
@@ -152,7 +157,7 @@ def eval_loader(config, src, local_batch: int, pipe: str | None = None) -> loade
       src, pipe=pipeline(config, pipe or config.data.eval_pipe), batch_size=local_batch,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       label_keys=label_keys(config), read_threads=config.data.read_threads,
-      worker_count=int(config.data.worker_count))
+      worker_count=int(config.data.worker_count), keep_maps=keep_maps(config))
 
 
 def label_counts(builder, split: str, key: str, num_classes: int) -> np.ndarray:

@@ -64,6 +64,10 @@ def test_output_dtypes_and_shapes(source):
   assert batch["id"].dtype == object and all(isinstance(i, str) for i in batch["id"])
   assert batch["mask"].dtype == bool and batch["mask"].all()
   assert set(batch) == {"image", "saliency", "age", "gender", "expression", "id", "mask"}
+  # A classifier's loader leaves the maps out (the pipe has applied them); same images.
+  (lean,) = _take(_train(source, pipe=PIPE, batch_size=16, keep_maps=False), 1)
+  assert set(lean) == set(batch) - {"saliency"}
+  np.testing.assert_array_equal(lean["image"], batch["image"])
 
 
 def test_same_seed_same_batches_other_seed_differs(source):
