@@ -4,8 +4,9 @@
 JAX backend (GPU when present), with XLA's FLOP count of the compiled step and the achieved TFLOP/s.
 ``detect`` measures face detection (MTCNN on the default JAX backend, OpenCV's Haar cascade on the
 CPU) in images/s on 640x480 photos, both on the same photos in the same run.
-``loader`` measures the grain data loader (``data_pipelines.loader``) on the full preprocessing
-chain with uint8 output, per worker-process count, in images/s and images/s per busy CPU core.
+``loader`` measures the data loader (``data_pipelines.loader``) on the configs' full training pipe
+(crop, cached saliency map, flip, rotation, reweighting; fused geometry) with uint8 output, per
+worker-process count, in images/s and images/s per busy CPU core.
 Speed targets live here, never in timed test assertions.
 """
 
@@ -436,15 +437,6 @@ def _fuse_list(text: str) -> list[bool]:
   return [v == "on" for v in _choice_list(("on", "off"), "--fuse value(s)")(text)]
 
 
-def _case_list(text: str) -> list[str]:
-  cases = text.split(",")
-  unknown = [c for c in cases if c not in LOADER_CASES]
-  if unknown:
-    raise argparse.ArgumentTypeError(f"unknown case(s) {', '.join(unknown)}; choose from "
-                                     f"{', '.join(LOADER_CASES)}")
-  return cases
-
-
 COMMANDS = {"models": cmd_models, "detect": cmd_detect, "loader": cmd_loader}
 
 
@@ -470,7 +462,8 @@ def main(argv=None) -> int:
   ld = sub.add_parser("loader", help="data loader throughput on the full preprocessing chain")
   ld.add_argument("--workers", type=_int_list, default=[0, 1, 2],
                   help="comma-separated worker-process counts (0 = threads in this process)")
-  ld.add_argument("--cases", type=_case_list, default=list(LOADER_CASES),
+  ld.add_argument("--cases", type=_choice_list(tuple(LOADER_CASES), "case(s)"),
+                  default=list(LOADER_CASES),
                   help=f"comma-separated: {','.join(LOADER_CASES)}")
   ld.add_argument("--maps", type=_choice_list(MAP_SOURCES, "map source(s)"), default=["cache"],
                   help="comma-separated: cache (the saliency cache, as the configs train) or "
