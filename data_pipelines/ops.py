@@ -502,15 +502,20 @@ class GeometricOp(Op):
     """This op's own resampling of one image or map (at the image's size) through ``A``."""
 
   def apply(self, example, rng):
-    img = _image(example, self.name)
-    maps = _maps(example, self.name, img.shape[:2])
-    A, out_hw = self.plan(example, img.shape[:2], rng)
+    A, out_hw = self.plan(example, _image(example, self.name).shape[:2], rng)
     if A is None:
       return example
-    for key, m in maps.items():
-      example[key] = self.resample(m, A, out_hw)
-    example["image"] = self.resample(img, A, out_hw)
-    return example
+    return _resample_arrays(example, self.name, A, out_hw, self.resample)
+
+
+def _resample_arrays(example: Example, op: str, A: np.ndarray, out_hw: tuple[int, int],
+                     resample: Callable) -> Example:
+  """The image and its maps through ``resample(a, A, out_hw)`` (the points are already moved)."""
+  img = _image(example, op)
+  for key, m in _maps(example, op, img.shape[:2]).items():
+    example[key] = resample(m, A, out_hw)
+  example["image"] = resample(img, A, out_hw)
+  return example
 
 
 class MapSourceOp(Op):
@@ -638,13 +643,15 @@ class Resize(GeometricOp):
     return cv2.resize(a, (ow, oh), interpolation=interp).reshape((oh, ow) + a.shape[2:])
 
 
+def _window(a: np.ndarray, A: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+  """A copy of the ``out_hw`` window at the integer offset of translation ``A``."""
+  top, left = int(A[1, 2]), int(A[0, 2])
+  return a[top:top + out_hw[0], left:left + out_hw[1]].copy()
+
+
 def _slice_crop(example: Example, op: str, top: int, left: int, oh: int, ow: int) -> Example:
-  img = _image(example, op)
-  for key, m in _maps(example, op, img.shape[:2]).items():
-    example[key] = m[top:top + oh, left:left + ow].copy()
   _move_points(example, _translation(-left, -top))
-  example["image"] = img[top:top + oh, left:left + ow].copy()
-  return example
+  return _resample_arrays(example, op, _translation(left, top), (oh, ow), _window)
 
 
 def _check_fits(op: str, hw: tuple[int, int], oh: int, ow: int) -> tuple[int, int]:
@@ -673,8 +680,7 @@ class _WindowOp(GeometricOp):
     return _translation(left, top), (oh, ow)
 
   def resample(self, a, A, out_hw):
-    top, left = int(A[1, 2]), int(A[0, 2])
-    return a[top:top + out_hw[0], left:left + out_hw[1]].copy()
+    return _window(a, A, out_hw)
 
 
 @register("center_crop")
@@ -715,11 +721,8 @@ def _mirror_plan(example: Example, w: int) -> np.ndarray:
 
 def _mirror(example: Example, op: str) -> Example:
   img = _image(example, op)
-  for key, m in _maps(example, op, img.shape[:2]).items():
-    example[key] = _flip(m)
-  _mirror_plan(example, img.shape[1])
-  example["image"] = _flip(img)
-  return example
+  A = _mirror_plan(example, img.shape[1])
+  return _resample_arrays(example, op, A, img.shape[:2], lambda a, _A, _hw: _flip(a))
 
 
 @register("flip_lr")
