@@ -12,4 +12,7 @@ from jaxface.models import residual_attention  # noqa: F401
 from jaxface.models import gilnet  # noqa: F401
 from jaxface.models import mlnet  # noqa: F401
 from jaxface.models import mtcnn  # noqa: F401
+from jaxface.models import dlib_gender  # noqa: F401
+from jaxface.models import dlib_age  # noqa: F401
+from jaxface.models import mini_xception  # noqa: F401
 from jaxface.models.registry import get, names, register, spec  # noqa: F401

