@@ -138,6 +138,19 @@ def _shape_of(tree):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
 
 
+def _bind(eqn, invals):
+  """Re-applies one jaxpr equation (as ``jax.core.eval_jaxpr`` does, across its two API forms)."""
+  params = eqn.primitive.get_bind_params(eqn.params)
+  subfuns = []
+  if isinstance(params, tuple):  # Older JAX: (subfuns, params).
+    subfuns, params = params
+  ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
+  if ctx is None:
+    return eqn.primitive.bind(*subfuns, *invals, **params)
+  with ctx:
+    return eqn.primitive.bind(*subfuns, *invals, **params)
+
+
 def with_layer_delta(forward: Forward, layer: str):
   """``f(variables, x, delta) -> (logits, aux)`` with ``delta`` added to ``aux[layer]`` where it is made.
 
@@ -172,8 +185,7 @@ def with_layer_delta(forward: Forward, layer: str):
       for v, a in zip(jaxpr.invars, jax.tree.leaves((variables, x))):
         write(v, a)
       for eqn in jaxpr.eqns:
-        subfuns, params = eqn.primitive.get_bind_params(eqn.params)
-        ans = eqn.primitive.bind(*subfuns, *map(read, eqn.invars), **params)
+        ans = _bind(eqn, [read(v) for v in eqn.invars])
         outs = ans if eqn.primitive.multiple_results else [ans]
         for v, o in zip(eqn.outvars, outs):
           write(v, o)
@@ -187,13 +199,14 @@ def with_layer_delta(forward: Forward, layer: str):
 @dataclasses.dataclass(frozen=True)
 class Result:
   """Maps with the settings that produced them (a pytree: maps and indices are leaves)."""
-  maps: jax.Array  # (B, H, W), each in [0, 1] (min-max per map) unless raw was asked for.
+  maps: jax.Array  # (B, H, W) at the input's size, each min-max scaled to [0, 1].
+  raw: jax.Array  # (B, h, w) before upsampling and scaling (the layer's grid for the CAMs).
   targets: jax.Array  # (B,) class explained per image.
   scores: jax.Array  # (B,) confidence of that class on the clean input.
   settings: dict[str, Any]
 
   def tree_flatten(self):
-    return (self.maps, self.targets, self.scores), tuple(sorted(self.settings.items()))
+    return (self.maps, self.raw, self.targets, self.scores), tuple(sorted(self.settings.items()))
 
   @classmethod
   def tree_unflatten(cls, aux, children):
