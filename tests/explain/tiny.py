@@ -49,3 +49,58 @@ class RegionSum(nn.Module):
     y0, y1, x0, x1 = self.box
     s = jnp.sum(x[:, y0:y1, x0:x1, :], axis=(1, 2, 3))
     return s[:, None], {"features": x}
+
+
+class TwoConv(nn.Module):
+  """conv -> conv (stride 2) -> flatten -> linear, defined in setup with the head *first*, so the
+  definition order (fc, conv1, conv2) differs from the forward order (conv1, conv2, fc)."""
+
+  def setup(self):
+    self.fc = nn.Dense(2)
+    self.conv1 = nn.Conv(6, (3, 3))
+    self.conv2 = nn.Conv(6, (3, 3), strides=2)
+
+  def __call__(self, x, train: bool = False):
+    a1 = nn.relu(self.conv1(x))
+    a2 = nn.relu(self.conv2(a1))
+    return self.fc(a2.reshape(a2.shape[0], -1)), {"conv1": a1, "features": a2}
+
+
+def blob_data(n: int, size: int = 16, seed: int = 0):
+  """Noise images with a bright 4x4 blob in the left (label 0) or right (label 1) half."""
+  rng = np.random.default_rng(seed)
+  x = (rng.random((n, size, size, 1)) * 0.2).astype(np.float32)
+  y = rng.integers(0, 2, n)
+  for i in range(n):
+    r = rng.integers(0, size - 4)
+    c = rng.integers(0, size // 2 - 4) + (size // 2 if y[i] else 0)
+    x[i, r:r + 4, c:c + 4] += 1.0
+  return x, y.astype(np.int32)
+
+
+def train_two_conv(steps: int = 80, seed: int = 0):
+  """TwoConv trained with Adam on blob_data; returns (model, variables, train accuracy)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  model = TwoConv()
+  x, y = blob_data(64, seed=seed)
+  variables = model.init(jax.random.PRNGKey(seed), x[:1])
+  opt = optax.adam(1e-2)
+  state = opt.init(variables["params"])
+
+  def loss(p):
+    logits, _ = model.apply({"params": p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  @jax.jit
+  def step(p, s):
+    g = jax.grad(loss)(p)
+    u, s = opt.update(g, s)
+    return optax.apply_updates(p, u), s
+
+  params = variables["params"]
+  for _ in range(steps):
+    params, state = step(params, state)
+  acc = float((np.argmax(model.apply({"params": params}, x)[0], -1) == y).mean())
+  return model, {"params": params}, acc
