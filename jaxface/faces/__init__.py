@@ -9,9 +9,11 @@
   ``align`` (similarity to the ArcFace five-point template), ``task_crop`` (Zhang et al.'s schemes
   1-5) and ``select_faces`` (all / largest / central / score). Every crop also returns the 2x3
   affine from crop pixels to photo pixels.
+* ``chips``: the pretrained models' own face chips (dlib's 5-point chip geometry, fer's box crop).
 * Command line: ``python -m jaxface.faces detect IMAGE_OR_DIR --out DIR`` (see ``__main__``).
 """
 
+from jaxface.faces.chips import dlib_chip, dlib_chip_affine, fer_crop  # noqa: F401
 from jaxface.faces.crops import (ARCFACE_TEMPLATE_112, POLICIES, SCHEMES, align, apply_affine,
                                  crop, invert_affine, margin_box, select_faces, task_affine,
                                  task_crop, umeyama, warp)
@@ -41,5 +43,6 @@ def __getattr__(name):
 
 __all__ = ["ARCFACE_TEMPLATE_112", "DETECTORS", "Detector", "Face", "HaarDetector",
            "ImageReadError", "LANDMARK_NAMES", "MTCNNDetector", "POLICIES", "SCHEMES", "align",
-           "apply_affine", "crop", "get_detector", "invert_affine", "margin_box", "read_image",
+           "apply_affine", "crop", "dlib_chip", "dlib_chip_affine", "fer_crop", "get_detector",
+           "invert_affine", "margin_box", "read_image",
            "select_faces", "task_affine", "task_crop", "umeyama", "validate_rgb", "warp"]
