@@ -1,0 +1,337 @@
+"""Age, gender and expression of every face in photos, folders and videos.
+
+  python -m jaxface.predict INPUTS... --out DIR [--detector mtcnn|haar] [--policy all]
+      [--every K] [--max-side 2048] [--batch 32] [--no-annotate]
+
+INPUTS are image files, folders (walked recursively in sorted order) and video files (every K-th
+frame). For each photo or frame it writes ``DIR/<relative path>[.frameNNNNNN].json``: the image,
+its size, the detector and the faces, each with its box [x1, y1, x2, y2], score, landmarks and per
+task the label and the class probabilities (for age also the expected age in years); and
+``<name>.annotated.png`` (boxes, landmarks, labels). ``DIR/summary.csv`` has one row per face.
+
+Models: the three shipped pretrained ones (``jaxface.pretrained``): gender and age on dlib-style
+chips fitted to MTCNN's landmarks, expression on fer's crop of the face box. With ``--detector
+haar`` there are no landmarks, so only the expression is predicted. Faces are cut on the CPU and
+the networks run batched and jitted (batches padded to powers of two, so a folder compiles each
+network a few times at most).
+
+A file that cannot be used (missing, empty, not an image, truncated, a non-image file met in a
+folder walk) gives one ``error:`` line on stderr and is skipped; the last line is the summary.
+Exit status 0 when at least one image was processed, 1 when none was, 2 for bad arguments.
+
+In Python: ``jaxface.predict.analyze(image_or_path)`` returns the JSON's face records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from jaxface import pretrained
+from jaxface.faces import chips, crops, get_detector
+from jaxface.faces.image_io import ImageReadError, is_image_file, read_image, validate_rgb
+from jaxface.faces.types import Face
+
+TASKS = ("gender", "age", "expression")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+def _bucket(n: int) -> int:
+  return 1 << max(0, (n - 1).bit_length())
+
+
+def task_record(spec: pretrained.Pretrained, probs: np.ndarray) -> dict[str, Any]:
+  """One task's JSON entry: label, probabilities (and the expected value in years for age)."""
+  k = int(np.argmax(probs))
+  rec: dict[str, Any] = {"label": spec.classes[k], "confidence": round(float(probs[k]), 6)}
+  if spec.class_values is not None:
+    rec["years"] = round(float(pretrained.expected_value(spec, probs)), 3)
+    rec["probs"] = [round(float(p), 6) for p in probs]
+  else:
+    rec["probs"] = {c: round(float(p), 6) for c, p in zip(spec.classes, probs)}
+  return rec
+
+
+class Analyzer:
+  """Detector + the pretrained models; ``analyze(image)`` returns one record per face.
+
+  Args:
+    detector: "mtcnn" (landmarks: every task) or "haar" (boxes only: expression only).
+    tasks: which pretrained models to run.
+    policy: which faces to keep (``jaxface.faces.select_faces``).
+    max_side: detect on a copy downscaled to this longer side (None: full resolution).
+    batch: largest face batch sent to a network at once.
+  """
+
+  def __init__(self, detector: str = "mtcnn", tasks: Sequence[str] = TASKS, policy: str = "all",
+               max_side: int | None = 2048, batch: int = 32):
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+      raise ValueError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    if policy not in crops.POLICIES:
+      raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(crops.POLICIES)}")
+    if batch < 1:
+      raise ValueError(f"batch must be positive, got {batch}")
+    self.detector = get_detector(detector, max_side=max_side)
+    self.policy = policy
+    self.batch = batch
+    self.models = {t: pretrained.load(t) for t in tasks}
+    self.detect_seconds = 0.0  # time spent in the detector (for throughput reports)
+
+  def detect(self, image: np.ndarray) -> list[Face]:
+    t0 = time.perf_counter()
+    found = self.detector.detect(image)
+    self.detect_seconds += time.perf_counter() - t0
+    return crops.select_faces(found, self.policy, image.shape)
+
+  def _probs(self, loaded: pretrained.Loaded, chips_N: np.ndarray) -> np.ndarray:
+    out = []
+    for i in range(0, len(chips_N), self.batch):
+      part = chips_N[i:i + self.batch]
+      pad = _bucket(len(part)) - len(part)
+      if pad:
+        part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
+      out.append(loaded.probs(part)[:len(part) - pad])
+    return np.concatenate(out)
+
+  def describe(self, image: np.ndarray, faces: Sequence[Face]) -> list[dict[str, Any]]:
+    """Face records of already detected faces."""
+    records = [f.to_dict() for f in faces]
+    gray = padded = None
+    for task, loaded in self.models.items():
+      chip = loaded.spec.chip
+      cut, idx = [], []
+      for k, f in enumerate(faces):
+        if chip["kind"] == "dlib":
+          if f.landmarks is None:
+            records[k][task] = None  # dlib chips need landmarks (the haar detector has none)
+            continue
+          cut.append(chips.dlib_chip(image, f.landmarks, chip["size"])[0])
+        else:
+          if gray is None:
+            gray = chips.to_gray(image)
+            padded = chips.fer_pad(gray)
+          try:
+            cut.append(chips.fer_crop(gray, f.box, chip["offsets"], chip["size"], padded)[0])
+          except ValueError:
+            records[k][task] = None
+            continue
+        idx.append(k)
+      if cut:
+        for k, p in zip(idx, self._probs(loaded, np.stack(cut))):
+          records[k][task] = task_record(loaded.spec, p)
+    return records
+
+  def analyze(self, image: np.ndarray) -> list[dict[str, Any]]:
+    image = validate_rgb(image, "image")
+    return self.describe(image, self.detect(image))
+
+
+@functools.lru_cache(maxsize=4)
+def _default_analyzer(detector: str) -> Analyzer:
+  return Analyzer(detector)
+
+
+def analyze(image_or_path, detector: str = "mtcnn"):
+  """Face records (as in the JSON) of an RGB uint8 array or an image path; a list gives a list."""
+  if isinstance(image_or_path, (list, tuple)):
+    return [analyze(x, detector) for x in image_or_path]
+  image = image_or_path
+  if isinstance(image, (str, os.PathLike)):
+    image = read_image(image)
+  return _default_analyzer(detector).analyze(image)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+def is_video_file(path: str) -> bool:
+  return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def walk_inputs(inputs: Sequence[str]) -> Iterator[tuple[str, str, str | None]]:
+  """(path, name relative to its input, problem or None) for every file under the inputs.
+
+  Folders are walked in sorted order (hidden files skipped); a file that is neither an image nor a
+  video by its extension comes with a problem, so the caller reports it.
+  """
+  for top in inputs:
+    if os.path.isfile(top):
+      yield top, os.path.basename(top), None
+      continue
+    for root, dirs, files in os.walk(top):
+      dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+      for f in sorted(files):
+        if f.startswith("."):
+          continue
+        full = os.path.join(root, f)
+        rel = os.path.relpath(full, top)
+        ok = is_image_file(f) or is_video_file(f)
+        yield full, rel, None if ok else "not an image or video file (skipped)"
+
+
+def video_frames(path: str, every: int) -> Iterator[tuple[int, np.ndarray]]:
+  """(frame index, RGB frame) of every ``every``-th frame; ImageReadError if it cannot be opened."""
+  cap = cv2.VideoCapture(path)
+  try:
+    if not cap.isOpened():
+      raise ImageReadError(f"{path}: not a readable video")
+    index = 0
+    got_any = False
+    while True:
+      ok = cap.grab()
+      if not ok:
+        break
+      if index % every == 0:
+        ok, frame = cap.retrieve()
+        if ok and frame is not None:
+          got_any = True
+          yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+      index += 1
+    if not got_any:
+      raise ImageReadError(f"{path}: no decodable frames")
+  finally:
+    cap.release()
+
+
+def annotate(image: np.ndarray, faces: Sequence[Face], records: Sequence[dict]) -> np.ndarray:
+  """BGR copy with the detector drawing of ``jaxface.faces`` plus each face's labels."""
+  from jaxface.faces.__main__ import annotate as draw_faces  # pylint: disable=g-import-not-at-top
+  out = draw_faces(image, list(faces))
+  t = max(1, round(max(image.shape[:2]) / 400))
+  for f, rec in zip(faces, records):
+    parts = []
+    if rec.get("gender"):
+      parts.append(rec["gender"]["label"])
+    if rec.get("age"):
+      parts.append(f"{rec['age']['years']:.0f}y")
+    if rec.get("expression"):
+      parts.append(rec["expression"]["label"])
+    x, y = int(round(f.box[0])), int(round(f.box[3])) + 12 * t
+    cv2.putText(out, " ".join(parts), (max(0, x), min(out.shape[0] - 2, y)),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.4 * t, (255, 255, 0), max(1, t // 2))
+  return out
+
+
+CSV_COLUMNS = ("image", "frame", "face", "x1", "y1", "x2", "y2", "score", "gender",
+               "gender_confidence", "age_years", "expression", "expression_confidence")
+
+
+def csv_rows(image: str, frame: int | None, records: Sequence[dict]) -> Iterator[list]:
+  for k, r in enumerate(records):
+    g, a, e = r.get("gender"), r.get("age"), r.get("expression")
+    yield [image, "" if frame is None else frame, k, *(f"{v:.1f}" for v in r["box"]),
+           f"{r['score']:.4f}", g["label"] if g else "", g["confidence"] if g else "",
+           a["years"] if a else "", e["label"] if e else "", e["confidence"] if e else ""]
+
+
+class _Parser(argparse.ArgumentParser):
+  """Bad arguments: one line on stderr, exit status 2 (argparse prints the usage too)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = _Parser(prog="python -m jaxface.predict", description=__doc__.split("\n\n")[0],
+              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  p.add_argument("inputs", nargs="+", metavar="INPUT", help="image, folder or video")
+  p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+  p.add_argument("--detector", default="mtcnn", choices=["mtcnn", "haar"])
+  p.add_argument("--policy", default="all", choices=list(crops.POLICIES))
+  p.add_argument("--every", type=int, default=10, metavar="K", help="video: every K-th frame")
+  p.add_argument("--max-side", type=int, default=2048,
+                 help="detect on a copy downscaled to this longer side (0: full resolution)")
+  p.add_argument("--batch", type=int, default=32, help="faces per network call")
+  p.add_argument("--tasks", default=",".join(TASKS), help="comma list of " + ", ".join(TASKS))
+  p.add_argument("--no-annotate", action="store_true", help="skip the annotated PNGs")
+  return p
+
+
+def _predict_one(analyzer: Analyzer, image: np.ndarray, path: str, name: str,
+                 frame_index: int | None, args) -> list[dict]:
+  """Detects, describes and writes the JSON (and annotated PNG) of one photo or frame."""
+  faces = analyzer.detect(image)
+  records = analyzer.describe(image, faces)
+  record = {"image": path, "frame": frame_index, "width": int(image.shape[1]),
+            "height": int(image.shape[0]), "detector": analyzer.detector.name,
+            "policy": args.policy, "faces": records}
+  base = os.path.join(args.out, name)
+  os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+  with open(f"{base}.json", "w") as f:
+    json.dump(record, f, indent=1)
+  if not args.no_annotate and not cv2.imwrite(f"{base}.annotated.png",
+                                              annotate(image, faces, records)):
+    raise OSError(f"cannot write {base}.annotated.png")
+  return records
+
+
+def main(argv=None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  for name, value, least in (("--every", args.every, 1), ("--batch", args.batch, 1),
+                             ("--max-side", args.max_side, 0)):
+    if value < least:
+      parser.error(f"{name} must be >= {least}, got {value}")
+  missing = [p for p in args.inputs if not os.path.exists(p)]
+  if missing:
+    parser.error(f"input not found: {missing[0]}")
+  tasks = [t for t in args.tasks.split(",") if t]
+  try:
+    analyzer = Analyzer(args.detector, tasks, args.policy, args.max_side or None, args.batch)
+  except (ValueError, KeyError) as e:
+    parser.error(str(e).strip("'\""))
+  except (OSError, ImportError) as e:
+    print(f"error: cannot build the {args.detector} detector or the models: {e}", file=sys.stderr)
+    return 2
+  if args.detector == "haar" and {"gender", "age"} & set(tasks):
+    print("note: the haar detector gives no landmarks; gender and age need them (use mtcnn)",
+          file=sys.stderr)
+  files = list(walk_inputs(args.inputs))
+  from jaxface.logging_lib import Progress  # pylint: disable=g-import-not-at-top
+  progress = Progress(len(files), 1)
+  os.makedirs(args.out, exist_ok=True)
+  n_images = n_frames = n_faces = n_bad = 0
+  t0 = last = time.perf_counter()
+  with open(os.path.join(args.out, "summary.csv"), "w", newline="") as fcsv:
+    writer = csv.writer(fcsv)
+    writer.writerow(CSV_COLUMNS)
+    for i, (path, rel, problem) in enumerate(files, start=1):
+      try:
+        if problem:
+          raise ImageReadError(f"{path}: {problem}")
+        if is_video_file(path):
+          items = ((f"{rel}.frame{k:06d}", k, frame) for k, frame in video_frames(path, args.every))
+        else:
+          items = iter([(rel, None, read_image(path))])
+        for name, frame_index, image in items:
+          records = _predict_one(analyzer, image, path, name, frame_index, args)
+          writer.writerows(csv_rows(path, frame_index, records))
+          n_faces += len(records)
+          n_images += frame_index is None
+          n_frames += frame_index is not None
+      except ImageReadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        n_bad += 1
+      now = time.perf_counter()
+      if now - last > 2.0 or i == len(files):
+        progress.report(i, {"faces": n_faces})
+        last = now
+  dt = time.perf_counter() - t0
+  print(f"{n_images} images, {n_frames} video frames, {n_faces} faces, {n_bad} bad files skipped, "
+        f"{dt:.1f} s (detector {analyzer.detect_seconds:.1f} s); wrote {args.out}")
+  return 0 if n_images + n_frames else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
