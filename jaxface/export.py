@@ -1,0 +1,116 @@
+"""Serializes a model's inference function with ``jax.export`` (batch-polymorphic).
+
+  python -m jaxface.export --model pretrained:gender --out gender.jaxexport [--platforms cpu,cuda]
+
+The default lowers for both the CPU and CUDA GPUs (lowering needs no GPU).
+
+The artifact maps uint8 face chips (B, H, W, C) to class probabilities (B, classes) for any batch
+size B; the input normalisation and the weights are inside it. ``FILE.json`` beside it holds what
+the caller must do before (the chip geometry, colour, input size) and what the outputs mean
+(classes, per-class values such as years), plus the normalisation for reference. Reload with
+``load(FILE)`` (only JAX needed, not jaxface's model code):
+
+  exported, record = jaxface.export.load("gender.jaxexport")
+  probs = exported.call(chips_uint8)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxface import pretrained
+
+FORMAT = "jaxface.export/1"
+
+
+def export_pretrained(name: str, platforms: Sequence[str] = ("cpu",)):
+  """(jax.export.Exported, record) of pretrained model ``name`` (``pretrained:`` allowed)."""
+  loaded = pretrained.load(name)
+  spec = loaded.spec
+  prep = spec.preprocessing
+  h, w = prep.input_size
+  channels = 1 if spec.colour == "gray" else 3
+  scale = jnp.float32(prep.scale)
+  mean = jnp.asarray(prep.mean, jnp.float32)
+  std = jnp.asarray(prep.std, jnp.float32)
+  variables = jax.tree.map(jnp.asarray, loaded.variables)
+
+  def infer(chips_BHWC):
+    x = (chips_BHWC.astype(jnp.float32) * scale - mean) / std
+    logits, _ = loaded.model.apply(variables, x)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+  (b,) = jax.export.symbolic_shape("b")
+  arg = jax.ShapeDtypeStruct((b, h, w, channels), jnp.uint8)
+  exported = jax.export.export(jax.jit(infer), platforms=tuple(platforms))(arg)
+  record = {"format": FORMAT, "model": f"pretrained:{spec.name}", "task": spec.task,
+            "architecture": spec.model, "input": {"dtype": "uint8", "shape": ["B", h, w, channels],
+                                                  "colour": spec.colour, "chip": spec.chip},
+            "normalisation_inside": prep.to_dict(), "classes": list(spec.classes),
+            "class_values": list(spec.class_values) if spec.class_values else None,
+            "source": spec.source, "source_sha256": spec.source_sha256, "licence": spec.licence,
+            "platforms": list(platforms), "jax_version": jax.__version__}
+  return exported, record
+
+
+def save(path: str, exported, record: dict[str, Any]) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(exported.serialize())
+  with open(f"{path}.json", "w") as f:
+    json.dump(record, f, indent=1)
+
+
+def load(path: str):
+  """(jax.export.Exported, record) written by :func:`save`."""
+  with open(path, "rb") as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  with open(f"{path}.json") as f:
+    record = json.load(f)
+  return exported, record
+
+
+class _Parser(argparse.ArgumentParser):
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv=None) -> int:
+  parser = _Parser(prog="python -m jaxface.export", description=__doc__.split("\n\n")[0],
+                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  parser.add_argument("--model", required=True,
+                      help=f"pretrained:NAME with NAME in {', '.join(pretrained.names())}")
+  parser.add_argument("--out", required=True, metavar="FILE", help="serialized function")
+  parser.add_argument("--platforms", default="cpu,cuda",
+                      help="comma list of platforms to lower for (cpu, cuda, rocm, tpu)")
+  args = parser.parse_args(argv)
+  if not args.model.startswith("pretrained:"):
+    parser.error(f"--model must be pretrained:NAME (trained workdirs are not supported yet), "
+                 f"got {args.model!r}")
+  try:
+    pretrained.get(args.model)
+  except KeyError as e:
+    parser.error(str(e).strip("'\""))
+  platforms = [p for p in args.platforms.split(",") if p]
+  bad = sorted(set(platforms) - {"cpu", "cuda", "rocm", "tpu"})
+  if bad or not platforms:
+    parser.error(f"unknown platform {bad[0] if bad else '(none)'!r}; use cpu, cuda, rocm, tpu")
+  exported, record = export_pretrained(args.model, platforms)
+  save(args.out, exported, record)
+  print(f"wrote {args.out} ({os.path.getsize(args.out):,} bytes) and {args.out}.json: "
+        f"{record['model']} uint8 {record['input']['shape']} -> {len(record['classes'])} "
+        f"probabilities on {', '.join(platforms)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
