@@ -69,14 +69,14 @@ def _set(tree, path, value):
   return tree
 
 
-def randomise_layer(layer_params: dict, key) -> dict:
-  """Fresh values for one layer's own (direct) parameters."""
+def randomise_layer(layer_params: dict, seed: Sequence[int]) -> dict:
+  """Fresh values for one layer's own (direct) parameters, drawn from ``seed`` (host numpy: no
+  compile per parameter shape)."""
   out = dict(layer_params)
   names = sorted(k for k, v in layer_params.items() if not isinstance(v, dict))
   for i, name in enumerate(names):
     leaf = np.asarray(layer_params[name], np.float32)
-    k = jax.random.fold_in(key, i)
-    z = np.asarray(jax.random.normal(k, leaf.shape, jnp.float32))
+    z = np.random.default_rng([*seed, i]).standard_normal(leaf.shape)
     if leaf.ndim >= 2:
       scale = 1.0 / np.sqrt(max(1, int(np.prod(leaf.shape[:-1]))))
     else:
@@ -88,10 +88,9 @@ def randomise_layer(layer_params: dict, key) -> dict:
 def cascade(variables, order: Sequence[tuple[str, ...]], seed: int):
   """Yields ``(layer path, variables)`` with the top 1, 2, ..., all layers randomised."""
   params = variables["params"]
-  base = jax.random.PRNGKey(seed)
   for idx in reversed(range(len(order))):
     path = order[idx]
-    params = _set(params, path, randomise_layer(_get(params, path), jax.random.fold_in(base, idx)))
+    params = _set(params, path, randomise_layer(_get(params, path), (int(seed), idx)))
     yield path, {**variables, "params": params}
 
 

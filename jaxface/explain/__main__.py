@@ -1,0 +1,368 @@
+"""``python -m jaxface.explain``: saliency maps, faithfulness metrics and sanity checks of a model.
+
+  python -m jaxface.explain (--workdir DIR | --model pretrained:NAME | --model FILE.npz)
+      --method gradcam,gradcampp,scorecam,cam,occlusion,cis,cms --images PATH --out DIR
+      [--metrics] [--sanity] [--score prob|logit] [--target argmax|CLASS] [--faces none|mtcnn]
+
+Each image (a face crop, or a photo with ``--faces mtcnn``) is resized to the model's input. Per
+image it writes ``<name>_input.png`` and, per method, ``<name>_<method>.png`` (the map) and
+``<name>_<method>_overlay.png``; CIS also ``<name>_cis_canonical.png``. ``cis``/``cms`` find the
+five landmarks with MTCNN. ``cms.png`` (the CMS on the mean canonical face), ``cms.npy`` and
+``cms_coverage.png`` summarise the folder; ``results.json`` records every setting. ``--metrics``
+writes ``metrics.json`` and ``metrics.md`` (Average Drop %, % Increase, Win % of the methods on the
+negative explanation images, CMS re-projected onto each face); ``--sanity`` writes ``sanity.json``
+(cascading randomisation of the model for each method but CIS/CMS, on up to four images).
+Unreadable images, and images without a face where one is needed, are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+METHODS = ("gradcam", "gradcampp", "scorecam", "cam", "occlusion", "cis", "cms")
+_CAMS = ("gradcam", "gradcampp", "scorecam", "cam")
+
+
+class UsageError(ValueError):
+  pass
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # One line, exit 2, no usage dump.
+    raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = _Parser(prog="python -m jaxface.explain", description=__doc__.split("\n")[0])
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--workdir", help="a jaxface.train run directory")
+  src.add_argument("--model", help="pretrained:NAME (gender, age, expression) or a converted .npz")
+  p.add_argument("--checkpoint", default=None, help="latest | best | STEP (with --workdir)")
+  p.add_argument("--output", default=None, help="task explained when the model has several")
+  p.add_argument("--method", default="gradcam", help="comma list of " + ",".join(METHODS))
+  p.add_argument("--images", required=True, help="an image file or a folder of images")
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--score", default="prob", choices=("prob", "logit"),
+                 help="confidence explained: softmax probability or logit")
+  p.add_argument("--target", default="argmax", help="argmax or a class index")
+  p.add_argument("--layer", default=None, help="aux entry for the CAMs (default: features)")
+  p.add_argument("--variant", default="official", choices=("official", "pgc"),
+                 help="Grad-CAM++ / Score-CAM variant (official code or pytorch-grad-cam)")
+  p.add_argument("--patch", type=int, default=0,
+                 help="occlusion / CIS patch (default: 15 at 224 px, scaled to the input)")
+  p.add_argument("--stride", type=int, default=0, help="occlusion stride (default: patch / 2)")
+  p.add_argument("--fill", default="mean", help="mean, black or a pixel value 0..255")
+  p.add_argument("--faces", default="none", choices=("none", "mtcnn"),
+                 help="mtcnn: crop the largest face of each photo first")
+  p.add_argument("--landmarks", default=None,
+                 help="JSON {image name: [[x, y] x 5]} in photo pixels (else MTCNN finds them)")
+  p.add_argument("--batch-size", type=int, default=8)
+  p.add_argument("--metrics", action="store_true", help="Average Drop / Increase / Win %%")
+  p.add_argument("--sanity", action="store_true", help="cascading randomisation check")
+  return p
+
+
+def _fail(msg: str) -> int:
+  print(f"jaxface.explain: error: {msg}", file=sys.stderr)
+  return 2
+
+
+def _find_images(path: str) -> list[tuple[str, str]]:
+  from jaxface.faces.image_io import is_image_file  # pylint: disable=g-import-not-at-top
+  if os.path.isfile(path):
+    return [(path, os.path.basename(path))]
+  if not os.path.isdir(path):
+    raise UsageError(f"--images {path}: no such file or directory")
+  found = []
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for f in sorted(files):
+      if is_image_file(f) and not f.startswith("."):
+        full = os.path.join(root, f)
+        found.append((full, os.path.relpath(full, path)))
+  if not found:
+    raise UsageError(f"--images {path}: no image files in the folder")
+  return found
+
+
+def _check(args) -> tuple[list[str], Any]:
+  methods = [m.strip() for m in args.method.split(",") if m.strip()]
+  bad = [m for m in methods if m not in METHODS]
+  if bad or not methods:
+    raise UsageError(f"--method {args.method!r}: choose from {','.join(METHODS)}")
+  target: Any = "argmax"
+  if args.target != "argmax":
+    try:
+      target = int(args.target)
+    except ValueError:
+      raise UsageError(f"--target {args.target!r}: 'argmax' or a class index") from None
+  if args.batch_size < 1:
+    raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+  if args.patch < 0 or args.stride < 0:
+    raise UsageError("--patch and --stride must be positive")
+  if args.fill not in ("mean", "black"):
+    try:
+      float(args.fill)
+    except ValueError:
+      raise UsageError(f"--fill {args.fill!r}: mean, black or a number") from None
+  return methods, target
+
+
+class _Faces:
+  """Reads, crops and resizes images; finds landmarks when CIS needs them."""
+
+  def __init__(self, ex, crop: bool, landmarks: bool, given: dict | None = None):
+    self.ex, self.crop, self.landmarks = ex, crop, landmarks
+    self.given = given or {}
+    self._det = None
+
+  def detector(self):
+    if self._det is None:
+      from jaxface.faces import get_detector  # pylint: disable=g-import-not-at-top
+      self._det = get_detector("mtcnn")
+    return self._det
+
+  def __call__(self, path: str, name: str):
+    """``(pixels (H, W, C) float32 0..255, display RGB uint8, landmarks (5, 2) or None)``."""
+    from jaxface.faces import crops, read_image, select_faces  # pylint: disable=g-import-not-at-top
+    rgb = read_image(path)
+    lm = None
+    if name in self.given and not self.crop:
+      lm = np.asarray(self.given[name], np.float64)
+      if lm.shape != (5, 2):
+        raise ValueError(f"--landmarks: {name} needs 5 (x, y) points, got shape {lm.shape}")
+    elif self.crop or self.landmarks:
+      faces = [f for f in self.detector().detect(rgb) if f.landmarks is not None or not self.landmarks]
+      if self.crop and not faces:
+        raise ValueError("no face found")
+      if self.crop:
+        face = select_faces(faces, "largest", rgb.shape)[0]
+        side = max(self.ex.input_size)
+        rgb, a = crops.crop(rgb, crops.margin_box(face.box, 0.3, square=True), side)
+        faces = [face] if face.landmarks is not None else []
+        if faces:
+          lm = crops.apply_affine(crops.invert_affine(a), face.landmarks)
+      elif faces:
+        lm = np.asarray(select_faces(faces, "largest", rgb.shape)[0].landmarks, np.float64)
+      if self.landmarks and lm is None:
+        raise ValueError("no face landmarks found (needed by cis / cms)")
+    h, w = self.ex.input_size
+    if lm is not None:
+      # Pixel centres map to pixel centres: x' = (x + 0.5) * w / W - 0.5.
+      lm = (lm + 0.5) * np.array([w / rgb.shape[1], h / rgb.shape[0]]) - 0.5
+    small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    px = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)[..., None] if self.ex.grey else small
+    return px.astype(np.float32), small, lm
+
+
+def _png(path: str, rgb: np.ndarray, size: int) -> None:
+  scale = max(1, int(np.ceil(size / max(rgb.shape[:2]))))
+  img = cv2.resize(rgb, (rgb.shape[1] * scale, rgb.shape[0] * scale),
+                   interpolation=cv2.INTER_NEAREST)
+  if not cv2.imwrite(path, cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+    raise OSError(f"could not write {path}")
+
+
+def _colour(m: np.ndarray) -> np.ndarray:
+  m = np.asarray(m, np.float64)
+  r = m.max() - m.min()
+  u8 = np.uint8(np.clip(255 * (m - m.min()) / r if r > 0 else 0 * m, 0, 255))
+  return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def _overlay(rgb: np.ndarray, m: np.ndarray) -> np.ndarray:
+  return np.uint8(0.5 * rgb.astype(np.float32) + 0.5 * _colour(m).astype(np.float32))
+
+
+def _defaults(args, ex) -> tuple[int, int, Any]:
+  h = ex.input_size[0]
+  patch = args.patch or max(3, int(round(15 * h / 224)) | 1)
+  stride = args.stride or max(1, patch // 2)
+  fill = args.fill if args.fill in ("mean", "black") else float(args.fill)
+  return patch, stride, fill
+
+
+def _explain_batch(methods, ex, px, target, args, corrs) -> dict[str, Any]:
+  from jaxface.explain import cam, canonical, occlusion  # pylint: disable=g-import-not-at-top
+  fwd, v = ex.forward, ex.variables
+  patch, stride, fill = _defaults(args, ex)
+  out = {}
+  for m in methods:
+    if m in _CAMS:
+      out[m] = cam.explain(fwd, v, px, target, method=m, score=args.score, layer=args.layer,
+                           variant=args.variant)
+    elif m == "occlusion":
+      out[m], _ = occlusion.occlusion(fwd, v, px, target, score=args.score, patch=patch,
+                                      stride=stride, fill=fill)
+    elif m == "cis" or (m == "cms" and "cis" not in out):
+      labels = cam.explain(fwd, v, px, target, method="gradcam", score=args.score).targets \
+          if target == "argmax" else np.full(len(px), target)
+      conf = canonical.class_confidence(fwd, np.asarray(labels), args.score)
+      out["cis"] = canonical.cis(conf, v, px, corrs, canonical_shape=ex.input_size, patch=patch,
+                                 fill=fill)
+      out["cis_labels"] = np.asarray(labels)
+  return out
+
+
+def run(args) -> dict[str, Any]:
+  from jaxface.explain import canonical, loading  # pylint: disable=g-import-not-at-top
+  from jaxface.faces import ImageReadError  # pylint: disable=g-import-not-at-top
+  methods, target = _check(args)
+  images = _find_images(args.images)
+  ex = loading.load(args.model, args.workdir, args.checkpoint, args.output)
+  if "cam" in methods:
+    from jaxface.explain import cam  # pylint: disable=g-import-not-at-top
+    cam.gap_kernel(ex.variables)  # Fails now, naming the need for a GAP head.
+  os.makedirs(args.out, exist_ok=True)
+  need_lm = "cis" in methods or "cms" in methods
+  given = None
+  if args.landmarks:
+    try:
+      with open(args.landmarks, encoding="utf-8") as f:
+        given = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise UsageError(f"--landmarks {args.landmarks}: {e}") from None
+    if not isinstance(given, dict):
+      raise UsageError(f"--landmarks {args.landmarks}: expected a JSON object of image names")
+  reader = _Faces(ex, args.faces == "mtcnn", need_lm, given)
+  h, w = ex.input_size
+  disp = max(224, h)
+  kept, px_all, shown, corrs = [], [], [], []
+  for i, (path, name) in enumerate(images):
+    if len(images) > 1:
+      print(f"[{i + 1}/{len(images)}] {name}", file=sys.stderr)
+    try:
+      px, small, lm = reader(path, name)
+      corr = canonical.from_landmarks(lm, (h, w), (h, w)) if need_lm else None
+    except (ImageReadError, ValueError, OSError) as e:
+      print(f"jaxface.explain: skipped {name}: {e}", file=sys.stderr)
+      continue
+    kept.append(name)
+    px_all.append(px)
+    shown.append(small)
+    corrs.append(corr)
+  if not kept:
+    raise UsageError("no image could be explained")
+  px_all = np.stack(px_all)
+  maps: dict[str, list[np.ndarray]] = {}
+  records = [{"image": n} for n in kept]
+  target_kind = "argmax" if target == "argmax" else "class"
+  cms = canonical.CMS((h, w)) if need_lm else None
+  canon_faces = []
+  for s in range(0, len(kept), args.batch_size):
+    sl = slice(s, s + args.batch_size)
+    res = _explain_batch(methods, ex, px_all[sl], target, args, corrs[sl])
+    for m, r in res.items():
+      if m == "cis_labels":
+        continue
+      for j in range(len(px_all[sl])):
+        rec = records[s + j]
+        if m == "cis":
+          rec["cis"] = {**r.settings, "score": args.score, "target": target_kind,
+                        "class": int(res["cis_labels"][j]), "confidence": float(r.scores[j])}
+        else:
+          rec[m] = {**r.settings, "class": int(r.targets[j]), "confidence": float(r.scores[j])}
+      if m == "cis":
+        cms.update(r)
+        maps.setdefault("cis_canonical", []).extend(np.asarray(r.maps))
+      else:
+        maps.setdefault(m, []).extend(np.asarray(r.maps))
+  for j, name in enumerate(kept):
+    stem = os.path.join(args.out, os.path.splitext(name.replace(os.sep, "_"))[0])
+    _png(stem + "_input.png", shown[j], disp)
+    if need_lm:
+      canon_faces.append(canonical.to_canonical(shown[j], corrs[j], (h, w)))
+      cis_img, _ = canonical.reproject(maps["cis_canonical"][j], corrs[j], (h, w), _defaults(args, ex)[0])
+      maps.setdefault("cis", []).append(cis_img)
+      if "cis" in methods:
+        _png(stem + "_cis_canonical.png", _overlay(np.uint8(canon_faces[-1]), maps["cis_canonical"][j]), disp)
+  summary: dict[str, Any] = {"model": ex.source, "images": records, "score": args.score,
+                             "target": target if target == "argmax" else int(target)}
+  if need_lm:
+    mean_cms = cms.mean("all")
+    np.save(os.path.join(args.out, "cms.npy"), mean_cms)
+    face = np.uint8(np.clip(np.mean(canon_faces, axis=0), 0, 255))
+    _png(os.path.join(args.out, "cms.png"), _overlay(face, mean_cms), disp)
+    _png(os.path.join(args.out, "cms_coverage.png"), _colour(cms.coverage), disp)
+    summary["cms"] = {"images": cms.n, "policy": "all (eq. 6: uncovered pixels count as 0)"}
+    if "cms" in methods:
+      maps["cms"] = [canonical.reproject(mean_cms, c, (h, w), _defaults(args, ex)[0])[0]
+                     for c in corrs]
+  shown_methods = [m for m in methods if m in maps]
+  for j, name in enumerate(kept):
+    stem = os.path.join(args.out, os.path.splitext(name.replace(os.sep, "_"))[0])
+    for m in shown_methods:
+      _png(f"{stem}_{m}.png", _colour(maps[m][j]), disp)
+      _png(f"{stem}_{m}_overlay.png", _overlay(shown[j], maps[m][j]), disp)
+  if args.metrics:
+    summary["metrics"] = _metrics(ex, px_all, {m: np.stack(maps[m]) for m in shown_methods},
+                                  target, args)
+  if args.sanity:
+    summary["sanity"] = _sanity(ex, px_all[:4], [m for m in methods if m not in ("cis", "cms")],
+                                target, args)
+  with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=1)
+  return summary
+
+
+def _metrics(ex, px, maps, target, args) -> dict[str, Any]:
+  from jaxface.explain import metrics  # pylint: disable=g-import-not-at-top
+  r = metrics.evaluate(ex.forward, ex.variables, px, maps, target, score=args.score,
+                       reference="cms" if "cms" in maps else None, batch_size=args.batch_size)
+  with open(os.path.join(args.out, "metrics.json"), "w", encoding="utf-8") as f:
+    json.dump(r, f, indent=1)
+  lines = [f"{len(px)} images, {args.score} confidences, negative explanations (1 - H) * I, "
+           f"equal pixel sums ({r['settings']['reference'] or 'mean of the methods'}), "
+           f"ties {r['settings']['tie']}", "",
+           "| method | Average Drop % (higher better) | % Increase (lower better) | Win % |",
+           "|---|---|---|---|"]
+  for m, v in r["methods"].items():
+    lines.append(f"| {m} | {v['average_drop']:.2f} | {v['increase']:.2f} | {v['win']:.2f} |")
+  with open(os.path.join(args.out, "metrics.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines[2:]))
+  return {k: v for k, v in r.items() if k in ("methods", "settings", "n")}
+
+
+def _sanity(ex, px, methods, target, args) -> dict[str, Any]:
+  from jaxface.explain import cam, occlusion, sanity  # pylint: disable=g-import-not-at-top
+  fwd = ex.forward
+  labels = cam.explain(fwd, ex.variables, px, target, method="gradcam", score=args.score).targets
+  patch, stride, fill = _defaults(args, ex)
+  out = {}
+  for m in methods:
+    if m == "occlusion":
+      fn = lambda v, x: occlusion.occlusion(fwd, v, x, labels, score=args.score, patch=patch,  # noqa: E731
+                                            stride=stride, fill=fill)[0].raw
+    else:
+      fn = lambda v, x, m=m: cam.explain(fwd, v, x, labels, method=m, score=args.score,  # noqa: E731
+                                         layer=args.layer, variant=args.variant).maps
+    out[m] = sanity.run(fn, ex.model, ex.variables, px, seeds=(0,))
+    print(f"sanity {m}: Spearman of |maps| after full randomisation "
+          f"{out[m]['final']['spearman_abs']:.3f}"
+          f" -> {'passes' if out[m]['passes'] else 'FAILS'}")
+  with open(os.path.join(args.out, "sanity.json"), "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=1)
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  try:
+    args = build_parser().parse_args(argv)
+    run(args)
+  except UsageError as e:
+    return _fail(str(e))
+  except (ValueError, KeyError, OSError) as e:
+    return _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

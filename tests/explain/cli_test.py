@@ -1,0 +1,91 @@
+"""``python -m jaxface.explain`` on the shipped gender model: outputs, settings, one-line errors."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from jaxface.explain import __main__ as cli
+from jaxface.explain import canonical
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  d = tmp_path_factory.mktemp("faces")
+  face = skimage.data.astronaut()[20:220, 120:300]  # Eileen Collins' face, 200 x 180.
+  cv2.imwrite(str(d / "face.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+  (d / "broken.png").write_bytes(b"not an image")
+  # Landmarks as if the crop were aligned: the template scaled to the crop (photo pixels).
+  lm = canonical.five_point_template(face.shape[:2])
+  lm_file = d.parent / "landmarks.json"
+  lm_file.write_text(json.dumps({"face.png": lm.tolist()}))
+  return str(d), str(lm_file)
+
+
+def test_cli_writes_maps_metrics_and_skips_bad_images(images, tmp_path, capsys):
+  folder, lm = images
+  out = str(tmp_path / "out")
+  rc = cli.main(["--model", "pretrained:gender", "--method", "gradcam,occlusion,cis,cms",
+                 "--images", folder, "--out", out, "--landmarks", lm, "--metrics",
+                 "--score", "logit", "--patch", "5"])
+  err = capsys.readouterr().err
+  assert rc == 0, err
+  assert "skipped broken.png" in err and "[2/2] face.png" in err
+  for m in ("gradcam", "occlusion", "cis", "cms"):
+    assert os.path.exists(os.path.join(out, f"face_{m}.png"))
+    assert os.path.exists(os.path.join(out, f"face_{m}_overlay.png"))
+  for f in ("face_input.png", "face_cis_canonical.png", "cms.png", "cms.npy",
+            "cms_coverage.png", "metrics.md"):
+    assert os.path.exists(os.path.join(out, f)), f
+  res = json.load(open(os.path.join(out, "results.json")))
+  assert [r["image"] for r in res["images"]] == ["face.png"]
+  rec = res["images"][0]
+  assert rec["gradcam"]["score"] == "logit" and rec["gradcam"]["target"] == "argmax"
+  assert rec["occlusion"]["fill"] == "mean" and rec["occlusion"]["patch"] == [5, 5]
+  assert rec["cis"]["vertices"] > 500
+  met = json.load(open(os.path.join(out, "metrics.json")))
+  assert set(met["methods"]) == {"gradcam", "occlusion", "cis", "cms"}
+  assert met["settings"]["reference"] == "cms" and met["settings"]["score"] == "logit"
+  assert sum(v["win"] for v in met["methods"].values()) == pytest.approx(100.0)
+
+
+def test_cli_sanity(images, tmp_path, capsys):
+  folder, _ = images
+  out = str(tmp_path / "out")
+  rc = cli.main(["--model", "pretrained:gender", "--method", "gradcam", "--sanity",
+                 "--images", os.path.join(folder, "face.png"), "--out", out])
+  assert rc == 0, capsys.readouterr().err
+  s = json.load(open(os.path.join(out, "sanity.json")))["gradcam"]
+  assert len(s["steps"]) == len(s["layers"]) >= 3 and "passes" in s
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "pretrained:gender", "--method", "nope"], "--method"),
+    (["--model", "pretrained:nobody", "--method", "gradcam"], "nobody"),
+    (["--model", "weights.txt"], "weights.txt"),
+    (["--model", "pretrained:gender", "--method", "cam"], "GAP head"),
+    (["--model", "pretrained:gender", "--target", "first"], "--target"),
+    (["--model", "pretrained:gender", "--landmarks", "/no/such.json"], "--landmarks"),
+    (["--model", "pretrained:gender", "--workdir", "/tmp"], "not allowed"),
+    (["--model", "pretrained:gender", "--fill", "grey"], "--fill"),
+])
+def test_cli_errors_are_one_line_exit_2(images, tmp_path, capsys, argv, needle):
+  folder, _ = images
+  rc = cli.main(argv + ["--images", folder, "--out", str(tmp_path / "o")])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_cli_missing_images_and_workdir(tmp_path, capsys):
+  rc = cli.main(["--model", "pretrained:gender", "--images", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "o")])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "none" in err[0]
+  img = tmp_path / "x.png"
+  cv2.imwrite(str(img), np.zeros((8, 8, 3), np.uint8))
+  rc = cli.main(["--workdir", str(tmp_path), "--images", str(img), "--out", str(tmp_path / "o")])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "config.json" in err[0]
