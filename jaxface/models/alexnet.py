@@ -69,8 +69,8 @@ def _conv_relu(module: nn.Module, x, name: str, kernel: int, *, aux: dict[str, A
   ``feature_group_count=2`` uses HWIO kernels (kh, kw, in/2, out) with group-major outputs, the
   same layout as Caffe groups and the caffe-tensorflow split/concat.
   """
-  x = nn.Conv(ch[name], (kernel, kernel), strides=stride, padding=pad, feature_group_count=groups,
-              dtype=module.dtype, name=name)(x)
+  x = layers.Conv(ch[name], (kernel, kernel), strides=stride, padding=pad,
+                  feature_group_count=groups, dtype=module.dtype, name=name)(x)
   aux[name] = x = nn.relu(x)
   return x
 

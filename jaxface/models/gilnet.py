@@ -35,18 +35,18 @@ class GilNet(layers.Classifier):
     c = lambda n: layers.scaled(n, self.width)  # noqa: E731
     aux = {}
     x = x_BHWC.astype(self.dtype)
-    x = nn.Conv(c(96), (7, 7), (4, 4), padding="VALID", dtype=self.dtype,
-                kernel_init=_CONV_INIT, bias_init=_const(0.0), name="conv1")(x)
+    x = layers.Conv(c(96), (7, 7), (4, 4), padding="VALID", dtype=self.dtype,
+                    kernel_init=_CONV_INIT, bias_init=_const(0.0), name="conv1")(x)
     x = aux["conv1"] = nn.relu(x)
     x = layers.max_pool_ceil(x, 3, 2)
     x = aux["norm1"] = layers.lrn_caffe(x, 5, 1e-4, 0.75)
-    x = nn.Conv(c(256), (5, 5), padding=((2, 2), (2, 2)), dtype=self.dtype,
-                kernel_init=_CONV_INIT, bias_init=_const(1.0), name="conv2")(x)
+    x = layers.Conv(c(256), (5, 5), padding=((2, 2), (2, 2)), dtype=self.dtype,
+                    kernel_init=_CONV_INIT, bias_init=_const(1.0), name="conv2")(x)
     x = aux["conv2"] = nn.relu(x)
     x = layers.max_pool_ceil(x, 3, 2)
     x = aux["norm2"] = layers.lrn_caffe(x, 5, 1e-4, 0.75)
-    x = nn.Conv(c(384), (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                kernel_init=_CONV_INIT, bias_init=_const(0.0), name="conv3")(x)
+    x = layers.Conv(c(384), (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                    kernel_init=_CONV_INIT, bias_init=_const(0.0), name="conv3")(x)
     x = aux["conv3"] = aux["features"] = nn.relu(x)
     if self.features_only:
       return x, aux

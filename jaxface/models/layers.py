@@ -7,14 +7,173 @@ frameworks depends on these details (SPEC section 0).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen import dtypes as flax_dtypes
+from flax.linen import linear as flax_linear
 from jax import lax
+
+PaddingLike = str | int | Sequence[int | tuple[int, int]]
+LOWERINGS = ("auto", "direct", "im2col")
+_CONV_DIMS = ("NHWC", "HWIO", "NHWC")
+# XLA:CPU's direct convolution (and the two convolutions of its backward) loses to one matrix
+# product over the patch matrix when the output map is tiny, and wins when it is large (the patch
+# matrix is kh*kw copies of the input). Forward + backward, float32, best of 7 interleaved calls
+# (`python -m jaxface.bench conv`, 2-core EPYC): 2x2 outputs 48x faster as im2col (2106 -> 44 ms,
+# batch 64, 512 channels), 4x4 a tie at batch 64 and 1.3x at batch 16, 7x7 to 14x14 1.4-1.6x
+# slower (one 7x7 x 512 case 1.26x faster), 28x28 and up 1.3-2.6x slower. Hence: im2col up to
+# 16 output pixels. 1x1 kernels need no patch copies and their backward is two matrix products:
+# 1.9-7x faster as im2col at every measured size.
+IM2COL_MAX_OUTPUT_AREA = 16
+_FORCED_LOWERING: list[str | None] = [None]
+
+
+@contextlib.contextmanager
+def force_lowering(lowering: str | None):
+  """Within the block, ``lowering="auto"`` convs traced use ``lowering`` (None: the rule).
+
+  For benchmarks that compare lowerings in one process; jit caches keyed on the same function and
+  shapes may hold the other lowering, so use it around fresh ``jit``/``lower`` calls.
+  """
+  if lowering not in (None, *LOWERINGS[1:]):
+    raise ValueError(f"lowering must be one of {LOWERINGS[1:]} or None, got {lowering!r}")
+  _FORCED_LOWERING.append(lowering)
+  try:
+    yield
+  finally:
+    _FORCED_LOWERING.pop()
+
+
+def conv_pads(in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[int],
+              padding: PaddingLike) -> list[tuple[int, int]]:
+  """Explicit (low, high) padding per spatial axis for any padding form ``nn.Conv`` takes."""
+  pads = flax_linear.canonicalize_padding(padding, 2)
+  if isinstance(pads, str):
+    if pads not in ("SAME", "VALID"):
+      raise ValueError(f"padding {pads!r} is not supported (SAME, VALID, ints or pairs)")
+    return [tuple(p) for p in lax.padtype_to_pads(in_hw, kernel_hw, strides, pads)]
+  return [(int(lo), int(hi)) for lo, hi in pads]
+
+
+def choose_lowering(x_shape: Sequence[int], kernel_shape: Sequence[int],
+                    strides: Sequence[int], pads: Sequence[tuple[int, int]],
+                    backend: str | None = None) -> str:
+  """The lowering :func:`conv2d` uses for ``lowering="auto"``: "direct" or "im2col".
+
+  Off the CPU always "direct" (cuDNN and the TPU compiler choose their own algorithms). On the CPU
+  "im2col" for 1x1 kernels and for outputs of at most ``IM2COL_MAX_OUTPUT_AREA`` pixels, else
+  "direct".
+  """
+  backend = backend or jax.default_backend()
+  if backend != "cpu":
+    return "direct"
+  kh, kw = kernel_shape[:2]
+  if (kh, kw) == (1, 1):
+    return "im2col"
+  ho, wo = (_out_size(n, k, s, p) for n, k, s, p in zip(x_shape[1:3], (kh, kw), strides, pads))
+  return "im2col" if ho * wo <= IM2COL_MAX_OUTPUT_AREA else "direct"
+
+
+def _out_size(n: int, k: int, s: int, pad: tuple[int, int]) -> int:
+  return (n + pad[0] + pad[1] - k) // s + 1
+
+
+def _im2col(x_BHWC: jax.Array, kh: int, kw: int, strides: Sequence[int],
+            pads: Sequence[tuple[int, int]]) -> jax.Array:
+  """(B, Ho, Wo, kh*kw, C) patches in HWIO's (h, w) tap order: one strided slice per tap.
+
+  Plain slices (not ``lax.conv_general_dilated_patches``, a depthwise convolution with a one-hot
+  kernel, 2x slower forward and up to 10x backward on XLA:CPU) copy values exactly, and their
+  gradient is a sum of padded copies.
+  """
+  zero = jnp.zeros((), x_BHWC.dtype)
+  x = lax.pad(x_BHWC, zero, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+  b, h, w, c = x.shape
+  (sh, sw) = strides
+  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+  taps = [lax.slice(x, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+                    (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+  return taps[0][:, :, :, None] if len(taps) == 1 else jnp.stack(taps, axis=3)
+
+
+def conv2d(x_BHWC: jax.Array, kernel_HWIO: jax.Array, strides: Sequence[int] = (1, 1),
+           padding: PaddingLike = "SAME", feature_group_count: int = 1, precision: Any = None,
+           lowering: str = "auto") -> jax.Array:
+  """2-D convolution, NHWC x HWIO -> NHWC, equal to ``lax.conv_general_dilated`` up to rounding.
+
+  ``lowering``: "direct" (``lax.conv_general_dilated``), "im2col" (patch matrix + one matrix
+  product per group; a 1x1 kernel needs no patch copies) or "auto" (:func:`choose_lowering`).
+  Gradients come from autodiff of the chosen lowering. Grouped kernels (Caffe ``group``) have
+  group-major outputs, as in ``lax.conv_general_dilated``.
+  """
+  if lowering not in LOWERINGS:
+    raise ValueError(f"lowering must be one of {LOWERINGS}, got {lowering!r}")
+  strides = tuple(strides)
+  kh, kw, cin_g, cout = kernel_HWIO.shape
+  pads = conv_pads(x_BHWC.shape[1:3], (kh, kw), strides, padding)
+  if lowering == "auto":
+    lowering = _FORCED_LOWERING[-1] or choose_lowering(x_BHWC.shape, kernel_HWIO.shape, strides, pads)
+  if lowering == "direct":
+    return lax.conv_general_dilated(x_BHWC, kernel_HWIO, strides, pads,
+                                    dimension_numbers=_CONV_DIMS,
+                                    feature_group_count=feature_group_count, precision=precision)
+  g = feature_group_count
+  cols = _im2col(x_BHWC, kh, kw, strides, pads)  # (B, Ho, Wo, kh*kw, C)
+  b, ho, wo, taps, _ = cols.shape
+  if g == 1:
+    y = jnp.dot(cols.reshape(b * ho * wo, taps * cin_g), kernel_HWIO.reshape(taps * cin_g, cout),
+                precision=precision)
+  else:
+    y = jnp.einsum("ntgc,tcgo->ngo", cols.reshape(b * ho * wo, taps, g, cin_g),
+                   kernel_HWIO.reshape(taps, cin_g, g, cout // g), precision=precision)
+  return y.reshape(b, ho, wo, cout)
+
+
+class Conv(nn.Module):
+  """2-D convolution with the parameters of ``nn.Conv`` (``kernel`` HWIO, ``bias``), lowered by
+  :func:`conv2d` (the fastest exact lowering for the backend and shape).
+
+  Same fields and defaults as ``nn.Conv`` for the 2-D NHWC case (an int ``kernel_size`` means a
+  square kernel), plus ``lowering`` to force one. Checkpoints and importers written for
+  ``nn.Conv`` load unchanged.
+  """
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: PaddingLike = "SAME"
+  feature_group_count: int = 1
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Callable = flax_linear.default_kernel_init
+  bias_init: Callable = nn.initializers.zeros_init()
+  lowering: str = "auto"
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    if x_BHWC.ndim != 4:
+      raise ValueError(f"Conv expects NHWC inputs, got shape {x_BHWC.shape}")
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    kernel_size, strides = pair(self.kernel_size), pair(self.strides)
+    cin, g = x_BHWC.shape[-1], self.feature_group_count
+    if cin % g or self.features % g:
+      raise ValueError(f"feature_group_count {g} must divide the input ({cin}) and output "
+                       f"({self.features}) channels")
+    kernel = self.param("kernel", self.kernel_init, (*kernel_size, cin // g, self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = flax_dtypes.promote_dtype(x_BHWC, kernel, bias, dtype=self.dtype)
+    y = conv2d(x, kernel, strides, self.padding, g, self.precision, self.lowering)
+    return y if bias is None else y + bias
 
 
 def scaled(channels: int, width: float) -> int:

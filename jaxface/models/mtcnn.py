@@ -34,8 +34,8 @@ def _conv_prelu_stack(module: nn.Module, x_BHWC, convs, aux: dict) -> jax.Array:
   """Valid convs with PReLU and ceil pools (stride 2), named conv{i} / prelu{i}."""
   x = x_BHWC.astype(module.dtype)
   for i, (ch, k, pool) in enumerate(convs, start=1):
-    x = nn.Conv(layers.scaled(ch, module.width), (k, k), padding="VALID", dtype=module.dtype,
-                name=f"conv{i}")(x)
+    x = layers.Conv(layers.scaled(ch, module.width), (k, k), padding="VALID",
+                    dtype=module.dtype, name=f"conv{i}")(x)
     x = aux[f"conv{i}"] = layers.PReLU(name=f"prelu{i}")(x)
     if pool:
       x = aux[f"pool{i}"] = layers.max_pool_ceil(x, pool, 2)
@@ -73,8 +73,8 @@ class PNet(nn.Module):
     del train  # No dropout or batch norm.
     aux = {}
     x = _conv_prelu_stack(self, x_BHWC, _PNET_CONVS, aux)
-    logits = aux["logits"] = nn.Conv(2, (1, 1), dtype=self.dtype, name="conv4_1")(x)
-    box = nn.Conv(4, (1, 1), dtype=self.dtype, name="conv4_2")(x)
+    logits = aux["logits"] = layers.Conv(2, (1, 1), dtype=self.dtype, name="conv4_1")(x)
+    box = layers.Conv(4, (1, 1), dtype=self.dtype, name="conv4_2")(x)
     probs = _softmax(logits)
     return {"prob": probs[..., 1], "probs": probs, "box": box.astype(jnp.float32)}, aux
 

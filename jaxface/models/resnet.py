@@ -26,10 +26,10 @@ DENSE_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def conv(features: int, kernel: int, stride: int = 1, pad: int = 0, *, name: str,
-         dtype: Any = jnp.float32) -> nn.Conv:
+         dtype: Any = jnp.float32) -> layers.Conv:
   """Bias-free conv with torch's explicit symmetric padding ('SAME' differs at stride 2)."""
-  return nn.Conv(features, (kernel, kernel), (stride, stride), ((pad, pad), (pad, pad)),
-                 use_bias=False, kernel_init=CONV_INIT, dtype=dtype, name=name)
+  return layers.Conv(features, (kernel, kernel), (stride, stride), ((pad, pad), (pad, pad)),
+                     use_bias=False, kernel_init=CONV_INIT, dtype=dtype, name=name)
 
 
 def batch_norm(train: bool, *, name: str, dtype: Any = jnp.float32) -> nn.BatchNorm:

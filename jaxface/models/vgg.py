@@ -47,7 +47,7 @@ class VGG16(layers.Classifier):
         aux[f"pool{b - 1}"] = x
       for i in range(1, len(block) + 1):
         name = f"conv{b}_{i}"
-        x = nn.relu(nn.Conv(ch[name], (3, 3), padding=1, dtype=self.dtype, name=name)(x))
+        x = nn.relu(layers.Conv(ch[name], (3, 3), padding=1, dtype=self.dtype, name=name)(x))
         aux[name] = x
     aux["features"] = x
     if self.features_only:
