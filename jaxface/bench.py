@@ -1,7 +1,11 @@
-"""Benchmarks: ``python -m jaxface.bench models|detect|loader [options]``.
+"""Benchmarks: ``python -m jaxface.bench models|train|conv|detect|loader [options]``.
 
 ``models`` measures inference and training throughput (images/s) of registry models on the default
 JAX backend (GPU when present), with XLA's FLOP count of the compiled step and the achieved TFLOP/s.
+``train`` times one training step per model (median over >= 20 steps, compile time, images/s,
+peak memory, XLA FLOPs, utilisation of the device's peak), with ``--vs-torch`` against the same
+layout in PyTorch in the same process (``jaxface.tools.train_bench``). ``conv`` compares the
+convolution lowerings of ``layers.conv2d`` on the zoo's shapes (the rule's measurements).
 ``detect`` measures face detection (MTCNN on the default JAX backend, OpenCV's Haar cascade on the
 CPU) in images/s on 640x480 photos, both on the same photos in the same run.
 ``loader`` measures the data loader (``data_pipelines.loader``) on the configs' full training pipe
@@ -437,12 +441,73 @@ def _fuse_list(text: str) -> list[bool]:
   return [v == "on" for v in _choice_list(("on", "off"), "--fuse value(s)")(text)]
 
 
-COMMANDS = {"models": cmd_models, "detect": cmd_detect, "loader": cmd_loader}
+def cmd_train(args) -> int:
+  from jaxface.tools import train_bench  # noqa: PLC0415 - optional PyTorch import inside.
+
+  unknown = [n for n in args.model if n not in train_bench.TRAIN_MODELS]
+  if unknown:
+    print(f"error: --model: unknown model(s) {', '.join(unknown)}; choose from "
+          f"{', '.join(train_bench.TRAIN_MODELS)}", file=sys.stderr)
+    return 2
+  if args.vs_torch:
+    try:
+      import torch  # noqa: F401, PLC0415
+    except ImportError:
+      print("error: --vs-torch needs PyTorch (pip install 'jaxface[test]')", file=sys.stderr)
+      return 2
+  print(f"# device: {device_description()}; jax {jax.__version__}; host {platform.node()}; "
+        f"CPU {cpu_model()}", flush=True)
+  peak = train_bench.device_peak_flops(args.dtype)
+  for name in args.model:
+    size = args.size or models.spec(name).input_shape[0]
+    ref = args.vs_torch and train_bench.bench_torch(name, args.batch, size, args.dtype,
+                                                    args.width, args.steps, args.warmup)
+    for lowering in args.conv:  # PyTorch timed once, compared with each lowering
+      r = train_bench.bench_train(name, args.batch, size, args.dtype, args.width, args.steps,
+                                  args.warmup, ref, lowering, peak)
+      print(json.dumps(r), flush=True)
+  return 0
+
+
+def cmd_conv(args) -> int:
+  from jaxface.tools import train_bench  # noqa: PLC0415
+
+  print(f"# device: {device_description()}; jax {jax.__version__}; best of {args.repeats} "
+        "interleaved calls per lowering", flush=True)
+  for shape in train_bench.CONV_SHAPES:
+    print(json.dumps(train_bench.bench_conv(shape, args.repeats, args.dtype)), flush=True)
+  return 0
+
+
+def _add_train_parser(sub) -> None:
+  from jaxface.tools import train_bench  # noqa: PLC0415
+
+  t = sub.add_parser("train", help="training step time, optionally against PyTorch")
+  t.add_argument("--model", type=lambda v: v.split(","), default=list(train_bench.TRAIN_MODELS),
+                 help=f"comma-separated: {','.join(train_bench.TRAIN_MODELS)}")
+  t.add_argument("--batch", type=int, default=16)
+  t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  t.add_argument("--size", type=int, default=None, help="square input side (default: the model's)")
+  t.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
+  t.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
+  t.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+  t.add_argument("--conv", type=_choice_list(("auto", "direct", "im2col"), "--conv lowering(s)"),
+                 default=["auto"], help="comma-separated conv lowerings to time: auto (the "
+                 "per-backend rule), direct (lax.conv_general_dilated everywhere), im2col")
+  t.add_argument("--vs-torch", action="store_true", help="also time the PyTorch layout")
+
+
+COMMANDS = {"models": cmd_models, "train": cmd_train, "conv": cmd_conv, "detect": cmd_detect,
+            "loader": cmd_loader}
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m jaxface.bench", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
+  _add_train_parser(sub)
+  c = sub.add_parser("conv", help="convolution lowerings on the zoo's shapes")
+  c.add_argument("--repeats", type=int, default=5)
+  c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p = sub.add_parser("models", help="model inference / training throughput")
   p.add_argument("names", nargs="*", help="registry names (default: the classifiers and ML-Net)")
   p.add_argument("--batch", type=int, default=32)
@@ -484,6 +549,9 @@ def main(argv=None) -> int:
     parser.error("--images and --empty must be >= 0 and not both 0")
   if getattr(args, "batch", 1) <= 0 or getattr(args, "steps", 1) <= 0:
     parser.error("--batch and --steps must be positive")
+  if (getattr(args, "size", 1) or 1) <= 0 or getattr(args, "width", 1) <= 0 or (
+      getattr(args, "warmup", 0) < 0 or getattr(args, "repeats", 1) <= 0):
+    parser.error("--size, --width and --repeats must be positive, --warmup >= 0")
   return COMMANDS[args.command](args)
 
 

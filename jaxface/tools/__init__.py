@@ -1,0 +1,1 @@
+"""Benchmark helpers: PyTorch reference layouts and the training / convolution benchmarks."""

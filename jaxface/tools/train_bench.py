@@ -1,0 +1,267 @@
+"""Training-step and convolution-lowering benchmarks behind ``python -m jaxface.bench train|conv``.
+
+``train``: one SGD-momentum step on softmax cross-entropy over 1000 classes (random inputs and
+labels), jitted with donated state; median step time, compile time, images/s, peak memory, XLA's
+FLOPs per step and the utilisation of the device's peak. ``--vs-torch`` times the same layout in
+PyTorch (``jaxface.tools.torch_refs``) with the same batch, dtype, loss and optimiser, in the same
+process on the same device, and reports jaxface / torch.
+``conv``: direct vs im2col lowering of ``layers.conv2d`` on the zoo's convolution shapes, forward
+and forward + backward; the measurements behind ``layers.choose_lowering``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxface import models
+from jaxface.models import layers
+
+TRAIN_MODELS = ("alexnet", "vgg16", "resnet18", "resnet50", "gilnet")
+NUM_CLASSES = 1000
+LEARNING_RATE, MOMENTUM = 0.01, 0.9
+# Dense datasheet peaks in FLOP/s (NVIDIA H100/H200 SXM and A100 datasheets; float32 is the TF32
+# tensor-core rate XLA uses for float32 matmuls by default). Matched in order on device_kind.
+GPU_PEAKS = (
+    ("H100 PCIe", {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12}),
+    ("H100", {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12}),
+    ("H200", {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12}),
+    ("A100", {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12}),
+)
+
+
+def _reset_peak_rss() -> bool:
+  """Resets the kernel's resident-set high-water mark of this process (Linux clear_refs 5)."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def _peak_rss_bytes() -> int:
+  """VmHWM of this process (since the last reset), else ru_maxrss (since the start)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_memory(device) -> dict[str, Any]:
+  """Peak bytes: the device allocator's on accelerators, the host's resident set on the CPU."""
+  if device.platform != "cpu":
+    stats = device.memory_stats() or {}
+    return {"peak_memory_bytes": stats.get("peak_bytes_in_use"), "peak_memory_kind": "device"}
+  return {"peak_memory_bytes": _peak_rss_bytes(), "peak_memory_kind": "host_rss"}
+
+
+def device_peak_flops(dtype: str, device=None) -> tuple[float, str]:
+  """(FLOP/s, source): the datasheet peak of a known GPU, else a measured matmul peak."""
+  device = device or jax.devices()[0]
+  kind = getattr(device, "device_kind", "")
+  for key, peaks in GPU_PEAKS:
+    if key in kind and dtype in peaks:
+      return peaks[dtype], f"datasheet {key} {dtype}"
+  return measured_matmul_peak(dtype), f"measured {dtype} matmul (n=1024, best of 10)"
+
+
+def measured_matmul_peak(dtype: str, n: int = 1024, repeats: int = 10) -> float:
+  """Best FLOP/s of an n x n matmul on the default device (the best is the least disturbed)."""
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.dtype(dtype))
+  f = jax.jit(lambda a: a @ a).lower(a).compile()
+  jax.block_until_ready(f(a))
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(a))
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n**3 / best
+
+
+def _flops(compiled, lowered) -> float | None:
+  for obj in (compiled, lowered):
+    try:
+      cost = obj.cost_analysis()
+    except Exception:  # noqa: BLE001 - cost analysis is optional per backend.
+      continue
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0] if cost else None
+    if cost and cost.get("flops"):
+      return float(cost["flops"])
+  return None
+
+
+def _median_step(step, steps: int, warmup: int) -> tuple[float, float]:
+  """(median seconds per step over ``steps`` timed calls, seconds of the first call)."""
+  t0 = time.perf_counter()
+  step()
+  first = time.perf_counter() - t0
+  for _ in range(max(warmup - 1, 0)):
+    step()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), first
+
+
+def bench_jax(name: str, batch: int, size: int, dtype: str, width: float, steps: int,
+              warmup: int) -> dict[str, Any]:
+  """Times jaxface's jitted training step of ``name``."""
+  model = models.get(name, num_classes=NUM_CLASSES, width=width, dtype=jnp.dtype(dtype))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, NUM_CLASSES, size=batch), jnp.int32)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])  # one compile, not one per op
+  params = variables["params"]
+  stats = {k: v for k, v in variables.items() if k != "params"}
+  tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+
+  def train_step(state, x, labels):
+    params, stats, opt_state, key = state
+    key, dropout_key = jax.random.split(key)
+
+    def loss_fn(p):
+      (logits, _), new_stats = model.apply({"params": p, **stats}, x, train=True,
+                                           rngs={"dropout": dropout_key}, mutable=list(stats))
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+      return loss.mean(), new_stats
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), new_stats, opt_state, key), loss
+
+  state = (params, stats, tx.init(params), jax.random.PRNGKey(1))
+  t0 = time.perf_counter()
+  lowered = jax.jit(train_step, donate_argnums=0).lower(state, x, labels)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  flops = _flops(compiled, lowered)
+  carry = [state]
+
+  def step():
+    carry[0], loss = compiled(carry[0], x, labels)
+    jax.block_until_ready(loss)
+
+  _reset_peak_rss()
+  seconds, _ = _median_step(step, steps, warmup)
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+  return {"step_ms": 1e3 * seconds, "compile_s": compile_s, "img_s": batch / seconds,
+          "flops_per_step": flops, "params": n_params,
+          **peak_memory(jax.devices()[0])}
+
+
+def bench_torch(name: str, batch: int, size: int, dtype: str, width: float, steps: int,
+                warmup: int) -> dict[str, Any]:
+  """Times the same layout's eager PyTorch training step (on CUDA when JAX runs on a GPU)."""
+  import torch  # noqa: PLC0415 - optional (test extra).
+  import torch.nn.functional as F  # noqa: PLC0415
+
+  from jaxface.tools import torch_refs  # noqa: PLC0415
+
+  cuda = jax.default_backend() == "gpu" and torch.cuda.is_available()
+  device = torch.device("cuda" if cuda else "cpu")
+  tdtype = getattr(torch, dtype)
+  torch.manual_seed(0)
+  model = torch_refs.build(name, width, NUM_CLASSES, size).to(device=device, dtype=tdtype).train()
+  opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+  gen = torch.Generator().manual_seed(0)
+  x = torch.randn(batch, 3, size, size, generator=gen).to(device=device, dtype=tdtype)
+  labels = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device)
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x).float(), labels)
+    loss.backward()
+    opt.step()
+    if cuda:
+      torch.cuda.synchronize()
+
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
+  _reset_peak_rss()
+  seconds, first = _median_step(step, steps, warmup)
+  memory = ({"peak_memory_bytes": torch.cuda.max_memory_allocated(), "peak_memory_kind": "device"}
+            if cuda else {"peak_memory_bytes": _peak_rss_bytes(), "peak_memory_kind": "host_rss"})
+  return {"step_ms": 1e3 * seconds, "first_step_s": first, "img_s": batch / seconds,
+          "params": sum(p.numel() for p in model.parameters()), "device": str(device),
+          "threads": torch.get_num_threads(), "version": torch.__version__, **memory}
+
+
+def bench_train(name: str, batch: int, size: int | None, dtype: str, width: float, steps: int,
+                warmup: int, vs_torch: bool | dict[str, Any], lowering: str = "auto",
+                peak: tuple[float, str] | None = None) -> dict[str, Any]:
+  """One JSON row: jaxface's step (``lowering`` forced on every conv unless "auto") and, with
+  ``vs_torch``, PyTorch's (or the given :func:`bench_torch` row) and the ratio of step times."""
+  size = size or models.spec(name).input_shape[0]
+  with layers.force_lowering(None if lowering == "auto" else lowering):
+    r = bench_jax(name, batch, size, dtype, width, steps, warmup)
+  peak_flops, source = peak or device_peak_flops(dtype)
+  achieved = r["flops_per_step"] / (r["step_ms"] / 1e3) if r["flops_per_step"] else None
+  row = {"model": name, "input": [size, size, 3], "batch": batch, "dtype": dtype, "width": width,
+         "conv_lowering": lowering, "steps": steps, "warmup": warmup, **r,
+         "achieved_flop_s": achieved, "peak_flop_s": peak_flops, "peak_source": source,
+         "utilisation": achieved / peak_flops if achieved else None,
+         "backend": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  if vs_torch:
+    row["torch"] = (vs_torch if isinstance(vs_torch, dict) else
+                    bench_torch(name, batch, size, dtype, width, steps, warmup))
+    row["ratio_jaxface_torch"] = row["step_ms"] / row["torch"]["step_ms"]
+  return row
+
+
+# Convolutions of the zoo (batch, input side, in, out, kernel, stride, pad, groups) at the bench's
+# training shapes: ResNet-18 at 64 px / batch 64 (its 2x2 stage is the 80x case of issue 16) and
+# at 224 px / batch 16, AlexNet, VGG-16 and the Caffe AlexNet's grouped convs at batch 16.
+CONV_SHAPES = (
+    (64, 32, 3, 64, 7, 2, 3, 1), (64, 16, 64, 64, 3, 1, 1, 1), (64, 8, 128, 128, 3, 1, 1, 1),
+    (64, 4, 256, 256, 3, 1, 1, 1), (64, 2, 512, 512, 3, 1, 1, 1), (64, 4, 256, 512, 3, 2, 1, 1),
+    (64, 4, 256, 512, 1, 2, 0, 1), (16, 224, 3, 64, 7, 2, 3, 1), (16, 56, 64, 64, 3, 1, 1, 1),
+    (16, 28, 128, 128, 3, 1, 1, 1), (16, 14, 256, 256, 3, 1, 1, 1), (16, 7, 512, 512, 3, 1, 1, 1),
+    (16, 14, 256, 512, 3, 2, 1, 1), (16, 56, 64, 256, 1, 1, 0, 1), (16, 14, 1024, 2048, 1, 2, 0, 1),
+    (16, 224, 3, 64, 11, 4, 2, 1), (16, 27, 64, 192, 5, 1, 2, 1), (16, 13, 192, 384, 3, 1, 1, 1),
+    (16, 27, 48, 128, 5, 1, 2, 2), (16, 13, 192, 192, 3, 1, 1, 2),
+)
+
+
+def bench_conv(shape, repeats: int = 5, dtype: str = "float32") -> dict[str, Any]:
+  """Best-of-``repeats`` ms of both lowerings, forward and forward + backward, interleaved (the
+  best is the least disturbed by other load), and the lowering the rule picks."""
+  b, side, cin, cout, k, s, p, g = shape
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(b, side, side, cin)), jnp.dtype(dtype))
+  w = jnp.asarray(rng.normal(size=(k, k, cin // g, cout)), jnp.dtype(dtype))
+  fns = {}
+  for lowering in ("direct", "im2col"):
+    conv = lambda x, w, lowering=lowering: layers.conv2d(  # noqa: E731
+        x, w, (s, s), p, g, lowering=lowering)
+    fns[f"{lowering}_fwd_ms"] = jax.jit(conv)
+    fns[f"{lowering}_fwd_bwd_ms"] = jax.jit(jax.grad(
+        lambda x, w, conv=conv: jnp.sum(jnp.square(conv(x, w).astype(jnp.float32))), (0, 1)))
+  for f in fns.values():
+    jax.block_until_ready(f(x, w))
+  best = dict.fromkeys(fns, float("inf"))
+  for _ in range(repeats):
+    for key, f in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(x, w))
+      best[key] = min(best[key], 1e3 * (time.perf_counter() - t0))
+  pads = layers.conv_pads((side, side), (k, k), (s, s), p)
+  return {"batch": b, "input": [side, side, cin], "out_channels": cout, "kernel": k, "stride": s,
+          "pad": p, "groups": g, "dtype": dtype, **best,
+          "rule": layers.choose_lowering(x.shape, w.shape, (s, s), pads),
+          "fastest_fwd_bwd": min(("direct", "im2col"), key=lambda l: best[f"{l}_fwd_bwd_ms"])}

@@ -1,0 +1,89 @@
+"""``python -m jaxface.bench train|conv`` at tiny sizes: the output fields, not the speed; the
+PyTorch layouts against the Flax models' parameter counts."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxface import bench, models
+from jaxface.models import alexnet
+from jaxface.tools import torch_refs, train_bench
+
+
+def _alexnet_macs(width: float, size: int) -> int:
+  """Multiply-adds of one AlexNet forward at ``size`` px (convs and dense layers, per image)."""
+  ch = alexnet.channels_torchvision(width)
+  side = lambda n, k, s, p: (n + 2 * p - k) // s + 1  # noqa: E731
+  h = side(size, 11, 4, 2)
+  macs = h * h * 11 * 11 * 3 * ch["conv1"]
+  h = side(side(h, 3, 2, 0), 5, 1, 2)
+  macs += h * h * 25 * ch["conv1"] * ch["conv2"]
+  h = side(h, 3, 2, 0)
+  macs += h * h * 9 * (ch["conv2"] * ch["conv3"] + ch["conv3"] * ch["conv4"] +
+                       ch["conv4"] * ch["conv5"])
+  return macs + 36 * ch["conv5"] * ch["fc6"] + ch["fc6"] * ch["fc7"] + ch["fc7"] * 1000
+
+
+def test_train_vs_torch_json_row(capsys):
+  width, size, batch = 0.0625, 64, 2
+  assert bench.main(["train", "--model", "alexnet", "--vs-torch", "--size", str(size),
+                     "--width", str(width), "--batch", str(batch), "--steps", "2",
+                     "--warmup", "1"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith("# device:") and len(lines) == 2
+  r = json.loads(lines[1])
+  assert (r["model"], r["input"], r["batch"], r["width"], r["dtype"], r["steps"]) == (
+      "alexnet", [size, size, 3], batch, width, "float32", 2)
+  assert r["conv_lowering"] == "auto" and r["backend"] == "cpu"
+  assert r["step_ms"] > 0 and r["compile_s"] > 0
+  assert r["img_s"] == pytest.approx(batch / (r["step_ms"] / 1e3))
+  # XLA counts 2 FLOPs per multiply-add. A step is the forward, the weight gradients (as many
+  # again) and the input gradients of every layer but the first (at most as many again), plus
+  # elementwise work (ReLU, pooling, softmax, SGD: well under a third at these sizes).
+  macs = _alexnet_macs(width, size) * batch
+  assert 2 * 2 * macs <= r["flops_per_step"] <= 2 * 3 * macs * 1.3
+  assert r["achieved_flop_s"] == pytest.approx(r["flops_per_step"] / (r["step_ms"] / 1e3))
+  assert r["peak_source"].startswith("measured float32 matmul") and r["peak_flop_s"] > 0
+  assert r["utilisation"] == pytest.approx(r["achieved_flop_s"] / r["peak_flop_s"])
+  assert r["peak_memory_kind"] == "host_rss" and r["peak_memory_bytes"] > 0
+  t = r["torch"]
+  assert t["params"] == r["params"] and t["device"] == "cpu" and t["step_ms"] > 0
+  assert r["ratio_jaxface_torch"] == pytest.approx(r["step_ms"] / t["step_ms"])
+
+
+@pytest.mark.parametrize("name", train_bench.TRAIN_MODELS)
+def test_torch_layouts_match_the_flax_models(name):
+  # Same layers and channels: equal parameter counts at a non-trivial width, 1000-way outputs.
+  width, size = 0.25, 64
+  model = models.get(name, num_classes=1000, width=width)
+  v = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
+                     jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  flax_count = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(v["params"]))
+  ref = torch_refs.build(name, width, 1000, size)
+  assert sum(p.numel() for p in ref.parameters()) == flax_count
+  with torch.no_grad():
+    assert tuple(ref.eval()(torch.zeros(2, 3, size, size)).shape) == (2, 1000)
+
+
+def test_conv_bench_row():
+  r = train_bench.bench_conv((2, 4, 8, 8, 3, 1, 1, 1), repeats=1)
+  assert r["rule"] == "im2col" and r["fastest_fwd_bwd"] in ("direct", "im2col")
+  for key in ("direct_fwd_ms", "direct_fwd_bwd_ms", "im2col_fwd_ms", "im2col_fwd_bwd_ms"):
+    assert r[key] > 0
+
+
+def test_train_bad_arguments(capsys):
+  assert bench.main(["train", "--model", "alexnet,lenet"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "unknown model(s) lenet" in err[0]
+  with pytest.raises(SystemExit) as e:
+    bench.main(["train", "--conv", "winograd"])
+  assert e.value.code == 2
+  assert "unknown --conv lowering(s) winograd" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    bench.main(["train", "--width", "0"])
+  assert "--width" in capsys.readouterr().err
