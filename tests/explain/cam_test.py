@@ -27,7 +27,7 @@ def _relu_map(w):
 def gapnet():
   model = tiny.GapNet(channels=4, num_classes=3, stride=2)
   x = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
-  return model, model.init(jax.random.PRNGKey(0), x[:1]), x
+  return model, tiny.init(model, x[:1], 0), x
 
 
 def test_gradcam_equals_closed_form_on_gap_head(gapnet):
@@ -117,7 +117,7 @@ def test_constant_and_negative_maps_are_zero_not_nan():
 def test_quadrant_model_mass_in_quadrant():
   model = tiny.GapNet(channels=4, num_classes=2, stride=2, mask=(0, 8, 0, 8))
   x = np.random.default_rng(3).random((2, 16, 16, 3)).astype(np.float32)
-  v = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(1), x[:1]))
+  v = jax.tree.map(np.asarray, tiny.init(model, x[:1], 1))
   v = {"params": {"conv": {"kernel": np.abs(v["params"]["conv"]["kernel"]),
                            "bias": np.zeros(4, np.float32)},
                   "fc": {"kernel": np.abs(v["params"]["fc"]["kernel"]),
@@ -143,7 +143,7 @@ class _Backbone(nn.Module):
 def test_cam_of_gap_head_model():
   model = heads.WithHead(backbone=_Backbone(), head=heads.GapHead(num_classes=3))
   x = np.random.default_rng(4).random((2, 12, 12, 3)).astype(np.float32)
-  v = model.init(jax.random.PRNGKey(0), x[:1])
+  v = tiny.init(model, x[:1], 0)
   fwd = core.bind(model)
   c = cam.cam(fwd, v, x, "argmax", score="logit")
   g = cam.gradcam(fwd, v, x, "argmax", score="logit")

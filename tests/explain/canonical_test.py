@@ -63,7 +63,7 @@ def _reference_cis(conf, x, mi, mf, ok, hf, wf, patch, fill):
 def test_cis_matches_loop_reference_with_borders_invalid_and_scaling():
   model = tiny.GapNet(channels=3, num_classes=2)
   x = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
-  v = model.init(jax.random.PRNGKey(0), x[:1])
+  v = tiny.init(model, x[:1], 0)
   fwd = core.bind(model)
   rng = np.random.default_rng(1)
   corrs = []

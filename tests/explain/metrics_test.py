@@ -77,7 +77,7 @@ def test_standardise_gives_every_method_the_reference_sum():
 def gapnet():
   model = tiny.GapNet(channels=3, num_classes=4)
   x = np.random.default_rng(1).random((100, 6, 6, 3)).astype(np.float32)
-  variables = model.init(jax.random.PRNGKey(0), x[:1])
+  variables = tiny.init(model, x[:1], 0)
   return core.bind(model), variables, x, model
 
 

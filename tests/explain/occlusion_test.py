@@ -1,5 +1,7 @@
 """Grid occlusion: exact drops on a region model, Captum's count averaging, settings, quadrant."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -73,7 +75,7 @@ def test_fill_policies_and_memory_chunks():
 def test_occlusion_quadrant_and_per_image_targets():
   model = tiny.GapNet(channels=4, num_classes=2, stride=2, mask=(0, 8, 0, 8))
   x = np.random.default_rng(3).random((2, 16, 16, 3)).astype(np.float32)
-  v = jax.tree.map(np.abs, model.init(jax.random.PRNGKey(1), x[:1]))
+  v = jax.tree.map(np.abs, tiny.init(model, x[:1], 1))
   fwd = core.bind(model)
   # Windows aligned with the quadrant: those outside it change nothing, so their drop is 0.
   r, _ = occlusion.occlusion(fwd, v, x, [0, 1], score="prob", patch=4, stride=4)
@@ -84,3 +86,28 @@ def test_occlusion_quadrant_and_per_image_targets():
     one, _ = occlusion.occlusion(fwd, v, x[i:i + 1], t, score="prob", patch=4, stride=4)
     np.testing.assert_allclose(one.raw[0], r.raw[i], rtol=1e-5, atol=1e-7)
   assert np.asarray(r.targets).tolist() == [0, 1] and r.settings["target"] == "label"
+
+
+def test_two_devices_shard_the_batch_and_agree(tmp_path):
+  """Two forced host devices: the batch is sharded over a data mesh; drops equal one device's."""
+  import subprocess
+  import sys
+  code = (
+      "import numpy as np, jax\n"
+      "from jaxface.explain import core, occlusion\n"
+      "from tests.explain import tiny\n"
+      "assert jax.device_count() == 2\n"
+      "x = np.random.default_rng(0).random((4, 10, 10, 1)).astype(np.float32)\n"
+      "sx = occlusion._maybe_shard(x)\n"
+      "assert len(sx.sharding.device_set) == 2\n"
+      "_, d = occlusion.occlusion(core.bind(tiny.RegionSum()), {}, x, 0, score='logit', "
+      "patch=3, stride=2)\n"
+      "np.save(%r, np.asarray(d))\n" % str(tmp_path / "d.npy"))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu", PYTHONPATH=os.getcwd())
+  subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+  x = np.random.default_rng(0).random((4, 10, 10, 1)).astype(np.float32)
+  _, d = occlusion.occlusion(core.bind(tiny.RegionSum()), {}, x, 0, score="logit", patch=3,
+                             stride=2)
+  # Sums of <= 16 values in [0, 1] in float32, possibly reduced in another order: ~1e-6.
+  np.testing.assert_allclose(np.load(tmp_path / "d.npy"), d, rtol=1e-5, atol=1e-5)

@@ -7,6 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def init(model: nn.Module, x, seed: int = 0):
+  """He-scaled numpy variables (biases N(0, 0.1)): shapes from eval_shape, so no initialiser is
+  compiled (an eager ``model.init`` compiles one program per parameter)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  return jax.tree.map(
+      lambda s: (rng.normal(size=s.shape) * (np.sqrt(2 / np.prod(s.shape[:-1]))
+                                             if len(s.shape) > 1 else 0.1)).astype(np.float32),
+      shapes)
+
+
 class GapNet(nn.Module):
   """conv -> ReLU (aux 'features') -> global average pooling -> linear: the CAM architecture."""
   channels: int = 4
@@ -85,7 +97,7 @@ def train_two_conv(steps: int = 80, seed: int = 0):
 
   model = TwoConv()
   x, y = blob_data(64, seed=seed)
-  variables = model.init(jax.random.PRNGKey(seed), x[:1])
+  variables = init(model, x[:1], seed)
   opt = optax.adam(1e-2)
   state = opt.init(variables["params"])
 
