@@ -118,3 +118,17 @@ def test_bad_arguments_one_line_exit_2(tmp_path, capsys, argv, needle):
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and needle in err[0]
+
+
+def test_predict_bench_rows(folder, tmp_path, capsys):
+  from jaxface import predict_bench  # pylint: disable=g-import-not-at-top
+  photo_dir = tmp_path / "one"
+  photo_dir.mkdir()
+  (photo_dir / "a.png").write_bytes((folder / "astronaut.png").read_bytes())
+  out = tmp_path / "rows.json"
+  assert predict_bench.main([str(photo_dir), "--repeat", "2", "--json", str(out)]) == 0
+  row = json.loads(out.read_text())[0]
+  assert (row["photos"], row["faces"]) == (2, 2)
+  assert 0 < row["detector_share"] < 1 and 0 < row["network_share"] < 1
+  assert row["detector_share"] + row["network_share"] <= 1
+  assert "faces/s" in capsys.readouterr().out
