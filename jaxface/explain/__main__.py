@@ -139,7 +139,8 @@ class _Faces:
       if lm.shape != (5, 2):
         raise ValueError(f"--landmarks: {name} needs 5 (x, y) points, got shape {lm.shape}")
     elif self.crop or self.landmarks:
-      faces = [f for f in self.detector().detect(rgb) if f.landmarks is not None or not self.landmarks]
+      faces = [f for f in self.detector().detect(rgb)
+               if f.landmarks is not None or not self.landmarks]
       if self.crop and not faces:
         raise ValueError("no face found")
       if self.crop:
@@ -279,10 +280,12 @@ def run(args) -> dict[str, Any]:
     _png(stem + "_input.png", shown[j], disp)
     if need_lm:
       canon_faces.append(canonical.to_canonical(shown[j], corrs[j], (h, w)))
-      cis_img, _ = canonical.reproject(maps["cis_canonical"][j], corrs[j], (h, w), _defaults(args, ex)[0])
+      cis_img, _ = canonical.reproject(maps["cis_canonical"][j], corrs[j], (h, w),
+                                       _defaults(args, ex)[0])
       maps.setdefault("cis", []).append(cis_img)
       if "cis" in methods:
-        _png(stem + "_cis_canonical.png", _overlay(np.uint8(canon_faces[-1]), maps["cis_canonical"][j]), disp)
+        _png(stem + "_cis_canonical.png",
+             _overlay(np.uint8(canon_faces[-1]), maps["cis_canonical"][j]), disp)
   summary: dict[str, Any] = {"model": ex.source, "images": records, "score": args.score,
                              "target": target if target == "argmax" else int(target)}
   if need_lm:
@@ -339,11 +342,13 @@ def _sanity(ex, px, methods, target, args) -> dict[str, Any]:
   out = {}
   for m in methods:
     if m == "occlusion":
-      fn = lambda v, x: occlusion.occlusion(fwd, v, x, labels, score=args.score, patch=patch,  # noqa: E731
-                                            stride=stride, fill=fill)[0].raw
+      def fn(v, x):
+        return occlusion.occlusion(fwd, v, x, labels, score=args.score, patch=patch,
+                                   stride=stride, fill=fill)[0].raw
     else:
-      fn = lambda v, x, m=m: cam.explain(fwd, v, x, labels, method=m, score=args.score,  # noqa: E731
-                                         layer=args.layer, variant=args.variant).maps
+      def fn(v, x, m=m):
+        return cam.explain(fwd, v, x, labels, method=m, score=args.score, layer=args.layer,
+                           variant=args.variant).maps
     out[m] = sanity.run(fn, ex.model, ex.variables, px, seeds=(0,))
     print(f"sanity {m}: Spearman of |maps| after full randomisation "
           f"{out[m]['final']['spearman_abs']:.3f}"

@@ -8,7 +8,8 @@ block); CIS on one face with a five-point correspondence whose vertex grid gives
 ``--vertices`` vertices (the paper's PRNet meshes subsampled to 2194), 15 x 15 patches, one
 forward pass per vertex. On the PyTorch twin of the same architecture (``jaxface.tools.torch_refs``,
 default initialisation, same batch) it times a two-hook Grad-CAM written here and, when
-``pytorch_grad_cam`` imports (it needs torchvision), that library's GradCAM. Rates are medians of repeated calls after a warm-up.
+``pytorch_grad_cam`` imports (it needs torchvision), that library's GradCAM. Rates are medians of
+repeated calls after a warm-up.
 """
 
 from __future__ import annotations

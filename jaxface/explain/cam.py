@@ -14,9 +14,10 @@ Variants (``variant=``):
   1e-6 in the denominator. With a GAP head (constant g) the weights are exp(S) ReLU(g) and
   Z ReLU(g) / (2 + sum(A) g) respectively. exp(S) is taken of min(S, 80) so float32 cannot overflow;
   the factor is a positive per-image scale that min-max scaling removes.
-* Score-CAM "official" (Wang et al.'s code): each channel upsampled (half-pixel bilinear) and min-max
-  scaled masks the input; its weight is the score of the masked input; constant channels are
-  skipped (weight 0); the map is summed at the input's resolution. "pgc": corner-aligned
+* Score-CAM "official" (Wang et al.'s code): each channel, upsampled (half-pixel bilinear) and
+  min-max scaled, masks the input; its weight is the score of the masked input (the code uses the
+  softmax probability: ``score="prob"``); constant channels are skipped (weight 0); the map is
+  summed at the input's resolution. "pgc": corner-aligned
   upsampling, (max - min + 1e-8) scaling, softmax of the channel scores, map on the layer's grid.
 
 Where the references differ: pytorch-grad-cam maps only the first image of a batch correctly in
@@ -123,7 +124,8 @@ def gap_kernel(variables) -> jax.Array:
   try:
     return variables["params"]["head"]["fc"]["kernel"]
   except (KeyError, TypeError):
-    raise ValueError("CAM needs a model with the GAP head (params/head/fc/kernel), or pass fc_kernel=")
+    raise ValueError("CAM needs a model with the GAP head (params/head/fc/kernel) "
+                     "or fc_kernel=") from None
 
 
 def explain(forward: core.Forward, variables, x_BHWC, target: Any = "argmax", *, method: str,

@@ -10,8 +10,9 @@ contribute. It comes from
   affine map per triangle (piecewise affine) give every canonical grid vertex its image position.
   Vertices of a triangle that flips orientation in the image (a fold, i.e. self-occlusion), that
   fall outside the image, or (``hull="landmarks"``) outside the five points' hull are invalid.
-* :func:`from_vertices` / :func:`load_vertices`: per-image vertices computed elsewhere (PRNet meshes,
-  ``.npy`` or ``.mat``), vertex i of every mesh being the same facial point, the paper's setting.
+* :func:`from_vertices` / :func:`load_vertices`: per-image vertices computed elsewhere (PRNet
+  meshes, ``.npy`` or ``.mat``), vertex i of every mesh being the same facial point (the paper's
+  setting).
 
 Landmark correspondence replaces PRNet's 3D fit: it is exact at the five points and affine
 between them, so it follows pose and scale but not the 3D shape (the nose and cheeks of a turned
@@ -87,7 +88,7 @@ def from_vertices(image_xy, canonical_xy, valid=None, image_shape=None,
 
 
 def load_vertices(path: str) -> np.ndarray:
-  """(N, 2 or 3) vertices from ``.npy`` or ``.mat`` (a variable ``vertices``, or ``x`` and ``y``)."""
+  """(N, 2 or 3) vertices from ``.npy`` or ``.mat`` (variable ``vertices``, or ``x`` and ``y``)."""
   ext = os.path.splitext(path)[1].lower()
   if ext == ".npy":
     v = np.load(path, allow_pickle=False)
@@ -237,7 +238,7 @@ def _vertex_drops(confidence, variables, x, centres_BN2, valid_BN, fill_BC, *, p
 
 @functools.partial(jax.jit, static_argnames=("fpatch", "size"))
 def splat(values_BN, centres_BN2, valid_BN, *, fpatch: int, size: tuple[int, int]):
-  """``P* = sum_n v_n box_n`` and ``N = sum_n box_n`` over valid vertices; ``P = P*/N``, 0 where N = 0."""
+  """``P* = sum_n v_n box_n``, ``N = sum_n box_n`` over valid vertices; ``P = P*/N``, 0 at N = 0."""
   ry, rx = _boxes(centres_BN2, fpatch // 2, fpatch, size)
   v = jnp.where(valid_BN, values_BN, 0.0).astype(jnp.float32)
   ryf, rxf = ry.astype(jnp.float32), rx.astype(jnp.float32)
@@ -436,7 +437,8 @@ def nn_identity(embed, gallery_GD, gallery_labels, labels) -> Confidence:
 
 def verification_score(q1, q2, c, tau):
   """Eq. 8: ``c * (tau - cos(Q1, Q2))`` with c in {-1, +1}."""
-  q1, q2 = jnp.atleast_2d(jnp.asarray(q1, jnp.float32)), jnp.atleast_2d(jnp.asarray(q2, jnp.float32))
+  q1 = jnp.atleast_2d(jnp.asarray(q1, jnp.float32))
+  q2 = jnp.atleast_2d(jnp.asarray(q2, jnp.float32))
   cos = jnp.sum(q1 * q2, -1) / jnp.maximum(
       jnp.linalg.norm(q1, axis=-1) * jnp.linalg.norm(q2, axis=-1), 1e-12)
   return jnp.asarray(c, jnp.float32) * (tau - cos)

@@ -70,7 +70,8 @@ def target_indices(logits_BK: jax.Array, target) -> jax.Array:
   b = logits_BK.shape[0]
   if isinstance(target, str):
     if target != "argmax":
-      raise ValueError(f"target must be 'argmax', a class index or a (B,) label array, got {target!r}")
+      raise ValueError(f"target must be 'argmax', a class index or a (B,) label array, "
+                       f"got {target!r}")
     return jnp.argmax(jax.lax.stop_gradient(logits_BK), axis=-1)
   t = jnp.asarray(target, jnp.int32)
   if t.ndim == 0:
@@ -152,7 +153,7 @@ def _bind(eqn, invals):
 
 
 def with_layer_delta(forward: Forward, layer: str):
-  """``f(variables, x, delta) -> (logits, aux)`` with ``delta`` added to ``aux[layer]`` where it is made.
+  """``f(variables, x, delta) -> (logits, aux)``, ``delta`` added where ``aux[layer]`` is made.
 
   Returns ``make``: ``make(variables, x)`` traces ``forward`` for those shapes (at trace time when
   called under jit) and gives ``(f, layer ShapeDtypeStruct)``.

@@ -93,8 +93,8 @@ def average_drop(y, o, score: str | None = None) -> float:
   y, o = _check_confidences(y, o, score)
   if np.any(y <= 0):
     bad = np.flatnonzero(y <= 0)
-    raise ValueError(f"average drop needs Y > 0 (a ratio with Y <= 0 flips sign); images {bad[:10].tolist()}"
-                     " have Y <= 0")
+    raise ValueError(f"average drop needs Y > 0 (a ratio with Y <= 0 flips sign); images "
+                     f"{bad[:10].tolist()} have Y <= 0")
   return float(100.0 * np.mean(np.maximum(0.0, (y - o) / y)))
 
 
@@ -159,7 +159,8 @@ def confidences(forward: core.Forward, variables, images_BHWC, target="argmax", 
     chunk = images[start:start + batch_size]
     m = chunk.shape[0]
     pad = batch_size - m
-    chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)]) if pad else chunk
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
     if labels is None:
       # Two passes keep the argmax path in one compiled function: classes first, then scores.
       _, cls = _scores(forward, variables, chunk, jnp.zeros(batch_size, jnp.int32), score)
@@ -172,8 +173,8 @@ def confidences(forward: core.Forward, variables, images_BHWC, target="argmax", 
   return out_s, out_c
 
 
-def evaluate(forward: core.Forward, variables, images_BHWC, maps: Mapping[str, Any], target="argmax",
-             *, score: str, kind: str = "negative", tie: str = "split",
+def evaluate(forward: core.Forward, variables, images_BHWC, maps: Mapping[str, Any],
+             target="argmax", *, score: str, kind: str = "negative", tie: str = "split",
              reference: str | None = None, batch_size: int = 32) -> dict[str, Any]:
   """Average Drop %, % Increase and Win % of several methods' maps on the same images.
 

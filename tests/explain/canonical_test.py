@@ -36,6 +36,10 @@ def test_density_normalisation_flat_where_sum_is_not():
   star = r.unnormalised[0][covered]
   assert star.max() / star.min() > 50  # P* follows the vertex density (paper Fig. 4).
   assert r.settings["vertices"] == len(pts) and r.settings["canonical_patch"] == 15
+  # One vertex per vmapped call (a 1-byte budget) gives the same drops as all at once.
+  r1 = canonical.cis(_mean_model(k), {}, img, [corr], canonical_shape=(h, w), patch=15,
+                     fill="black", max_bytes=1)
+  np.testing.assert_allclose(r1.drops, r.drops, rtol=1e-6, atol=1e-9)
 
 
 def _reference_cis(conf, x, mi, mf, ok, hf, wf, patch, fill):
@@ -94,7 +98,8 @@ def _face(size=64):
   """A synthetic canonical face: eyes, nose, mouth drawn at the template's points, a marker dot."""
   f = np.full((size, size, 3), 40, np.uint8)
   tpl = canonical.five_point_template((size, size))
-  cv2.ellipse(f, (size // 2, size // 2), (size // 3, int(size * 0.45)), 0, 0, 360, (200, 160, 140), -1)
+  cv2.ellipse(f, (size // 2, size // 2), (size // 3, int(size * 0.45)), 0, 0, 360,
+              (200, 160, 140), -1)
   for p in tpl:
     cv2.circle(f, (int(round(p[0])), int(round(p[1]))), 3, (30, 30, 90), -1)
   f[19:22, 43:46] = 255  # A 3x3 white marker centred at (x 44, y 20).

@@ -1,6 +1,5 @@
 """Faithfulness metrics against hand-computed values (paper 003, eqs. 9-13)."""
 
-import jax
 import numpy as np
 import pytest
 
