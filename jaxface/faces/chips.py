@@ -87,8 +87,8 @@ def dlib_chip_affine(points, size: int, padding: float = DLIB_PADDING,
   # extract_image_chip samples a chip that shrinks the photo by 2^L or more (L >= 1) from level L
   # of a 2x image pyramid, and that level's content sits (2^L - 1) / 2 pixels left of and below
   # where its coordinate mapping puts it (measured with coordinate-ramp images: exactly -0.5 / +0.5
-  # at L = 1 and -1.5 / +1.5 at L = 2, at chip angles -0.31, 0.05 and 0.58 rad). The gender chip (32 px) is
-  # at L = 1 for most faces, so this is part of what the network saw in training.
+  # at L = 1 and -1.5 / +1.5 at L = 2, at chip angles -0.31, 0.05 and 0.58 rad). The gender
+  # chip (32 px) is at L = 1 for most faces, so this is part of what the network saw in training.
   levels = max(0, int(math.floor(math.log2(scale)))) if scale > 0 else 0
   t = t + (2 ** levels - 1) / 2 * np.array([-1.0, 1.0])
   return np.concatenate([lin, t[:, None]], axis=1)

@@ -4,8 +4,9 @@ Stem: 7x7/2 valid conv (64) -> affine -> ReLU -> 3x3/2 valid max pool (64 -> 29 
 residual blocks of two 3x3 convs each (affine after each conv, ReLU after the sum): 64; 128 down;
 128; 256 down; 256. A down block's first conv is a 3x3/2 *valid* conv and its shortcut a 2x2/2
 average pool of the block input, so the two branches differ in size (at 64 px: a 6x6x128 conv
-output against a 7x7x64 pooled shortcut); dlib's ``add_prev`` then zero-pads both to the larger size at the trailing rows, columns
-and channels before adding (``pad_add``). Global average pool -> fc 81 (ages 0..80).
+output against a 7x7x64 pooled shortcut); dlib's ``add_prev`` then zero-pads both to the larger
+size at the trailing rows, columns and channels before adding (``pad_add``). Then global average
+pool -> fc 81 (ages 0..80).
 
 Returns ``(logits, aux)``: aux holds ``stem``, ``block1``..``block5`` (after the ReLU),
 ``features`` (block5, the last conv map) and ``pre_logits`` (the pooled 256 features).

@@ -46,8 +46,8 @@ def conv_affine(x, features: int, kernel: int, *, name: str, dtype, stride: int 
 
   The conv is ``{name}_conv`` and the affine ``{name}_affine`` in the parameter tree.
   """
-  x = nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-              dtype=dtype, name=f"{name}_conv")(x)
+  x = layers.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+                  dtype=dtype, name=f"{name}_conv")(x)
   x = Affine(name=f"{name}_affine")(x)
   return nn.relu(x) if relu else x
 

