@@ -108,35 +108,46 @@ class Analyzer:
 
   def describe(self, image: np.ndarray, faces: Sequence[Face]) -> list[dict[str, Any]]:
     """Face records of already detected faces."""
-    records = [f.to_dict() for f in faces]
-    gray = padded = None
+    return self.describe_many([image], [faces])[0]
+
+  def describe_many(self, images: Sequence[np.ndarray],
+                    faces: Sequence[Sequence[Face]]) -> list[list[dict[str, Any]]]:
+    """Face records of several photos; each network runs once over all their faces."""
+    records = [[f.to_dict() for f in fs] for fs in faces]
+    grays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for task, loaded in self.models.items():
       chip = loaded.spec.chip
-      cut, idx = [], []
-      for k, f in enumerate(faces):
-        if chip["kind"] == "dlib":
-          if f.landmarks is None:
-            records[k][task] = None  # dlib chips need landmarks (the haar detector has none)
-            continue
-          cut.append(chips.dlib_chip(image, f.landmarks, chip["size"])[0])
-        else:
-          if gray is None:
-            gray = chips.to_gray(image)
-            padded = chips.fer_pad(gray)
-          try:
-            cut.append(chips.fer_crop(gray, f.box, chip["offsets"], chip["size"], padded)[0])
-          except ValueError:
-            records[k][task] = None
-            continue
-        idx.append(k)
+      cut, where = [], []
+      for i, (image, fs) in enumerate(zip(images, faces)):
+        for k, f in enumerate(fs):
+          if chip["kind"] == "dlib":
+            if f.landmarks is None:
+              records[i][k][task] = None  # dlib chips need landmarks (the haar detector has none)
+              continue
+            cut.append(chips.dlib_chip(image, f.landmarks, chip["size"])[0])
+          else:
+            if i not in grays:
+              gray = chips.to_gray(image)
+              grays[i] = gray, chips.fer_pad(gray)
+            gray, padded = grays[i]
+            try:
+              cut.append(chips.fer_crop(gray, f.box, chip["offsets"], chip["size"], padded)[0])
+            except ValueError:  # a box entirely outside the photo
+              records[i][k][task] = None
+              continue
+          where.append((i, k))
       if cut:
-        for k, p in zip(idx, self._probs(loaded, np.stack(cut))):
-          records[k][task] = task_record(loaded.spec, p)
+        for (i, k), p in zip(where, self._probs(loaded, np.stack(cut))):
+          records[i][k][task] = task_record(loaded.spec, p)
     return records
 
   def analyze(self, image: np.ndarray) -> list[dict[str, Any]]:
     image = validate_rgb(image, "image")
     return self.describe(image, self.detect(image))
+
+  def analyze_many(self, images: Sequence[np.ndarray]) -> list[list[dict[str, Any]]]:
+    images = [validate_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
+    return self.describe_many(images, [self.detect(im) for im in images])
 
 
 @functools.lru_cache(maxsize=4)
@@ -145,13 +156,15 @@ def _default_analyzer(detector: str) -> Analyzer:
 
 
 def analyze(image_or_path, detector: str = "mtcnn"):
-  """Face records (as in the JSON) of an RGB uint8 array or an image path; a list gives a list."""
-  if isinstance(image_or_path, (list, tuple)):
-    return [analyze(x, detector) for x in image_or_path]
-  image = image_or_path
-  if isinstance(image, (str, os.PathLike)):
-    image = read_image(image)
-  return _default_analyzer(detector).analyze(image)
+  """Face records (as in the JSON) of an RGB uint8 array or an image path.
+
+  A list of them gives a list of record lists; its faces go through each network in one batch.
+  """
+  many = isinstance(image_or_path, (list, tuple))
+  items = list(image_or_path) if many else [image_or_path]
+  images = [read_image(x) if isinstance(x, (str, os.PathLike)) else x for x in items]
+  out = _default_analyzer(detector).analyze_many(images)
+  return out if many else out[0]
 
 
 # ---------------------------------------------------------------------------------------------
