@@ -112,3 +112,21 @@ def test_cli_restores_a_training_workdir(tmp_path, capsys):
   a, _ = ex.forward(ex.variables, x)
   b, _ = shipped.model.apply(shipped.variables, (x / 255 - 0.5) / 0.5)
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_reads_a_converted_npz(tmp_path, capsys):
+  """A jaxface.convert-style .npz (variables + meta with the model and its preprocessing)."""
+  from jaxface import pretrained  # pylint: disable=g-import-not-at-top
+  from jaxface.weights import common  # pylint: disable=g-import-not-at-top
+  shipped = pretrained.load("gender")
+  npz = tmp_path / "gender.npz"
+  common.save(npz, shipped.variables, {"model": "dlib_gender", "model_kwargs": {},
+                                       "format": "test",
+                                       "preprocessing": shipped.spec.preprocessing.to_dict()})
+  img = tmp_path / "x.png"
+  cv2.imwrite(str(img), np.full((40, 40, 3), 120, np.uint8))
+  rc = cli.main(["--model", str(npz), "--images", str(img), "--out", str(tmp_path / "o"),
+                 "--method", "gradcam", "--target", "1"])
+  assert rc == 0, capsys.readouterr().err
+  rec = json.load(open(tmp_path / "o" / "results.json"))["images"][0]["gradcam"]
+  assert rec["class"] == 1 and rec["target"] == "class" and rec["score"] == "prob"
