@@ -5,8 +5,9 @@
       [--metrics] [--sanity] [--score prob|logit] [--target argmax|CLASS] [--faces none|mtcnn]
 
 Each image (a face crop, or a photo with ``--faces mtcnn``) is resized to the model's input. Per
-image it writes ``<name>_input.png`` and, per method, ``<name>_<method>.png`` (the map) and
-``<name>_<method>_overlay.png``; CIS also ``<name>_cis_canonical.png``. ``cis``/``cms`` find the
+image it writes ``<name>_input.png``, per method ``<name>_<method>.png`` (the map) and
+``<name>_<method>_overlay.png``, and ``<name>_compare.png`` (all side by side); CIS also
+``<name>_cis_canonical.png``. ``cis``/``cms`` find the
 five landmarks with MTCNN. ``cms.png`` (the CMS on the mean canonical face), ``cms.npy`` and
 ``cms_coverage.png`` summarise the folder; ``results.json`` records every setting. ``--metrics``
 writes ``metrics.json`` and ``metrics.md`` (Average Drop %, % Increase, Win % of the methods on the
@@ -164,11 +165,23 @@ class _Faces:
 
 
 def _png(path: str, rgb: np.ndarray, size: int) -> None:
-  scale = max(1, int(np.ceil(size / max(rgb.shape[:2]))))
-  img = cv2.resize(rgb, (rgb.shape[1] * scale, rgb.shape[0] * scale),
-                   interpolation=cv2.INTER_NEAREST)
+  img = _up(rgb, size)
   if not cv2.imwrite(path, cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
     raise OSError(f"could not write {path}")
+
+
+def _up(rgb: np.ndarray, size: int) -> np.ndarray:
+  """Nearest-neighbour upscale by an integer factor to at least ``size`` pixels."""
+  scale = max(1, int(np.ceil(size / max(rgb.shape[:2]))))
+  return cv2.resize(rgb, (rgb.shape[1] * scale, rgb.shape[0] * scale),
+                    interpolation=cv2.INTER_NEAREST)
+
+
+def _label(rgb: np.ndarray, text: str) -> np.ndarray:
+  out = np.ascontiguousarray(rgb).copy()
+  cv2.putText(out, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+              cv2.LINE_AA)
+  return out
 
 
 def _colour(m: np.ndarray) -> np.ndarray:
@@ -301,9 +314,12 @@ def run(args) -> dict[str, Any]:
   shown_methods = [m for m in methods if m in maps]
   for j, name in enumerate(kept):
     stem = os.path.join(args.out, os.path.splitext(name.replace(os.sep, "_"))[0])
+    panels = [_label(_up(shown[j], disp), "input")]
     for m in shown_methods:
       _png(f"{stem}_{m}.png", _colour(maps[m][j]), disp)
       _png(f"{stem}_{m}_overlay.png", _overlay(shown[j], maps[m][j]), disp)
+      panels.append(_label(_up(_overlay(shown[j], maps[m][j]), disp), m))
+    _png(f"{stem}_compare.png", np.concatenate(panels, axis=1), 0)
   if args.metrics:
     summary["metrics"] = _metrics(ex, px_all, {m: np.stack(maps[m]) for m in shown_methods},
                                   target, args)

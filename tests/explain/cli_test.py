@@ -37,7 +37,7 @@ def test_cli_writes_maps_metrics_and_skips_bad_images(images, tmp_path, capsys):
   for m in ("gradcam", "occlusion", "cis", "cms"):
     assert os.path.exists(os.path.join(out, f"face_{m}.png"))
     assert os.path.exists(os.path.join(out, f"face_{m}_overlay.png"))
-  for f in ("face_input.png", "face_cis_canonical.png", "cms.png", "cms.npy",
+  for f in ("face_input.png", "face_compare.png", "face_cis_canonical.png", "cms.png", "cms.npy",
             "cms_coverage.png", "metrics.md"):
     assert os.path.exists(os.path.join(out, f)), f
   res = json.load(open(os.path.join(out, "results.json")))
