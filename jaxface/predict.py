@@ -302,6 +302,8 @@ def main(argv=None) -> int:
   missing = [p for p in args.inputs if not os.path.exists(p)]
   if missing:
     parser.error(f"input not found: {missing[0]}")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    parser.error(f"--out {args.out} exists and is not a folder")
   tasks = [t for t in args.tasks.split(",") if t]
   try:
     analyzer = Analyzer(args.detector, tasks, args.policy, args.max_side or None, args.batch)

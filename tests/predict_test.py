@@ -109,15 +109,17 @@ def test_haar_gives_expression_only(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["/no/such/photo.jpg"], "input not found: /no/such/photo.jpg"),
-    (["{tmp}", "--every", "0"], "--every must be >= 1"),
-    (["{tmp}", "--tasks", "age,height"], "unknown task 'height'"),
-    (["{tmp}", "--detector", "dlib"], "invalid choice: 'dlib'"),
+    (["/no/such/photo.jpg", "--out", "{tmp}/o"], "input not found: /no/such/photo.jpg"),
+    (["{tmp}", "--out", "{tmp}/o", "--every", "0"], "--every must be >= 1"),
+    (["{tmp}", "--out", "{tmp}/o", "--tasks", "age,height"], "unknown task 'height'"),
+    (["{tmp}", "--out", "{tmp}/o", "--detector", "dlib"], "invalid choice: 'dlib'"),
+    (["{tmp}", "--out", __file__], "is not a folder"),
+    (["{tmp}"], "the following arguments are required: --out"),
 ])
 def test_bad_arguments_one_line_exit_2(tmp_path, capsys, argv, needle):
   argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
   with pytest.raises(SystemExit) as e:
-    predict.main(argv + ["--out", str(tmp_path / "o")])
+    predict.main(argv)
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and needle in err[0]
