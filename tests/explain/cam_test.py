@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -175,3 +176,29 @@ def test_other_layers_and_errors(gapnet):
     cam.gradcam(fwd, variables, x, "max", score="logit")
   with pytest.raises(ValueError, match="GAP head"):
     cam.cam(fwd, {"params": {}}, x, 0, score="logit")
+
+
+class _TwoTasks(nn.Module):
+  """Two heads on one feature map, as the multi-task models return ``{task: logits}``."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    a = nn.relu(nn.Conv(3, (3, 3), name="conv")(x))
+    pooled = jnp.mean(a, axis=(1, 2))
+    out = {"age": nn.Dense(4, name="age")(pooled), "gender": nn.Dense(2, name="gender")(pooled)}
+    return out, {"features": a}
+
+
+def test_dict_outputs_choose_a_task():
+  model = _TwoTasks()
+  x = np.random.default_rng(5).random((2, 6, 6, 3)).astype(np.float32)
+  v = tiny.init(model, x[:1], 0)
+  r = cam.gradcam(core.bind(model, output="gender"), v, x, [0, 1], score="logit")
+  _, aux = model.apply(v, x)
+  w = np.asarray(v["params"]["gender"]["kernel"])[:, [0, 1]].T / 36
+  expected = np.maximum(np.einsum("bhwk,bk->bhw", np.asarray(aux["features"]), w), 0)
+  np.testing.assert_allclose(r.raw, expected, rtol=1e-5, atol=1e-7 * expected.max())
+  with pytest.raises(ValueError, match="several outputs"):
+    cam.gradcam(core.bind(model), v, x, 0, score="logit")
+  with pytest.raises(ValueError, match="unknown output"):
+    cam.gradcam(core.bind(model, output="race"), v, x, 0, score="logit")
