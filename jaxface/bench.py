@@ -459,13 +459,9 @@ def cmd_train(args) -> int:
         f"CPU {cpu_model()}", flush=True)
   peak = train_bench.device_peak_flops(args.dtype)
   for name in args.model:
-    size = args.size or models.spec(name).input_shape[0]
-    ref = args.vs_torch and train_bench.bench_torch(name, args.batch, size, args.dtype,
-                                                    args.width, args.steps, args.warmup)
-    for lowering in args.conv:  # PyTorch timed once, compared with each lowering
-      r = train_bench.bench_train(name, args.batch, size, args.dtype, args.width, args.steps,
-                                  args.warmup, ref, lowering, peak)
-      print(json.dumps(r), flush=True)
+    for row in train_bench.bench_train(name, args.batch, args.size, args.dtype, args.width,
+                                       args.steps, args.warmup, args.vs_torch, args.conv, peak):
+      print(json.dumps(row), flush=True)
   return 0
 
 

@@ -28,31 +28,36 @@ def _alexnet_macs(width: float, size: int) -> int:
   return macs + 36 * ch["conv5"] * ch["fc6"] + ch["fc6"] * ch["fc7"] + ch["fc7"] * 1000
 
 
-def test_train_vs_torch_json_row(capsys):
+def test_train_vs_torch_json_rows(capsys):
   width, size, batch = 0.0625, 64, 2
   assert bench.main(["train", "--model", "alexnet", "--vs-torch", "--size", str(size),
                      "--width", str(width), "--batch", str(batch), "--steps", "2",
-                     "--warmup", "1"]) == 0
+                     "--warmup", "1", "--conv", "direct,auto"]) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert lines[0].startswith("# device:") and len(lines) == 2
-  r = json.loads(lines[1])
-  assert (r["model"], r["input"], r["batch"], r["width"], r["dtype"], r["steps"]) == (
-      "alexnet", [size, size, 3], batch, width, "float32", 2)
-  assert r["conv_lowering"] == "auto" and r["backend"] == "cpu"
-  assert r["step_ms"] > 0 and r["compile_s"] > 0
-  assert r["img_s"] == pytest.approx(batch / (r["step_ms"] / 1e3))
-  # XLA counts 2 FLOPs per multiply-add. A step is the forward, the weight gradients (as many
-  # again) and the input gradients of every layer but the first (at most as many again), plus
-  # elementwise work (ReLU, pooling, softmax, SGD: well under a third at these sizes).
+  assert lines[0].startswith("# device:") and len(lines) == 3
+  rows = [json.loads(l) for l in lines[1:]]
+  assert [r["conv_lowering"] for r in rows] == ["direct", "auto"]
+  assert rows[0]["torch"] == rows[1]["torch"]  # one PyTorch measurement, interleaved with both
   macs = _alexnet_macs(width, size) * batch
-  assert 2 * 2 * macs <= r["flops_per_step"] <= 2 * 3 * macs * 1.3
-  assert r["achieved_flop_s"] == pytest.approx(r["flops_per_step"] / (r["step_ms"] / 1e3))
-  assert r["peak_source"].startswith("measured float32 matmul") and r["peak_flop_s"] > 0
-  assert r["utilisation"] == pytest.approx(r["achieved_flop_s"] / r["peak_flop_s"])
-  assert r["peak_memory_kind"] == "host_rss" and r["peak_memory_bytes"] > 0
-  t = r["torch"]
-  assert t["params"] == r["params"] and t["device"] == "cpu" and t["step_ms"] > 0
-  assert r["ratio_jaxface_torch"] == pytest.approx(r["step_ms"] / t["step_ms"])
+  for r in rows:
+    assert (r["model"], r["input"], r["batch"], r["width"], r["dtype"], r["steps"]) == (
+        "alexnet", [size, size, 3], batch, width, "float32", 2)
+    assert r["backend"] == "cpu" and r["timing"] == "median of interleaved steps"
+    assert r["step_ms"] > 0 and r["compile_s"] > 0 and r["first_step_s"] > 0
+    assert r["img_s"] == pytest.approx(batch / (r["step_ms"] / 1e3))
+    # XLA counts 2 FLOPs per multiply-add. A step is the forward, the weight gradients (as many
+    # again) and the input gradients of every layer but the first (at most as many again), plus
+    # elementwise work (ReLU, pooling, softmax, SGD: well under a third at these sizes).
+    assert 2 * 2 * macs <= r["flops_per_step"] <= 2 * 3 * macs * 1.3
+    assert r["achieved_flop_s"] == pytest.approx(r["flops_per_step"] / (r["step_ms"] / 1e3))
+    assert r["peak_source"].startswith("measured float32 matmul") and r["peak_flop_s"] > 0
+    assert r["utilisation"] == pytest.approx(r["achieved_flop_s"] / r["peak_flop_s"])
+    assert r["peak_memory_kind"] == "host_rss" and r["peak_memory_bytes"] > 0
+    assert isinstance(r["step_memory_bytes"], int)
+    t = r["torch"]
+    assert t["params"] == r["params"] and t["device"] == "cpu" and t["step_ms"] > 0
+    assert t["peak_memory_kind"] == "host_rss" and t["peak_memory_bytes"] > 0
+    assert r["ratio_jaxface_torch"] == pytest.approx(r["step_ms"] / t["step_ms"])
 
 
 @pytest.mark.parametrize("name", train_bench.TRAIN_MODELS)

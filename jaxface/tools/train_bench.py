@@ -4,7 +4,9 @@
 labels), jitted with donated state; median step time, compile time, images/s, peak memory, XLA's
 FLOPs per step and the utilisation of the device's peak. ``--vs-torch`` times the same layout in
 PyTorch (``jaxface.tools.torch_refs``) with the same batch, dtype, loss and optimiser, in the same
-process on the same device, and reports jaxface / torch.
+process on the same device, and reports jaxface / torch. All variants of one model (conv
+lowerings, PyTorch) are timed interleaved, step by step, so they see the same load. On a GPU, run
+with ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` so that JAX leaves memory to PyTorch.
 ``conv``: direct vs im2col lowering of ``layers.conv2d`` on the zoo's convolution shapes, forward
 and forward + backward; the measurements behind ``layers.choose_lowering``.
 """
@@ -48,24 +50,30 @@ def _reset_peak_rss() -> bool:
     return False
 
 
-def _peak_rss_bytes() -> int:
-  """VmHWM of this process (since the last reset), else ru_maxrss (since the start)."""
+def _rss_bytes(field: str) -> int | None:
+  """VmRSS (now) or VmHWM (peak since the last reset) of this process, from /proc."""
   try:
     with open("/proc/self/status") as f:
       for line in f:
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
           return int(line.split()[1]) * 1024
   except OSError:
     pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return None
 
 
-def peak_memory(device) -> dict[str, Any]:
-  """Peak bytes: the device allocator's on accelerators, the host's resident set on the CPU."""
-  if device.platform != "cpu":
-    stats = device.memory_stats() or {}
-    return {"peak_memory_bytes": stats.get("peak_bytes_in_use"), "peak_memory_kind": "device"}
-  return {"peak_memory_bytes": _peak_rss_bytes(), "peak_memory_kind": "host_rss"}
+def _host_peak(step, calls: int) -> dict[str, Any]:
+  """Runs ``step`` ``calls`` times; the process's peak RSS meanwhile and its rise over the RSS
+  before (the step's own transient memory: the other variants' state is resident throughout)."""
+  before = _rss_bytes("VmRSS")
+  reset = _reset_peak_rss()
+  for _ in range(calls):
+    step()
+  peak = _rss_bytes("VmHWM") if reset else None
+  if peak is None:  # no clear_refs: the lifetime peak is all there is
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return {"peak_memory_bytes": peak, "peak_memory_kind": "host_rss",
+          "step_memory_bytes": peak - before if reset and before is not None else None}
 
 
 def device_peak_flops(dtype: str, device=None) -> tuple[float, str]:
@@ -104,31 +112,46 @@ def _flops(compiled, lowered) -> float | None:
   return None
 
 
-def _median_step(step, steps: int, warmup: int) -> tuple[float, float]:
-  """(median seconds per step over ``steps`` timed calls, seconds of the first call)."""
-  t0 = time.perf_counter()
-  step()
-  first = time.perf_counter() - t0
-  for _ in range(max(warmup - 1, 0)):
-    step()
-  times = []
+def _step_memory(step, calls: int, torch_cuda: bool) -> dict[str, Any]:
+  """Peak memory over ``calls`` warm-up calls of ``step``: the allocator's on an accelerator, the
+  host's resident set on the CPU."""
+  if torch_cuda:
+    import torch  # noqa: PLC0415
+
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(calls):
+      step()
+    return {"peak_memory_bytes": torch.cuda.max_memory_allocated(), "peak_memory_kind": "device",
+            "step_memory_bytes": None}
+  if jax.devices()[0].platform != "cpu":
+    for _ in range(calls):
+      step()
+    stats = jax.devices()[0].memory_stats() or {}
+    return {"peak_memory_bytes": stats.get("peak_bytes_in_use"), "peak_memory_kind": "device",
+            "step_memory_bytes": None}
+  return _host_peak(step, calls)
+
+
+def time_interleaved(steps_by_name: dict[str, Any], steps: int) -> dict[str, float]:
+  """Median seconds per call of each step function, timed round-robin (one call of each per
+  round), so that every variant sees the same load from other processes."""
+  times = {k: [] for k in steps_by_name}
   for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), first
+    for key, step in steps_by_name.items():
+      t0 = time.perf_counter()
+      step()
+      times[key].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_jax(name: str, batch: int, size: int, dtype: str, width: float, steps: int,
-              warmup: int) -> dict[str, Any]:
-  """Times jaxface's jitted training step of ``name``."""
+def prepare_jax(name: str, batch: int, size: int, dtype: str, width: float,
+                lowering: str = "auto") -> tuple[Any, dict[str, Any]]:
+  """(step(), facts) for jaxface's jitted training step of ``name``; ``lowering`` is forced on
+  every convolution unless "auto" (the per-backend rule)."""
   model = models.get(name, num_classes=NUM_CLASSES, width=width, dtype=jnp.dtype(dtype))
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, NUM_CLASSES, size=batch), jnp.int32)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])  # one compile, not one per op
-  params = variables["params"]
-  stats = {k: v for k, v in variables.items() if k != "params"}
   tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
 
   def train_step(state, x, labels):
@@ -145,29 +168,29 @@ def bench_jax(name: str, batch: int, size: int, dtype: str, width: float, steps:
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), new_stats, opt_state, key), loss
 
-  state = (params, stats, tx.init(params), jax.random.PRNGKey(1))
-  t0 = time.perf_counter()
-  lowered = jax.jit(train_step, donate_argnums=0).lower(state, x, labels)
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
-  flops = _flops(compiled, lowered)
+  with layers.force_lowering(None if lowering == "auto" else lowering):
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])  # one compile, not one per op
+    params = variables["params"]
+    stats = {k: v for k, v in variables.items() if k != "params"}
+    state = (params, stats, tx.init(params), jax.random.PRNGKey(1))
+    t0 = time.perf_counter()
+    lowered = jax.jit(train_step, donate_argnums=0).lower(state, x, labels)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
   carry = [state]
 
   def step():
     carry[0], loss = compiled(carry[0], x, labels)
     jax.block_until_ready(loss)
 
-  _reset_peak_rss()
-  seconds, _ = _median_step(step, steps, warmup)
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
-  return {"step_ms": 1e3 * seconds, "compile_s": compile_s, "img_s": batch / seconds,
-          "flops_per_step": flops, "params": n_params,
-          **peak_memory(jax.devices()[0])}
+  return step, {"compile_s": compile_s, "flops_per_step": _flops(compiled, lowered),
+                "params": n_params}
 
 
-def bench_torch(name: str, batch: int, size: int, dtype: str, width: float, steps: int,
-                warmup: int) -> dict[str, Any]:
-  """Times the same layout's eager PyTorch training step (on CUDA when JAX runs on a GPU)."""
+def prepare_torch(name: str, batch: int, size: int, dtype: str,
+                  width: float) -> tuple[Any, dict[str, Any]]:
+  """(step(), facts) for the same layout's eager PyTorch step (CUDA when JAX runs on a GPU)."""
   import torch  # noqa: PLC0415 - optional (test extra).
   import torch.nn.functional as F  # noqa: PLC0415
 
@@ -191,37 +214,49 @@ def bench_torch(name: str, batch: int, size: int, dtype: str, width: float, step
     if cuda:
       torch.cuda.synchronize()
 
-  if cuda:
-    torch.cuda.reset_peak_memory_stats()
-  _reset_peak_rss()
-  seconds, first = _median_step(step, steps, warmup)
-  memory = ({"peak_memory_bytes": torch.cuda.max_memory_allocated(), "peak_memory_kind": "device"}
-            if cuda else {"peak_memory_bytes": _peak_rss_bytes(), "peak_memory_kind": "host_rss"})
-  return {"step_ms": 1e3 * seconds, "first_step_s": first, "img_s": batch / seconds,
-          "params": sum(p.numel() for p in model.parameters()), "device": str(device),
-          "threads": torch.get_num_threads(), "version": torch.__version__, **memory}
+  return step, {"params": sum(p.numel() for p in model.parameters()), "device": str(device),
+                "threads": torch.get_num_threads(), "version": torch.__version__, "cuda": cuda}
 
 
 def bench_train(name: str, batch: int, size: int | None, dtype: str, width: float, steps: int,
-                warmup: int, vs_torch: bool | dict[str, Any], lowering: str = "auto",
-                peak: tuple[float, str] | None = None) -> dict[str, Any]:
-  """One JSON row: jaxface's step (``lowering`` forced on every conv unless "auto") and, with
-  ``vs_torch``, PyTorch's (or the given :func:`bench_torch` row) and the ratio of step times."""
+                warmup: int, vs_torch: bool, lowerings=("auto",),
+                peak: tuple[float, str] | None = None) -> list[dict[str, Any]]:
+  """One row per jaxface conv lowering (each with the PyTorch step and the ratio when
+  ``vs_torch``), all variants timed interleaved in this process after ``warmup`` calls each."""
   size = size or models.spec(name).input_shape[0]
-  with layers.force_lowering(None if lowering == "auto" else lowering):
-    r = bench_jax(name, batch, size, dtype, width, steps, warmup)
-  peak_flops, source = peak or device_peak_flops(dtype)
-  achieved = r["flops_per_step"] / (r["step_ms"] / 1e3) if r["flops_per_step"] else None
-  row = {"model": name, "input": [size, size, 3], "batch": batch, "dtype": dtype, "width": width,
-         "conv_lowering": lowering, "steps": steps, "warmup": warmup, **r,
-         "achieved_flop_s": achieved, "peak_flop_s": peak_flops, "peak_source": source,
-         "utilisation": achieved / peak_flops if achieved else None,
-         "backend": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  variants = {lowering: prepare_jax(name, batch, size, dtype, width, lowering)
+              for lowering in lowerings}
   if vs_torch:
-    row["torch"] = (vs_torch if isinstance(vs_torch, dict) else
-                    bench_torch(name, batch, size, dtype, width, steps, warmup))
-    row["ratio_jaxface_torch"] = row["step_ms"] / row["torch"]["step_ms"]
-  return row
+    variants["torch"] = prepare_torch(name, batch, size, dtype, width)
+  memory, first = {}, {}
+  for key, (step, facts) in variants.items():
+    t0 = time.perf_counter()
+    step()
+    first[key] = time.perf_counter() - t0
+    memory[key] = _step_memory(step, max(warmup, 1), key == "torch" and facts["cuda"])
+  seconds = time_interleaved({k: step for k, (step, _) in variants.items()}, steps)
+  peak_flops, source = peak or device_peak_flops(dtype)
+  torch_row = None
+  if vs_torch:
+    torch_row = {"step_ms": 1e3 * seconds["torch"], "first_step_s": first["torch"],
+                 "img_s": batch / seconds["torch"], **variants["torch"][1], **memory["torch"]}
+  rows = []
+  for lowering in lowerings:
+    facts, sec = variants[lowering][1], seconds[lowering]
+    flops = facts["flops_per_step"]
+    achieved = flops / sec if flops else None
+    row = {"model": name, "input": [size, size, 3], "batch": batch, "dtype": dtype,
+           "width": width, "conv_lowering": lowering, "steps": steps, "warmup": warmup,
+           "step_ms": 1e3 * sec, "img_s": batch / sec, **facts, "first_step_s": first[lowering],
+           **memory[lowering], "achieved_flop_s": achieved, "peak_flop_s": peak_flops,
+           "peak_source": source, "utilisation": achieved / peak_flops if achieved else None,
+           "backend": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "timing": "median of interleaved steps" if len(variants) > 1 else "median"}
+    if torch_row:
+      row["torch"] = torch_row
+      row["ratio_jaxface_torch"] = row["step_ms"] / torch_row["step_ms"]
+    rows.append(row)
+  return rows
 
 
 # Convolutions of the zoo (batch, input side, in, out, kernel, stride, pad, groups) at the bench's
