@@ -220,6 +220,15 @@ def video_frames(path: str, every: int) -> Iterator[tuple[int, np.ndarray]]:
     cap.release()
 
 
+def video_frame_count(path: str) -> int:
+  """The container's frame count (0 when it does not say)."""
+  cap = cv2.VideoCapture(path)
+  try:
+    return max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))) if cap.isOpened() else 0
+  finally:
+    cap.release()
+
+
 def annotate(image: np.ndarray, faces: Sequence[Face], records: Sequence[dict]) -> np.ndarray:
   """BGR copy with the detector drawing of ``jaxface.faces`` plus each face's labels."""
   from jaxface.faces.__main__ import annotate as draw_faces  # pylint: disable=g-import-not-at-top
@@ -328,16 +337,24 @@ def main(argv=None) -> int:
       try:
         if problem:
           raise ImageReadError(f"{path}: {problem}")
+        frame_progress = None
         if is_video_file(path):
           items = ((f"{rel}.frame{k:06d}", k, frame) for k, frame in video_frames(path, args.every))
+          count = video_frame_count(path)
+          if count:  # a progress line per video too: one video can take longer than a folder
+            frame_progress = Progress(-(-count // args.every), 1)
+            print(f"{path}: {count} frames, reading every {args.every}", file=sys.stderr)
         else:
           items = iter([(rel, None, read_image(path))])
-        for name, frame_index, image in items:
+        for j, (name, frame_index, image) in enumerate(items, start=1):
           records = _predict_one(analyzer, image, path, name, frame_index, args)
           writer.writerows(csv_rows(path, frame_index, records))
           n_faces += len(records)
           n_images += frame_index is None
           n_frames += frame_index is not None
+          if frame_progress is not None and time.perf_counter() - last > 2.0:
+            frame_progress.report(j, {"faces": n_faces})
+            last = time.perf_counter()
       except ImageReadError as e:
         print(f"error: {e}", file=sys.stderr)
         n_bad += 1

@@ -92,7 +92,9 @@ def test_video_every_kth_frame(tmp_path, capsys):
   rc = predict.main([path, "--out", str(tmp_path / "o"), "--every", "2", "--no-annotate",
                      "--tasks", "expression"])
   assert rc == 0
-  assert "0 images, 3 video frames, 3 faces" in capsys.readouterr().out
+  out = capsys.readouterr()
+  assert "0 images, 3 video frames, 3 faces" in out.out
+  assert f"{path}: 5 frames, reading every 2" in out.err
   record = json.loads((tmp_path / "o" / "clip.avi.frame000004.json").read_text())
   assert record["frame"] == 4 and len(record["faces"]) == 1
   assert "gender" not in record["faces"][0]
