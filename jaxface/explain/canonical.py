@@ -26,7 +26,8 @@ mean of CIS maps with a coverage map; :func:`reproject` maps a canonical map bac
 
 Where the official code differs: it shifts border patches inside at the left/top but clips them
 at the right/bottom (here clipping on all sides), has no visibility test although the paper
-excludes self-occluded points (here folds and out-of-image points are invalid), sums CIS maps in
+excludes self-occluded points (here folds, out-of-image points and, for 3-D meshes, points behind
+the mesh in a z-buffer are invalid), sums CIS maps in
 its demo CMS (here a mean, eq. 6), rescales the caller's vertices in place (here nothing given is
 modified), and in its command-line re-projection subsamples only the frontal mesh, so vertex
 indices no longer match (here both sides always carry the same indices).
@@ -70,8 +71,18 @@ class Correspondence:
 
 
 def from_vertices(image_xy, canonical_xy, valid=None, image_shape=None,
-                  canonical_shape=None) -> Correspondence:
-  """Per-image vertices and canonical vertices with the same indexing (copies; NaN = invalid)."""
+                  canonical_shape=None, occlusion_tolerance: float | None = None
+                  ) -> Correspondence:
+  """Per-image vertices and canonical vertices with the same indexing (copies; NaN = invalid).
+
+  With (N, 3) image vertices and ``occlusion_tolerance`` set (and ``image_shape``), vertices
+  hidden behind the mesh (:func:`visible`) are invalid: the paper maps no self-occluded point.
+  """
+  if occlusion_tolerance is not None:
+    if image_shape is None:
+      raise ValueError("the occlusion test needs image_shape")
+    hidden = ~visible(image_xy, image_shape, occlusion_tolerance)
+    valid = ~hidden if valid is None else np.asarray(valid, bool) & ~hidden
   mi = np.array(image_xy, np.float64)[:, :2]
   mf = np.array(canonical_xy, np.float64)[:, :2]
   if mi.ndim != 2 or mi.shape != mf.shape:
@@ -88,7 +99,7 @@ def from_vertices(image_xy, canonical_xy, valid=None, image_shape=None,
 
 
 def load_vertices(path: str) -> np.ndarray:
-  """(N, 2 or 3) vertices from ``.npy`` or ``.mat`` (variable ``vertices``, or ``x`` and ``y``)."""
+  """(N, 2 or 3) vertices from ``.npy`` or ``.mat`` (``vertices``, or ``x``, ``y`` [, ``z``])."""
   ext = os.path.splitext(path)[1].lower()
   if ext == ".npy":
     v = np.load(path, allow_pickle=False)
@@ -101,7 +112,8 @@ def load_vertices(path: str) -> np.ndarray:
     if "vertices" in m:
       v = m["vertices"]
     elif "x" in m and "y" in m:
-      v = np.stack([np.ravel(m["x"]), np.ravel(m["y"])], axis=1)
+      cols = [np.ravel(m[k]) for k in ("x", "y", "z") if k in m]
+      v = np.stack(cols, axis=1)
     else:
       raise ValueError(f"{path}: no 'vertices' or 'x'/'y' variables")
   else:
@@ -110,6 +122,31 @@ def load_vertices(path: str) -> np.ndarray:
   if v.ndim != 2 or v.shape[1] < 2:
     raise ValueError(f"{path}: vertices of shape {v.shape}, expected (N, 2) or (N, 3)")
   return v
+
+
+def visible(vertices_xyz, image_shape, tolerance: float = 1.0, radius: int = 1) -> np.ndarray:
+  """Self-occlusion test of a projected 3-D mesh (z towards the camera, as PRNet's output).
+
+  A point z-buffer: each vertex writes its z over the (2 radius + 1)^2 pixels around its
+  projection; a vertex is visible when no other vertex there is more than ``tolerance`` closer.
+  Vertices outside the image are not visible.
+  """
+  v = np.asarray(vertices_xyz, np.float64)
+  if v.ndim != 2 or v.shape[1] < 3:
+    raise ValueError(f"visibility needs (N, 3) vertices, got {v.shape}")
+  h, w = int(image_shape[0]), int(image_shape[1])
+  x = np.round(v[:, 0]).astype(np.int64)
+  y = np.round(v[:, 1]).astype(np.int64)
+  inside = (x >= 0) & (x < w) & (y >= 0) & (y < h) & np.isfinite(v[:, 2])
+  zbuf = np.full((h, w), -np.inf)
+  for dy in range(-radius, radius + 1):
+    for dx in range(-radius, radius + 1):
+      xx, yy = x + dx, y + dy
+      ok = inside & (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+      np.maximum.at(zbuf, (yy[ok], xx[ok]), v[ok, 2])
+  out = np.zeros(len(v), bool)
+  out[inside] = v[inside, 2] >= zbuf[y[inside], x[inside]] - tolerance
+  return out
 
 
 def five_point_template(size: Sequence[int]) -> np.ndarray:

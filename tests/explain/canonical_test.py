@@ -207,3 +207,19 @@ def test_load_vertices(tmp_path):
   np.testing.assert_array_equal(canonical.load_vertices(str(tmp_path / "b.mat")), v[:, :2])
   with pytest.raises(ValueError, match=".npy or .mat"):
     canonical.load_vertices(os.path.join(tmp_path, "m.txt"))
+
+
+def test_zbuffer_hides_the_back_layer():
+  # Two overlapping 5x5 sheets; the one at z = 10 hides the one at z = 0 where they overlap.
+  gy, gx = np.mgrid[0:5, 0:5]
+  front = np.stack([gx.ravel() + 2.0, gy.ravel() + 2.0, np.full(25, 10.0)], 1)
+  back = np.stack([gx.ravel() + 5.0, gy.ravel() + 2.0, np.zeros(25)], 1)
+  mesh = np.vstack([front, back])
+  vis = canonical.visible(mesh, (12, 12), tolerance=1.0, radius=0)
+  assert vis[:25].all()
+  hidden = back[:, 0] <= 6  # Columns x = 5, 6 lie under the front sheet (x 2..6).
+  np.testing.assert_array_equal(vis[25:], ~hidden)
+  corr = canonical.from_vertices(mesh, mesh[:, :2], image_shape=(12, 12),
+                                 occlusion_tolerance=1.0)
+  # radius 1 also hides the back column right next to the front sheet's edge (x = 7).
+  assert corr.valid[:25].all() and corr.valid[25:].sum() == 25 - 15
