@@ -7,10 +7,11 @@
 Each image (a face crop, or a photo with ``--faces mtcnn``) is resized to the model's input. Per
 image it writes ``<name>_input.png``, per method ``<name>_<method>.png`` (the map) and
 ``<name>_<method>_overlay.png``, and ``<name>_compare.png`` (all side by side); CIS also
-``<name>_cis_canonical.png``. ``cis``/``cms`` find the
-five landmarks with MTCNN. ``cms.png`` (the CMS on the mean canonical face), ``cms.npy`` and
-``cms_coverage.png`` summarise the folder; ``results.json`` records every setting. ``--metrics``
-writes ``metrics.json`` and ``metrics.md`` (Average Drop %, % Increase, Win % of the methods on the
+``<name>_cis_canonical.png``. ``cis``/``cms`` take the correspondence from
+per-image meshes (``--vertices DIR --canonical FILE``, the paper's PRNet setting) or else from
+five landmarks (``--landmarks FILE`` or MTCNN). ``cms.png`` (the CMS on the mean canonical face),
+``cms.npy`` and ``cms_coverage.png`` summarise the folder; ``results.json`` records every
+setting. ``--metrics`` writes ``metrics.json`` and ``metrics.md`` (Average Drop %, % Increase, Win % of the methods on the
 negative explanation images, CMS re-projected onto each face); ``--sanity`` writes ``sanity.json``
 (cascading randomisation of the model for each method but CIS/CMS, on up to four images).
 Unreadable images, and images without a face where one is needed, are reported and skipped.
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                  help="occlusion / CIS patch (default: 15 at 224 px, scaled to the input)")
   p.add_argument("--stride", type=int, default=0, help="occlusion stride (default: patch / 2)")
   p.add_argument("--fill", default="mean", help="mean, black or a pixel value 0..255")
+  p.add_argument("--vertices", default=None,
+                 help="folder of per-image meshes <name>.npy|.mat, (N, 2|3) photo pixels (e.g. "
+                      "PRNet); z enables the occlusion test")
+  p.add_argument("--canonical", default=None, help="canonical mesh .npy|.mat, same indexing")
+  p.add_argument("--canonical-size", default=None, help="H,W of the canonical mesh's frame")
+  p.add_argument("--vertex-stride", type=int, default=1, help="use every k-th mesh vertex")
   p.add_argument("--faces", default="none", choices=("none", "mtcnn"),
                  help="mtcnn: crop the largest face of each photo first")
   p.add_argument("--landmarks", default=None,
@@ -106,6 +113,8 @@ def _check(args) -> tuple[list[str], Any]:
       raise UsageError(f"--target {args.target!r}: 'argmax' or a class index") from None
   if args.batch_size < 1:
     raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
+  if args.vertex_stride < 1:
+    raise UsageError(f"--vertex-stride {args.vertex_stride}: must be >= 1")
   if args.patch < 0 or args.stride < 0:
     raise UsageError("--patch and --stride must be positive")
   if args.fill not in ("mean", "black"):
@@ -131,10 +140,12 @@ class _Faces:
     return self._det
 
   def __call__(self, path: str, name: str):
-    """``(pixels (H, W, C) float32 0..255, display RGB uint8, landmarks (5, 2) or None)``."""
+    """``(pixels (H, W, C) float32 0..255, display RGB uint8, landmarks (5, 2) or None,
+    photo -> input point map, photo shape)``."""
     from jaxface.faces import crops, read_image, select_faces  # pylint: disable=g-import-not-at-top
     rgb = read_image(path)
-    lm = None
+    photo_shape = rgb.shape[:2]
+    lm, to_crop = None, None  # Landmarks in photo pixels; photo -> crop affine.
     if name in self.given and not self.crop:
       lm = np.asarray(self.given[name], np.float64)
       if lm.shape != (5, 2):
@@ -142,26 +153,70 @@ class _Faces:
     elif self.crop or self.landmarks:
       faces = [f for f in self.detector().detect(rgb)
                if f.landmarks is not None or not self.landmarks]
-      if self.crop and not faces:
-        raise ValueError("no face found")
+      if not faces and (self.crop or self.landmarks):
+        raise ValueError("no face found" if self.crop else
+                         "no face landmarks found (needed by cis / cms)")
+      face = select_faces(faces, "largest", rgb.shape)[0]
+      if face.landmarks is not None:
+        lm = np.asarray(face.landmarks, np.float64)
       if self.crop:
-        face = select_faces(faces, "largest", rgb.shape)[0]
         side = max(self.ex.input_size)
         rgb, a = crops.crop(rgb, crops.margin_box(face.box, 0.3, square=True), side)
-        faces = [face] if face.landmarks is not None else []
-        if faces:
-          lm = crops.apply_affine(crops.invert_affine(a), face.landmarks)
-      elif faces:
-        lm = np.asarray(select_faces(faces, "largest", rgb.shape)[0].landmarks, np.float64)
-      if self.landmarks and lm is None:
-        raise ValueError("no face landmarks found (needed by cis / cms)")
+        to_crop = crops.invert_affine(a)
     h, w = self.ex.input_size
-    if lm is not None:
-      # Pixel centres map to pixel centres: x' = (x + 0.5) * w / W - 0.5.
-      lm = (lm + 0.5) * np.array([w / rgb.shape[1], h / rgb.shape[0]]) - 0.5
+    scale = np.array([w / rgb.shape[1], h / rgb.shape[0]])
+
+    def to_input(points):
+      p = np.asarray(points, np.float64)
+      if to_crop is not None:
+        p = crops.apply_affine(to_crop, p)
+      return (p + 0.5) * scale - 0.5  # Pixel centres map to pixel centres.
+
     small = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
     px = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)[..., None] if self.ex.grey else small
-    return px.astype(np.float32), small, lm
+    return (px.astype(np.float32), small, None if lm is None else to_input(lm), to_input,
+            photo_shape)
+
+
+def _load_vertex_files(args):
+  """``(canonical vertices in the input frame's source pixels, canonical (H, W))`` or None."""
+  from jaxface.explain import canonical  # pylint: disable=g-import-not-at-top
+  if not args.vertices and not args.canonical:
+    return None
+  if not (args.vertices and args.canonical):
+    raise UsageError("--vertices and --canonical go together")
+  if not os.path.isdir(args.vertices):
+    raise UsageError(f"--vertices {args.vertices}: not a folder")
+  try:
+    ref = canonical.load_vertices(args.canonical)
+  except (ValueError, OSError) as e:
+    raise UsageError(f"--canonical: {e}") from None
+  if args.canonical_size:
+    try:
+      hc, wc = (int(v) for v in args.canonical_size.split(","))
+    except ValueError:
+      raise UsageError(f"--canonical-size {args.canonical_size!r}: expected H,W") from None
+  else:
+    hc, wc = int(np.ceil(ref[:, 1].max())) + 1, int(np.ceil(ref[:, 0].max())) + 1
+  return ref[:, :2], (hc, wc)
+
+
+def _mesh_correspondence(args, name, ref, to_input, photo_shape, input_size):
+  """The correspondence of one image from its own vertex file (the paper's PRNet setting)."""
+  from jaxface.explain import canonical  # pylint: disable=g-import-not-at-top
+  stem = os.path.splitext(name.replace(os.sep, "_"))[0]
+  found = [os.path.join(args.vertices, stem + e) for e in (".npy", ".mat")
+           if os.path.exists(os.path.join(args.vertices, stem + e))]
+  if not found:
+    raise ValueError(f"no {stem}.npy or {stem}.mat in --vertices")
+  v = canonical.load_vertices(found[0])
+  (mf, (hc, wc)) = ref
+  if len(v) != len(mf):
+    raise ValueError(f"{found[0]} has {len(v)} vertices, --canonical {len(mf)}")
+  valid = canonical.visible(v, photo_shape) if v.shape[1] >= 3 else None
+  h, w = input_size
+  mf_in = (mf + 0.5) * np.array([w / wc, h / hc]) - 0.5
+  return canonical.from_vertices(to_input(v[:, :2]), mf_in, valid, (h, w), (h, w))
 
 
 def _png(path: str, rgb: np.ndarray, size: int) -> None:
@@ -220,7 +275,7 @@ def _explain_batch(methods, ex, px, target, args, corrs) -> dict[str, Any]:
           if target == "argmax" else np.full(len(px), target)
       conf = canonical.class_confidence(fwd, np.asarray(labels), args.score)
       out["cis"] = canonical.cis(conf, v, px, corrs, canonical_shape=ex.input_size, patch=patch,
-                                 fill=fill)
+                                 stride=args.vertex_stride, fill=fill)
       out["cis_labels"] = np.asarray(labels)
   return out
 
@@ -245,7 +300,8 @@ def run(args) -> dict[str, Any]:
       raise UsageError(f"--landmarks {args.landmarks}: {e}") from None
     if not isinstance(given, dict):
       raise UsageError(f"--landmarks {args.landmarks}: expected a JSON object of image names")
-  reader = _Faces(ex, args.faces == "mtcnn", need_lm, given)
+  mesh = _load_vertex_files(args)
+  reader = _Faces(ex, args.faces == "mtcnn", need_lm and mesh is None, given)
   h, w = ex.input_size
   disp = max(224, h)
   kept, px_all, shown, corrs = [], [], [], []
@@ -253,8 +309,11 @@ def run(args) -> dict[str, Any]:
     if len(images) > 1:
       print(f"[{i + 1}/{len(images)}] {name}", file=sys.stderr)
     try:
-      px, small, lm = reader(path, name)
-      corr = canonical.from_landmarks(lm, (h, w), (h, w)) if need_lm else None
+      px, small, lm, to_input, photo_shape = reader(path, name)
+      if mesh is not None:
+        corr = _mesh_correspondence(args, name, mesh, to_input, photo_shape, (h, w))
+      else:
+        corr = canonical.from_landmarks(lm, (h, w), (h, w)) if need_lm else None
     except (ImageReadError, ValueError, OSError) as e:
       print(f"jaxface.explain: skipped {name}: {e}", file=sys.stderr)
       continue

@@ -11,15 +11,16 @@ Variants (``variant=``):
 * Grad-CAM++ "official" (Chattopadhay et al.'s code): alpha = g^2 / (2 g^2 + sum(A) g^3) with
   the exp(S) factors of its closed form (S the class logit there: ``score="logit"``), alphas
   normalised to sum 1 over the grid (a zero sum is left unnormalised instead of dividing by 0),
-  weights sum(alpha * ReLU(exp(S) g)). "pgc" (pytorch-grad-cam): no exp factor, no alpha normalisation,
-  1e-6 in the denominator. With a GAP head (constant g) the weights are exp(S) ReLU(g) and
-  Z ReLU(g) / (2 + sum(A) g) respectively. exp(S) is taken of min(S, 80) so float32 cannot overflow;
-  the factor is a positive per-image scale that min-max scaling removes.
+  weights sum(alpha * ReLU(exp(S) g)). "pgc" (pytorch-grad-cam): no exp factor, no alpha
+  normalisation, 1e-6 in the denominator. With a GAP head (constant g) the weights are
+  exp(S) ReLU(g) and Z ReLU(g) / (2 + sum(A) g) respectively. exp(S) is taken of min(S, 80) so
+  float32 cannot overflow; the factor is a positive per-image scale that min-max scaling removes.
 * Score-CAM "official" (Wang et al.'s code): each channel, upsampled (half-pixel bilinear) and
   min-max scaled, masks the input; its weight is the score of the masked input (the code uses the
   softmax probability: ``score="prob"``); constant channels are skipped (weight 0); the map is
-  summed at the input's resolution (a constant result is zeros here, None in that code). "pgc": corner-aligned
-  upsampling, (max - min + 1e-8) scaling, softmax of the channel scores, map on the layer's grid.
+  summed at the input's resolution (a constant result is zeros here, None in that code).
+  "pgc": corner-aligned upsampling, (max - min + 1e-8) scaling, softmax of the channel scores,
+  map on the layer's grid.
 
 Where the references differ: pytorch-grad-cam maps only the first image of a batch correctly in
 one open issue (#264) and gives NaN or all-zero Score-CAMs for constant maps (#214, #173); a JAX

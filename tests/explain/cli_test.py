@@ -130,3 +130,28 @@ def test_cli_reads_a_converted_npz(tmp_path, capsys):
   assert rc == 0, capsys.readouterr().err
   rec = json.load(open(tmp_path / "o" / "results.json"))["images"][0]["gradcam"]
   assert rec["class"] == 1 and rec["target"] == "class" and rec["score"] == "prob"
+
+
+def test_cli_cis_from_user_meshes(images, tmp_path, capsys):
+  """The paper's setting: per-image meshes (x, y, z) and a canonical mesh, same indexing."""
+  folder, _ = images
+  gy, gx = np.mgrid[5:200:12, 5:180:12]
+  grid = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float64)
+  mesh_dir = tmp_path / "meshes"
+  mesh_dir.mkdir()
+  # A flat face: z constant, so every vertex is visible; the canonical mesh is the same grid.
+  np.save(mesh_dir / "face.npy", np.hstack([grid, np.zeros((len(grid), 1))]))
+  np.save(tmp_path / "frontal.npy", grid)
+  out = tmp_path / "o"
+  rc = cli.main(["--model", "pretrained:gender", "--method", "cis", "--images",
+                 os.path.join(folder, "face.png"), "--out", str(out), "--vertices",
+                 str(mesh_dir), "--canonical", str(tmp_path / "frontal.npy"),
+                 "--canonical-size", "200,180", "--vertex-stride", "2", "--patch", "5"])
+  assert rc == 0, capsys.readouterr().err
+  rec = json.load(open(out / "results.json"))["images"][0]["cis"]
+  assert rec["vertices"] == (len(grid) + 1) // 2 and rec["stride"] == 2
+  assert np.load(out / "cms.npy").shape == (32, 32)
+  rc = cli.main(["--model", "pretrained:gender", "--method", "cis", "--images", folder,
+                 "--out", str(out), "--vertices", str(mesh_dir)])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "--canonical" in err[0]
