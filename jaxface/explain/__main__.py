@@ -11,9 +11,10 @@ image it writes ``<name>_input.png``, per method ``<name>_<method>.png`` (the ma
 per-image meshes (``--vertices DIR --canonical FILE``, the paper's PRNet setting) or else from
 five landmarks (``--landmarks FILE`` or MTCNN). ``cms.png`` (the CMS on the mean canonical face),
 ``cms.npy`` and ``cms_coverage.png`` summarise the folder; ``results.json`` records every
-setting. ``--metrics`` writes ``metrics.json`` and ``metrics.md`` (Average Drop %, % Increase, Win % of the methods on the
-negative explanation images, CMS re-projected onto each face); ``--sanity`` writes ``sanity.json``
-(cascading randomisation of the model for each method but CIS/CMS, on up to four images).
+setting. ``--metrics`` writes ``metrics.json`` and ``metrics.md`` (Average Drop %, % Increase,
+Win % of the methods on the negative explanation images, CMS re-projected onto each face);
+``--sanity`` writes ``sanity.json`` (cascading randomisation of the model for each method but
+CIS/CMS, on up to four images).
 Unreadable images, and images without a face where one is needed, are reported and skipped.
 """
 
