@@ -130,8 +130,8 @@ class MLNet(nn.Module):
     for block, n_convs, channels in _VGG_BLOCKS:
       for i in range(1, n_convs + 1):
         name = f"conv{block}_{i}"
-        x = nn.Conv(layers.scaled(channels, self.width), (3, 3), padding="SAME", dtype=self.dtype,
-                    kernel_init=keras1_glorot_uniform, name=name)(x)
+        x = layers.Conv(layers.scaled(channels, self.width), (3, 3), padding="SAME",
+                        dtype=self.dtype, kernel_init=keras1_glorot_uniform, name=name)(x)
         x = nn.relu(x)
       aux[f"conv{block}"] = x
       if block in pool_strides:
@@ -143,12 +143,12 @@ class MLNet(nn.Module):
     aux["encoded"] = encoded
     aux["features"] = encoded
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(encoded)
-    x = nn.Conv(layers.scaled(64, self.width), (3, 3), padding="SAME", dtype=self.dtype,
-                kernel_init=keras1_glorot_normal, name="int_conv")(x)
+    x = layers.Conv(layers.scaled(64, self.width), (3, 3), padding="SAME", dtype=self.dtype,
+                    kernel_init=keras1_glorot_normal, name="int_conv")(x)
     x = nn.relu(x)
     # One output map whatever the width.
-    x = nn.Conv(1, (1, 1), dtype=self.dtype, kernel_init=keras1_glorot_normal,
-                name="pre_final_conv")(x)
+    x = layers.Conv(1, (1, 1), dtype=self.dtype, kernel_init=keras1_glorot_normal,
+                    name="pre_final_conv")(x)
     x = nn.relu(x)
     aux["pre_prior"] = x
     x, prior = LearnedPrior(tuple(self.prior_shape), dtype=self.dtype, name="prior")(x)
