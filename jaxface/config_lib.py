@@ -23,6 +23,7 @@ ConfigDict = ml_collections.ConfigDict
 PERIODS = ("train", "eval_every", "checkpoint_every", "log_every")
 TASK_KINDS = ("classify", "attributes", "saliency")
 SALIENCY_MODES = ("none", "cache", "online", "dataset")
+SALIENCY_LOSSES = ("mlnet", "kld")  # config.task.saliency_loss (jaxface.tasks.saliency)
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,9 @@ def base_config() -> ConfigDict:
       label_smoothing=0.0,
       loss_weights=ConfigDict({}, type_safe=False),  # task name -> weight (multi-task)
       ordinal=("age",),  # label keys whose classes are ordered (one-off accuracy, AABD)
+      # saliency kind: "mlnet" (the reference, each map divided by its maximum) or "kld"
+      # (KL divergence of the sum-normalised maps; see jaxface.tasks.saliency.kld_loss)
+      saliency_loss="mlnet",
   ))
   c.saliency = ConfigDict(dict(
       mode="none", r=0.3,
@@ -205,6 +209,8 @@ def validate(config: ConfigDict) -> None:
   need(config.optim.lr > 0, "optim.lr", f"must be positive, got {config.optim.lr}")
   need(config.optim.weight_decay >= 0, "optim.weight_decay",
        f"must be >= 0, got {config.optim.weight_decay}")
+  need(config.task.saliency_loss in SALIENCY_LOSSES, "task.saliency_loss",
+       f"must be one of {SALIENCY_LOSSES}, got {config.task.saliency_loss!r}")
   need(config.batch_size >= 1, "batch_size", f"must be >= 1, got {config.batch_size}")
   need(config.accum_steps >= 1, "accum_steps", f"must be >= 1, got {config.accum_steps}")
   need(config.batch_size % config.accum_steps == 0, "accum_steps",

@@ -233,9 +233,10 @@ def evaluate(config, workdir: str, checkpoint: str | int | None = None,
   results = reports(tasks, pred["probs"], pred["labels"])
   for t in tasks:
     if t.kind == "saliency":
-      total, count = pred["sums"]["saliency/loss"]
-      results[t.name] = {"loss": total / count,
-                         "n": int(len(pred["ids"]))}
+      results[t.name] = {k.split("/", 1)[1]: total / count
+                         for k, (total, count) in pred["sums"].items()
+                         if k.startswith("saliency/") and count}
+      results[t.name]["n"] = int(len(pred["ids"]))
   results["_run"] = {"workdir": workdir, "step": int(step), "split": split,
                      "skipped": pred["skipped"], "n": int(len(pred["ids"]))}
   if jax.process_index() == 0:

@@ -113,7 +113,9 @@ def loss_and_metrics(out: Any, batch: dict[str, jax.Array], params: PyTree, task
     if t.kind == "saliency":
       gt = batch["saliency"].astype(jnp.float32) / 255.0
       gt = jax.image.resize(gt[..., None], o.shape, "linear", antialias=True)
-      loss = saliency_loss.mlnet_total_loss(o, jnp.clip(gt, 0.0, 1.0), params)
+      loss = saliency_loss.mlnet_total_loss(
+          o, jnp.clip(gt, 0.0, 1.0), params,
+          loss=config.task.saliency_loss)
       metrics["saliency/loss"] = (loss * mask.sum(), mask.sum())
     elif t.kind == "attributes":
       labels = batch[t.name]
@@ -306,6 +308,10 @@ def make_eval_step(model, tasks: Sequence[Task], config, prepare: Callable[[jax.
     if not views:
       mb = dict(batch)
       _, metrics = loss_and_metrics(out, mb, state["params"], tasks, config, {})
+      for t in tasks:
+        if t.kind == "saliency":  # CC, NSS, AUC-Judd, KLD, SIM against the true maps
+          metrics.update(saliency_loss.map_metrics(outputs[t.name], batch["saliency"],
+                                                   batch["mask"]))
       result["metrics"] = metrics
     return result
 

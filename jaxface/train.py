@@ -142,22 +142,44 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
 
 class BelowExpectation(RuntimeError):
-  """A test accuracy below ``config.eval.expect``."""
+  """A test result below ``config.eval.expect``."""
+
+
+# The metric an ``expect`` entry named by the task alone checks, per kind of result.
+HEADLINE_METRICS = ("accuracy", "cc")
+
+
+def _expected_metric(results: dict[str, Any], key: str) -> tuple[str, float | None]:
+  """``("task/metric", value)`` of an expect key ``task`` (its headline metric) or ``task/metric``."""
+  task, _, metric = key.partition("/")
+  got = results.get(task, {})
+  if not metric:
+    metric = next((m for m in HEADLINE_METRICS if m in got), HEADLINE_METRICS[0])
+  value = got.get(metric)
+  return f"{task}/{metric}", None if value is None else float(value)
 
 
 def check_expectations(config, results: dict[str, Any]) -> None:
-  """Fails when a task's test accuracy is below its ``config.eval.expect`` minimum."""
+  """Fails when a test result is below its ``config.eval.expect`` minimum.
+
+  Keys are a task (its accuracy, or CC for a saliency map) or ``task/metric`` (e.g.
+  ``saliency/nss``); KLD is a divergence and cannot be given a minimum.
+  """
   expect = dict(config.eval.get("expect") or {})
-  low = []
-  for task, minimum in expect.items():
-    got = results.get(task, {}).get("accuracy")
-    if got is None or got < float(minimum):
-      low.append(f"{task}: {got} < {minimum}")
+  low, reached = [], []
+  for key, minimum in expect.items():
+    name, got = _expected_metric(results, key)
+    if name.endswith("/kld"):
+      raise config_lib.ConfigError(f"config.eval.expect.{key}: KLD is lower-is-better; "
+                                   "give a minimum of cc, nss, auc_judd or sim instead")
+    if got is None or not got >= float(minimum):
+      low.append(f"{name}: {got if got is None else round(got, 4)} < {minimum}")
+    else:
+      reached.append(f"{name} {got:.3f} >= {minimum}")
   if low:
-    raise BelowExpectation("test accuracy below config.eval.expect: " + "; ".join(low))
+    raise BelowExpectation("test result below config.eval.expect: " + "; ".join(low))
   if expect:
-    print("expected accuracies reached: " + ", ".join(
-        f"{t} {results[t]['accuracy']:.3f} >= {m}" for t, m in expect.items()), flush=True)
+    print("expected results reached: " + ", ".join(reached), flush=True)
 
 
 def _run_stages(config, workdir: str) -> dict[str, Any]:

@@ -29,6 +29,28 @@ def mlnet_loss(pred_BHW1: jax.Array, gt_BHW1: jax.Array, alpha: float = 1.1,
   return jnp.mean(jnp.square(normed - gt) / (alpha - gt))
 
 
+SALIENCY_LOSSES = ("mlnet", "kld")
+
+
+def kld_loss(pred_BHW1: jax.Array, gt_BHW1: jax.Array, eps: float = 1e-7) -> jax.Array:
+  """Mean over images of KL(gt || pred) of the sum-normalised maps (the benchmark's KLD).
+
+  The usual training loss of later saliency models (SalGAN, SAM, DeepGaze). Unlike
+  :func:`mlnet_loss` it has no degenerate optimum from random weights: a map that puts mass
+  where there is no fixation takes it from where there is, so neither an all-zero map nor one
+  spurious peak scores well. (ML-Net's max-normalised loss is blind to a map's scale: the
+  brightest pixel's own term is ``(1 - gt)^2 / (alpha - gt)`` whatever it predicts, and raising it
+  dims every other pixel, so from random weights it grows one spurious peak or dies.)
+  """
+  pred = pred_BHW1.astype(jnp.float32)
+  gt = gt_BHW1.astype(jnp.float32)
+  if pred.shape != gt.shape:
+    raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+  q = pred / jnp.maximum(jnp.sum(pred, axis=(1, 2, 3), keepdims=True), eps)
+  p = gt / jnp.maximum(jnp.sum(gt, axis=(1, 2, 3), keepdims=True), eps)
+  return jnp.mean(jnp.sum(p * jnp.log(eps + p / (eps + q)), axis=(1, 2, 3)))
+
+
 def _prior_w(params: Mapping[str, Any]) -> jax.Array:
   if "params" in params:  # A full variables dict.
     params = params["params"]
@@ -53,7 +75,92 @@ def prior_regularizer(params: Mapping[str, Any], weight: float | None = None) ->
 
 def mlnet_total_loss(pred_BHW1: jax.Array, gt_BHW1: jax.Array, params: Mapping[str, Any],
                      alpha: float = 1.1, eps: float = 1e-8,
-                     prior_weight: float | None = None) -> jax.Array:
-  """The objective ML-Net minimises: :func:`mlnet_loss` plus :func:`prior_regularizer`."""
-  return (mlnet_loss(pred_BHW1, gt_BHW1, alpha=alpha, eps=eps)
-          + prior_regularizer(params, weight=prior_weight))
+                     prior_weight: float | None = None, loss: str = "mlnet") -> jax.Array:
+  """The objective ML-Net minimises: ``loss`` ("mlnet": :func:`mlnet_loss`, the reference, or
+  "kld": :func:`kld_loss`) plus :func:`prior_regularizer`."""
+  if loss not in SALIENCY_LOSSES:
+    raise ValueError(f"saliency loss must be one of {SALIENCY_LOSSES}, got {loss!r}")
+  data = (mlnet_loss(pred_BHW1, gt_BHW1, alpha=alpha, eps=eps) if loss == "mlnet"
+          else kld_loss(pred_BHW1, gt_BHW1))
+  return data + prior_regularizer(params, weight=prior_weight)
+
+
+# ----------------------------------------------------------------------------- evaluation metrics
+
+# Metrics every saliency evaluation reports (sums over images, divided by the count at the end).
+MAP_METRICS = ("cc", "nss", "auc_judd", "kld", "sim")
+
+
+def fixation_points(gt_HW: jax.Array, min_fraction: float = 0.1) -> jax.Array:
+  """Binary fixation map of a density map that has no fixation points: its local maxima.
+
+  Pixels equal to the maximum of their 3x3 neighbourhood and at least ``min_fraction`` of the
+  map's maximum (so flat zero areas are not "fixated"). On the synthetic faces these are the
+  centres of the eye, nose and mouth Gaussians; on SALICON maps the centres of fixation clusters.
+  """
+  g = gt_HW.astype(jnp.float32)
+  neighbourhood = jax.lax.reduce_window(g, -jnp.inf, jax.lax.max, (3, 3), (1, 1), "SAME")
+  return (g >= neighbourhood) & (g >= min_fraction * jnp.max(g)) & (g > 0)
+
+
+def auc_judd(s_HW: jax.Array, fix_HW: jax.Array) -> jax.Array:
+  """AUC-Judd as :func:`jaxface.saliency.metrics.auc_judd`, in jnp (jit-able, fixed shapes).
+
+  The thresholds are the fixated pixels' values, sorted in decreasing order; the unused slots of
+  the fixed-size threshold array collapse onto the (1, 1) end point and add no area.
+  """
+  v = s_HW.astype(jnp.float32).ravel()
+  f = fix_HW.ravel()
+  lo, hi = jnp.min(v), jnp.max(v)
+  v = jnp.where(hi > lo, (v - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.0)
+  n_pix = v.size
+  n_fix = jnp.sum(f)
+  thresholds = -jnp.sort(-jnp.where(f, v, -jnp.inf))
+  above = n_pix - jnp.searchsorted(jnp.sort(v), thresholds, side="left")
+  k = jnp.arange(1, n_pix + 1)
+  valid = k <= n_fix
+  tp = jnp.where(valid, k / jnp.maximum(n_fix, 1), 1.0)
+  fp = jnp.where(valid, (above - k) / jnp.maximum(n_pix - n_fix, 1), 1.0)
+  tp = jnp.concatenate([jnp.zeros(1), tp, jnp.ones(1)])
+  fp = jnp.concatenate([jnp.zeros(1), fp, jnp.ones(1)])
+  return jnp.sum((fp[1:] - fp[:-1]) * (tp[1:] + tp[:-1]) / 2)
+
+
+def _image_metrics(s: jax.Array, g: jax.Array) -> dict[str, jax.Array]:
+  """The MIT-benchmark metrics of one predicted map ``s`` against a density ``g`` (both (H, W)).
+
+  A constant prediction (e.g. ML-Net's all-zero dead optimum) is scored as the uniform map it
+  carries no more information than: CC 0, NSS 0, KLD and SIM of the uniform distribution
+  (the benchmark's formulas divide by its zero spread and give NaN).
+  """
+  # pylint: disable=g-import-not-at-top
+  from jaxface.saliency import metrics
+  constant = jnp.max(s) - jnp.min(s) <= 0
+  s_safe = jnp.where(constant, jnp.arange(s.size, dtype=jnp.float32).reshape(s.shape), s)
+  fix = fixation_points(g)
+  uniform = jnp.full(s.shape, 1.0 / s.size)
+  g_min, g_max = jnp.min(g), jnp.max(g)
+  g_dist = (g - g_min) / jnp.maximum(g_max - g_min, 1e-12)
+  g_dist = g_dist / jnp.maximum(jnp.sum(g_dist), 1e-12)
+  return {
+      "cc": jnp.where(constant, 0.0, metrics.cc(s_safe, g)),
+      "nss": jnp.where(constant, 0.0, metrics.nss(s_safe, fix)),
+      "auc_judd": jnp.where(constant, 0.5, auc_judd(s_safe, fix)),
+      "kld": jnp.where(constant, metrics.kld(uniform, g), metrics.kld(s_safe, g)),
+      "sim": jnp.where(constant, jnp.sum(jnp.minimum(uniform, g_dist)), metrics.sim(s_safe, g)),
+  }
+
+
+def map_metrics(pred_BHW1: jax.Array, gt_BHW: jax.Array, mask_B: jax.Array
+                ) -> dict[str, tuple[jax.Array, jax.Array]]:
+  """``{"saliency/<metric>": (sum, count)}`` over the masked images of a batch.
+
+  The prediction is resized (bilinear) to the ground truth's size first, as the benchmark
+  prescribes; ``gt_BHW`` may be uint8 (0-255) or float. AUC-Judd of a constant map is 0.5.
+  """
+  g = gt_BHW.astype(jnp.float32)
+  s = jax.image.resize(pred_BHW1.astype(jnp.float32)[..., 0], g.shape, "linear")
+  per_image = jax.vmap(_image_metrics)(s, g)
+  m = mask_B.astype(jnp.float32)
+  return {f"saliency/{k}": (jnp.sum(jnp.where(m > 0, v, 0.0)), jnp.sum(m))
+          for k, v in per_image.items()}

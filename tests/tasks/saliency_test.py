@@ -1,10 +1,11 @@
-"""ML-Net loss and prior regulariser against hand-computed values."""
+"""ML-Net loss, prior regulariser and the evaluation metrics of maps against hand-computed values."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxface.saliency import metrics
 from jaxface.tasks import saliency
 
 
@@ -64,3 +65,101 @@ def test_total_loss_is_sum():
   params = {"prior": {"W": jnp.full((6, 8), 0.5)}}
   np.testing.assert_allclose(saliency.mlnet_total_loss(pred, gt, params),
                              float(saliency.mlnet_loss(pred, gt)) + 0.25, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- evaluation metrics
+
+
+def _maps(seed: int, n: int = 3, hw=(12, 16)):
+  rng = np.random.default_rng(seed)
+  g = rng.random((n, *hw)).astype(np.float32) ** 4  # peaky, like fixation densities
+  s = rng.random((n, *hw)).astype(np.float32)
+  return s, g
+
+
+def test_fixation_points_are_the_local_maxima_of_a_density():
+  g = np.zeros((9, 9), np.float32)
+  g[2, 2], g[6, 5], g[6, 6] = 1.0, 0.6, 0.3  # two peaks; (6, 6) is below its neighbour
+  g[0, 8] = 0.05  # a local maximum under 10 % of the peak is not a fixation
+  got = np.asarray(saliency.fixation_points(jnp.asarray(g)))
+  assert sorted(zip(*np.nonzero(got))) == [(2, 2), (6, 5)]
+
+
+def test_jnp_auc_judd_equals_the_numpy_reference():
+  s, g = _maps(0)
+  s[0][s[0] < 0.5] = 0  # ties at zero
+  for i in range(len(s)):
+    fix = np.asarray(saliency.fixation_points(jnp.asarray(g[i])))
+    # Same arithmetic in float32 vs float64 over <= 192 thresholds: rounding only.
+    np.testing.assert_allclose(float(saliency.auc_judd(jnp.asarray(s[i]), jnp.asarray(fix))),
+                               metrics.auc_judd(s[i], fix), atol=1e-6)
+
+
+def test_map_metrics_average_the_benchmark_metrics_over_unmasked_images():
+  s, g = _maps(1)
+  pred = jnp.asarray(s)[..., None]  # already at the ground truth's size: resize is identity
+  mask = jnp.asarray([1.0, 1.0, 0.0])
+  got = saliency.map_metrics(pred, jnp.asarray(g), mask)
+  assert set(got) == {f"saliency/{k}" for k in saliency.MAP_METRICS}
+  for name, fn in (("cc", metrics.cc), ("kld", metrics.kld), ("sim", metrics.sim)):
+    total, count = got[f"saliency/{name}"]
+    want = np.mean([float(fn(s[i], g[i])) for i in range(2)])
+    assert float(count) == 2.0
+    np.testing.assert_allclose(float(total) / 2, want, rtol=1e-5, err_msg=name)
+  fix = [np.asarray(saliency.fixation_points(jnp.asarray(g[i]))) for i in range(2)]
+  total, _ = got["saliency/nss"]
+  np.testing.assert_allclose(float(total) / 2,
+                             np.mean([float(metrics.nss(s[i], fix[i])) for i in range(2)]),
+                             rtol=1e-5)
+  total, _ = got["saliency/auc_judd"]
+  np.testing.assert_allclose(float(total) / 2,
+                             np.mean([metrics.auc_judd(s[i], fix[i]) for i in range(2)]),
+                             atol=1e-6)
+
+
+def test_map_metrics_score_a_dead_all_zero_map_as_uninformative_not_nan():
+  _, g = _maps(2, n=2)
+  got = saliency.map_metrics(jnp.zeros((2, 12, 16, 1)), jnp.asarray(g), jnp.ones(2))
+  values = {k.split("/")[1]: float(t) / float(n) for k, (t, n) in got.items()}
+  assert values["cc"] == 0.0 and values["nss"] == 0.0 and values["auc_judd"] == 0.5
+  uniform = np.full(g[0].shape, 1.0 / g[0].size, np.float32)
+  np.testing.assert_allclose(values["kld"],
+                             np.mean([float(metrics.kld(uniform, gi)) for gi in g]), rtol=1e-5)
+  assert 0.0 < values["sim"] < 1.0
+
+
+def test_map_metrics_resize_the_prediction_to_the_ground_truth():
+  yy, xx = np.mgrid[:16, :16]
+  g = np.exp(-((yy - 5.0)**2 + (xx - 10.0)**2) / (2 * 3.0**2)).astype(np.float32)[None]
+  small = jax.image.resize(jnp.asarray(g)[..., None], (1, 4, 4, 1), "linear")
+  got = saliency.map_metrics(small, jnp.asarray(g), jnp.ones(1))
+  assert float(got["saliency/cc"][0]) > 0.9  # the upsampled coarse copy matches the blob
+  moved = saliency.map_metrics(small[:, ::-1, ::-1], jnp.asarray(g), jnp.ones(1))
+  assert float(moved["saliency/cc"][0]) < 0.0  # the same blob mirrored does not
+
+
+def test_kld_loss_hand_computed_and_scale_invariant():
+  pred = _map([[1.0, 1.0], [2.0, 0.0]])
+  gt = _map([[0.0, 1.0], [1.0, 2.0]])
+  q = np.array([0.25, 0.25, 0.5, 0.0])
+  p = np.array([0.0, 0.25, 0.25, 0.5])
+  eps = 1e-7
+  want = np.sum(p * np.log(eps + p / (eps + q)))
+  np.testing.assert_allclose(float(saliency.kld_loss(pred, gt)), want, rtol=1e-5)
+  np.testing.assert_allclose(float(saliency.kld_loss(10 * pred, gt)), want, rtol=1e-5)
+  assert float(saliency.kld_loss(gt, gt)) == pytest.approx(0.0, abs=1e-6)
+  # The objective picks the data term by name and still adds the prior regulariser.
+  params = {"prior": {"W": jnp.ones((2, 2))}}
+  np.testing.assert_allclose(float(saliency.mlnet_total_loss(pred, gt, params, loss="kld")),
+                             want + 1.0, rtol=1e-5)
+  with pytest.raises(ValueError, match="saliency loss must be one of"):
+    saliency.mlnet_total_loss(pred, gt, params, loss="mse")
+
+
+def test_kld_loss_has_no_spurious_peak_optimum():
+  # ML-Net's max-normalised loss scores a map with one wrong bright pixel almost like the
+  # all-zero map; KLD makes it far worse than a map with mass on the fixated pixels.
+  gt = _map([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+  right = _map([[0.1, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 0.1]])
+  spurious = _map([[1.0, 0.0, 0.0], [0.0, 0.01, 0.0], [0.0, 0.0, 0.0]])
+  assert float(saliency.kld_loss(spurious, gt)) > 5 * float(saliency.kld_loss(right, gt))
