@@ -92,6 +92,19 @@ def max_pool_2x2(x_BHWC: jax.Array, stride: int, pool_mode: str = "keras_theano"
   return nn.max_pool(x_BHWC, (2, 2), (stride, stride), pads)
 
 
+def relu_with_leaky_grad(x: jax.Array, slope: float) -> jax.Array:
+  """``relu(x)`` in value; in the gradient, ``slope`` instead of 0 where ``x <= 0``.
+
+  ``x - stop_gradient(x)`` is exactly zero in the forward pass, so outputs (and every loss value)
+  are bit-identical to the plain ReLU; only the backward pass lets a dead pixel feel the loss.
+  """
+  y = nn.relu(x)
+  if not slope:
+    return y
+  # x <= 0: the second ReLU sees exact zeros from the first one, where relu' is 0 too.
+  return y + slope * jnp.where(x <= 0, x - jax.lax.stop_gradient(x), 0.0)
+
+
 class LearnedPrior(nn.Module):
   """ML-Net's ``EltWiseProduct``: multiplies the map by ``1 + W`` upsampled to its size."""
   shape: tuple[int, int] = (6, 8)
@@ -109,15 +122,18 @@ class MLNet(nn.Module):
   """ML-Net. ``__call__`` returns ``(saliency_BHW1, aux)``; the map is at stride 8.
 
   aux: "conv1".."conv5" (last ReLU of each block), "conv1_pool".."conv4_pool", "conv5_3",
-  "encoded" (the 1280-channel concat, before dropout; also under "features"), "pre_prior"
-  (``pre_final_conv`` after its ReLU), "prior" (the upsampled ``1 + W``, shape (1, H, W, 1)) and
-  "saliency" (the output).
+  "encoded" (the 1280-channel concat, before dropout; also under "features"), "pre_relu"
+  (``pre_final_conv`` before its ReLU), "pre_prior" (after it), "prior" (the upsampled
+  ``1 + W``, shape (1, H, W, 1)) and "saliency" (the output).
   """
   width: float = 1.0
   dtype: Any = jnp.float32
   dropout_rate: float = 0.5
   prior_shape: tuple[int, int] = (6, 8)
   pool_mode: str = "keras_theano"
+  # Training only: gradient slope of the last two ReLUs below zero (0: the reference). Outputs
+  # are unchanged (see relu_with_leaky_grad); it keeps pixels that should light up trainable.
+  dead_relu_grad: float = 0.0
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, train: bool = False):
@@ -149,11 +165,13 @@ class MLNet(nn.Module):
     # One output map whatever the width.
     x = layers.Conv(1, (1, 1), dtype=self.dtype, kernel_init=keras1_glorot_normal,
                     name="pre_final_conv")(x)
-    x = nn.relu(x)
+    aux["pre_relu"] = x
+    leak = self.dead_relu_grad if train else 0.0
+    x = relu_with_leaky_grad(x, leak)
     aux["pre_prior"] = x
     x, prior = LearnedPrior(tuple(self.prior_shape), dtype=self.dtype, name="prior")(x)
     aux["prior"] = prior
-    out = nn.relu(x)
+    out = relu_with_leaky_grad(x, leak)
     aux["saliency"] = out
     return out, aux
 

@@ -117,10 +117,13 @@ def jaxface_version() -> str:
 
 
 def cache_key(mlnet_sha256: str, crop_pipe: str, mlnet_input: Sequence[int],
-              cache_size: Sequence[int], blur_sigma: float, fuse_geometry: bool = False) -> str:
+              cache_size: Sequence[int], blur_sigma: float, fuse_geometry: bool = False,
+              dataset_version: str | None = None) -> str:
   """16 hex digits identifying what a cache's maps depend on (the crop's pixels too: fused
-  geometry resamples the crop once, op by op resamples it per op)."""
-  payload = json.dumps({"mlnet_sha256": mlnet_sha256, "crop_pipe": sc.canonical_pipe(crop_pipe),
+  geometry resamples the crop once, op by op resamples it per op; and the dataset's version, as
+  a new version may hold other pixels under the same ids)."""
+  extra = {} if dataset_version is None else {"dataset_version": str(dataset_version)}
+  payload = json.dumps({**extra, "mlnet_sha256": mlnet_sha256, "crop_pipe": sc.canonical_pipe(crop_pipe),
                         "mlnet_input": list(mlnet_input), "cache_size": list(cache_size),
                         "blur_sigma": float(blur_sigma), "format": sc.FORMAT_VERSION,
                         "fuse_geometry": bool(fuse_geometry)},
@@ -206,8 +209,10 @@ def _settings(config) -> dict[str, Any]:
 
 
 def _resolve_dir(config, settings: dict[str, Any], mlnet_sha256: str) -> tuple[str, str]:
+  version = build.builder_class(_field(config, "data.name")).VERSION
   key = cache_key(mlnet_sha256, str(settings["crop_pipe"]), settings["mlnet_input"],
-                  settings["cache_size"], settings["blur_sigma"], settings["crop_pipe"].fuse)
+                  settings["cache_size"], settings["blur_sigma"], settings["crop_pipe"].fuse,
+                  dataset_version=str(version))
   cache_dir = _field(config, "saliency.cache_dir", "") or default_cache_dir(
       _optional(config, "data.data_dir"), _field(config, "data.name"),
       _optional(config, "data.config"), key)

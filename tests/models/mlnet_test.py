@@ -192,3 +192,33 @@ def test_pool_mode_standard_and_invalid():
   assert out.shape == (1, 8, 8, 1)
   with pytest.raises(ValueError, match="pool_mode"):
     _shapes(models.get("mlnet", width=1 / 16, pool_mode="same"), x.shape)
+
+
+def test_relu_with_leaky_grad_keeps_values_and_lets_dead_units_learn():
+  x = jnp.asarray([-2.0, 0.0, 3.0])
+  np.testing.assert_array_equal(mlnet.relu_with_leaky_grad(x, 0.1), jax.nn.relu(x))
+  grad = jax.grad(lambda v: mlnet.relu_with_leaky_grad(v, 0.1).sum())(x)
+  np.testing.assert_allclose(grad, [0.1, 0.1, 1.0])  # slope at 0 too: the second ReLU's input
+  np.testing.assert_array_equal(jax.grad(lambda v: mlnet.relu_with_leaky_grad(v, 0.0).sum())(x),
+                                [0.0, 0.0, 1.0])
+
+
+def test_dead_relu_grad_changes_training_gradients_only(rng):
+  x = jnp.asarray(rng.standard_normal((2, 32, 32, 3)) * 50, jnp.float32)
+  ref = mlnet.MLNet(width=1 / 16, dropout_rate=0.0, prior_shape=(2, 2))
+  leaky = mlnet.MLNet(width=1 / 16, dropout_rate=0.0, prior_shape=(2, 2), dead_relu_grad=0.1)
+  variables = ref.init(jax.random.key(0), x)
+  for train in (False, True):  # outputs are bit-identical, in training too
+    np.testing.assert_array_equal(ref.apply(variables, x, train=train)[0],
+                                  leaky.apply(variables, x, train=train)[0])
+  # An all-dead map: pre_final_conv's bias far below zero. The reference gets no gradient; the
+  # leaky one pushes the pixels that should light up.
+  dead = jax.tree_util.tree_map(lambda v: v, variables)
+  dead["params"]["pre_final_conv"]["bias"] = jnp.full((1,), -1e3)
+
+  def grads(model):
+    return jax.grad(lambda v: -model.apply(v, x, train=True)[0].sum())(dead)["params"]
+
+  assert not np.any(np.asarray(grads(ref)["pre_final_conv"]["bias"]))
+  assert np.asarray(grads(leaky)["pre_final_conv"]["bias"])[0] < 0  # descent raises the bias
+  assert not np.any(np.asarray(leaky.apply(dead, x, train=True)[0]))  # still all zero in value
