@@ -70,7 +70,7 @@ _EXPRESSION_PARAMS = np.array([
     [-0.3, 0.0, 0.85, -1.0, -0.6, 0.85],  # Anger
 ], np.float64)
 # Per-parameter spread around the prototype, so neighbouring expressions overlap.
-_EXPRESSION_NOISE = np.array([0.22, 0.12, 0.1, 0.25, 0.25, 0.12])
+_EXPRESSION_NOISE = np.array([0.12, 0.06, 0.06, 0.14, 0.14, 0.06])
 
 _HAIR_COLOURS = np.array([[30, 25, 22], [70, 45, 30], [120, 80, 45], [195, 160, 100],
                           [150, 70, 35]], np.float64)
@@ -275,7 +275,7 @@ def _draw_face(img: np.ndarray, rng: np.random.Generator, config: SyntheticConfi
   fem = float(np.clip(0.5 + (gender - 0.5) * dimorph + rng.normal(0, 0.15), 0, 1))
 
   params = _EXPRESSION_PARAMS[expression]
-  intensity = rng.uniform(0.45, 1.25)
+  intensity = rng.uniform(0.8, 1.25)
   curve, mopen, mwidth, brow_ang, brow_up, eye_open = (
       _EXPRESSION_PARAMS[0] + intensity * (params - _EXPRESSION_PARAMS[0]) +
       rng.normal(0, 1, 6) * _EXPRESSION_NOISE)
@@ -422,9 +422,9 @@ def _draw_face(img: np.ndarray, rng: np.random.Generator, config: SyntheticConfi
     p.line(lower, shade, 0.012)
     eyes.append([cx, eye_y])
     # Eyebrow: height and angle carry the expression, thickness the gender.
-    by = eye_y - 0.2 - 0.12 * brow_up
-    brow = _quad([sgn * 0.09, by - 0.07 * brow_ang], [cx, by - 0.05 - 0.03 * brow_ang],
-                 [cx + sgn * eye_w * 1.25, by + 0.02 + 0.03 * brow_ang], 8)
+    by = eye_y - 0.2 - 0.2 * brow_up
+    brow = _quad([sgn * 0.09, by - 0.13 * brow_ang], [cx, by - 0.05 - 0.06 * brow_ang],
+                 [cx + sgn * eye_w * 1.25, by + 0.02 + 0.06 * brow_ang], 8)
     p.line(brow, brow_c, (0.035 + 0.045 * (1 - fem) * dimorph) * (1 + rng.normal(0, 0.1)))
   if brow_ang < -0.4:  # frown lines between the brows
     for sgn in (-1, 1):
@@ -444,7 +444,7 @@ def _draw_face(img: np.ndarray, rng: np.random.Generator, config: SyntheticConfi
       p.line([[-0.07, y], [0.07, y - 0.01]], line_c, 0.012)
 
   # Mouth: corners raised by the curvature (one side more for disgust), opened by mopen.
-  raise_l = raise_r = 0.14 * curve
+  raise_l = raise_r = 0.26 * curve
   if expression == 5:
     if rng.random() < 0.5:
       raise_l += 0.06 * intensity
@@ -456,7 +456,7 @@ def _draw_face(img: np.ndarray, rng: np.random.Generator, config: SyntheticConfi
   left = np.array([-mouth_w, mouth_y - raise_l])
   right = np.array([mouth_w, mouth_y - raise_r])
   mid_y = mouth_y + 0.04 * curve
-  gap = 0.3 * mopen
+  gap = 0.45 * mopen
   in_up = _quad(left, [0, mid_y - gap / 2], right, 12)
   in_lo = _quad(right, [0, mid_y + gap / 2], left, 12)
   out_up = _quad(left, [0, mid_y - gap / 2 - lip_t], right, 12)

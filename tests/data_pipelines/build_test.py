@@ -37,7 +37,7 @@ def built(tmp_path_factory):
 
 def test_summary_is_printed_and_saved(built):
   data_dir, printed = built
-  assert "synthetic_faces/small 1.0.0 (built in" in printed
+  assert "synthetic_faces/small 1.1.0 (built in" in printed
   for split, n in SIZES.items():
     assert f"\n{split:<12}{n:>10}\n" in printed
   assert "\nskipped: 0\n" in printed
