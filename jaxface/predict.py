@@ -231,7 +231,7 @@ def video_frame_count(path: str) -> int:
 
 def annotate(image: np.ndarray, faces: Sequence[Face], records: Sequence[dict]) -> np.ndarray:
   """BGR copy with the detector drawing of ``jaxface.faces`` plus each face's labels."""
-  from jaxface.faces.__main__ import annotate as draw_faces  # pylint: disable=g-import-not-at-top
+  from jaxface.faces.draw import annotate as draw_faces  # pylint: disable=g-import-not-at-top
   out = draw_faces(image, list(faces))
   t = max(1, round(max(image.shape[:2]) / 400))
   for f, rec in zip(faces, records):

@@ -84,18 +84,10 @@ def _fail(msg: str) -> int:
 
 
 def _find_images(path: str) -> list[tuple[str, str]]:
-  from jaxface.faces.image_io import is_image_file  # pylint: disable=g-import-not-at-top
-  if os.path.isfile(path):
-    return [(path, os.path.basename(path))]
-  if not os.path.isdir(path):
+  from jaxface.faces.image_io import find_images  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
     raise UsageError(f"--images {path}: no such file or directory")
-  found = []
-  for root, dirs, files in os.walk(path):
-    dirs.sort()
-    for f in sorted(files):
-      if is_image_file(f) and not f.startswith("."):
-        full = os.path.join(root, f)
-        found.append((full, os.path.relpath(full, path)))
+  found = find_images(path)
   if not found:
     raise UsageError(f"--images {path}: no image files in the folder")
   return found

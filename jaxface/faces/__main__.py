@@ -27,26 +27,14 @@ import cv2
 import numpy as np
 
 from jaxface.faces import crops, get_detector
-from jaxface.faces.image_io import ImageReadError, is_image_file, read_image
+from jaxface.faces.draw import annotate
+from jaxface.faces.image_io import ImageReadError, find_images, read_image
 from jaxface.faces.types import Face
 
 CROP_MODES = ("margin", "align") + tuple(f"task{k}" for k in crops.SCHEMES)
 # Crop modes that cannot work without landmarks (task3 falls back to the box bottom).
 NEEDS_LANDMARKS = ("align", "task1", "task5")
 
-
-def find_images(path: str) -> list[tuple[str, str]]:
-  """(file, name relative to the input) pairs: the file itself, or image files under a folder."""
-  if os.path.isfile(path):
-    return [(path, os.path.basename(path))]
-  found = []
-  for root, dirs, files in os.walk(path):
-    dirs.sort()
-    for f in sorted(files):
-      if is_image_file(f) and not f.startswith("."):
-        full = os.path.join(root, f)
-        found.append((full, os.path.relpath(full, path)))
-  return found
 
 
 def face_crop(image: np.ndarray, face: Face, args) -> tuple[np.ndarray, np.ndarray]:
@@ -55,23 +43,6 @@ def face_crop(image: np.ndarray, face: Face, args) -> tuple[np.ndarray, np.ndarr
   if args.crop_mode == "align":
     return crops.align(image, face.landmarks, args.size, face_fraction=1 / (1 + args.margin))
   return crops.task_crop(image, face, int(args.crop_mode[4:]), args.size, context=args.margin)
-
-
-def annotate(image: np.ndarray, faces: list[Face]) -> np.ndarray:
-  """BGR copy with boxes (green), landmarks (red) and scores drawn; line width follows the size."""
-  out = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-  t = max(1, round(max(image.shape[:2]) / 400))
-  for f in faces:
-    # Box edges lie half a pixel outside the first / last covered pixel centres.
-    x1, y1, x2, y2 = (int(round(v)) for v in (f.box[0] + 0.5, f.box[1] + 0.5, f.box[2] - 0.5,
-                                              f.box[3] - 0.5))
-    cv2.rectangle(out, (x1, y1), (x2, y2), (0, 255, 0), t)
-    cv2.putText(out, f"{f.score:.2f}", (x1, max(y1 - 2 * t, 10 * t)), cv2.FONT_HERSHEY_SIMPLEX,
-                0.4 * t, (0, 255, 0), max(1, t // 2))
-    if f.landmarks is not None:
-      for x, y in f.landmarks:
-        cv2.circle(out, (int(round(x)), int(round(y))), t + 1, (0, 0, 255), -1)
-  return out
 
 
 def _write_png(path: str, image_bgr: np.ndarray) -> None:

@@ -222,3 +222,18 @@ def validate_rgb(image, name: str = "image") -> np.ndarray:
   if image.shape[0] == 0 or image.shape[1] == 0:
     raise ValueError(f"{name}: empty image of shape {image.shape}")
   return np.ascontiguousarray(image)
+
+
+def find_images(path: str) -> list[tuple[str, str]]:
+  """(file, name relative to the input) pairs: the file itself, or the image files under a folder
+  (walked in sorted order, hidden files skipped)."""
+  if os.path.isfile(path):
+    return [(path, os.path.basename(path))]
+  found = []
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for f in sorted(files):
+      if is_image_file(f) and not f.startswith("."):
+        full = os.path.join(root, f)
+        found.append((full, os.path.relpath(full, path)))
+  return found
