@@ -119,7 +119,8 @@ def conv2d(x_BHWC: jax.Array, kernel_HWIO: jax.Array, strides: Sequence[int] = (
   kh, kw, cin_g, cout = kernel_HWIO.shape
   pads = conv_pads(x_BHWC.shape[1:3], (kh, kw), strides, padding)
   if lowering == "auto":
-    lowering = _FORCED_LOWERING[-1] or choose_lowering(x_BHWC.shape, kernel_HWIO.shape, strides, pads)
+    lowering = (_FORCED_LOWERING[-1] or
+                choose_lowering(x_BHWC.shape, kernel_HWIO.shape, strides, pads))
   if lowering == "direct":
     return lax.conv_general_dilated(x_BHWC, kernel_HWIO, strides, pads,
                                     dimension_numbers=_CONV_DIMS,

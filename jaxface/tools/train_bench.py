@@ -62,20 +62,6 @@ def _rss_bytes(field: str) -> int | None:
   return None
 
 
-def _host_peak(step, calls: int) -> dict[str, Any]:
-  """Runs ``step`` ``calls`` times; the process's peak RSS meanwhile and its rise over the RSS
-  before (the step's own transient memory: the other variants' state is resident throughout)."""
-  before = _rss_bytes("VmRSS")
-  reset = _reset_peak_rss()
-  for _ in range(calls):
-    step()
-  peak = _rss_bytes("VmHWM") if reset else None
-  if peak is None:  # no clear_refs: the lifetime peak is all there is
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-  return {"peak_memory_bytes": peak, "peak_memory_kind": "host_rss",
-          "step_memory_bytes": peak - before if reset and before is not None else None}
-
-
 def device_peak_flops(dtype: str, device=None) -> tuple[float, str]:
   """(FLOP/s, source): the datasheet peak of a known GPU, else a measured matmul peak."""
   device = device or jax.devices()[0]
@@ -112,24 +98,41 @@ def _flops(compiled, lowered) -> float | None:
   return None
 
 
-def _step_memory(step, calls: int, torch_cuda: bool) -> dict[str, Any]:
-  """Peak memory over ``calls`` warm-up calls of ``step``: the allocator's on an accelerator, the
-  host's resident set on the CPU."""
+def _step_memory(step, calls: int, torch_cuda: bool) -> tuple[dict[str, Any], float]:
+  """(peak memory over the first ``calls`` calls of ``step``, seconds of its first call).
+
+  On an accelerator the allocator's peak; on the CPU the process's peak resident set and its rise
+  over the resident set before the first call (the step's own memory: the first call allocates
+  what later steps reuse, and the other variants' state is resident throughout).
+  """
+  def run() -> float:
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    for _ in range(calls - 1):
+      step()
+    return first
+
   if torch_cuda:
     import torch  # noqa: PLC0415
 
     torch.cuda.reset_peak_memory_stats()
-    for _ in range(calls):
-      step()
+    first = run()
     return {"peak_memory_bytes": torch.cuda.max_memory_allocated(), "peak_memory_kind": "device",
-            "step_memory_bytes": None}
+            "step_memory_bytes": None}, first
   if jax.devices()[0].platform != "cpu":
-    for _ in range(calls):
-      step()
+    first = run()
     stats = jax.devices()[0].memory_stats() or {}
     return {"peak_memory_bytes": stats.get("peak_bytes_in_use"), "peak_memory_kind": "device",
-            "step_memory_bytes": None}
-  return _host_peak(step, calls)
+            "step_memory_bytes": None}, first
+  before = _rss_bytes("VmRSS")
+  reset = _reset_peak_rss()
+  first = run()
+  peak = _rss_bytes("VmHWM") if reset else None
+  if peak is None:  # no clear_refs: the lifetime peak is all there is
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return {"peak_memory_bytes": peak, "peak_memory_kind": "host_rss",
+          "step_memory_bytes": peak - before if reset and before is not None else None}, first
 
 
 def time_interleaved(steps_by_name: dict[str, Any], steps: int) -> dict[str, float]:
@@ -229,11 +232,9 @@ def bench_train(name: str, batch: int, size: int | None, dtype: str, width: floa
   if vs_torch:
     variants["torch"] = prepare_torch(name, batch, size, dtype, width)
   memory, first = {}, {}
-  for key, (step, facts) in variants.items():
-    t0 = time.perf_counter()
-    step()
-    first[key] = time.perf_counter() - t0
-    memory[key] = _step_memory(step, max(warmup, 1), key == "torch" and facts["cuda"])
+  for key, (step, facts) in variants.items():  # the first call allocates what the steps reuse
+    torch_cuda = key == "torch" and facts["cuda"]
+    memory[key], first[key] = _step_memory(step, max(warmup, 1), torch_cuda)
   seconds = time_interleaved({k: step for k, (step, _) in variants.items()}, steps)
   peak_flops, source = peak or device_peak_flops(dtype)
   torch_row = None
