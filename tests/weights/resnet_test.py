@@ -112,6 +112,9 @@ def _check_parity(imported, net, arch, size=64):
   got, aux = jax.jit(lambda v, x: model.apply(v, x))(imported.variables, jnp.asarray(x))
   assert got.shape == ref.shape
   assert np.abs(ref).max() > 0.1  # Logits carry signal, so the comparison means something.
+  # Issue 2's parity bound (1e-4 max abs on O(1) logits), kept fixed: the torch and XLA sums
+  # differ only in float32 summation order (passes under AVX2 and AVX-512); a BN epsilon, a
+  # transposed kernel or a stride on the wrong conv moves the logits by O(0.1).
   np.testing.assert_allclose(np.asarray(got), ref, atol=1e-4, rtol=0)
   return aux
 
