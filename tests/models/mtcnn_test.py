@@ -89,6 +89,9 @@ def test_forward_backward(name, hw):
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
   out, _ = jax.jit(model.apply)(variables, x)
   probs = np.asarray(out["probs"])
+  # A float32 softmax over 2 classes: exp, sum, divide and this sum round ~4 times each at
+  # magnitude 1; 1e-6 is 16 units of 2^-24, a fixed margin over that (a missing max shift or a
+  # softmax over the wrong axis is off by O(1)).
   np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
   np.testing.assert_array_equal(out["prob"], probs[..., 1])
 
