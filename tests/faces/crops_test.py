@@ -86,13 +86,15 @@ def test_affine_maps_crop_pixel_centres_to_the_sampled_photo_points(scale, angle
   patch, A = crops.align(image, landmarks, size=size)
   points = crops.apply_affine(A, _centres(size))
   np.testing.assert_allclose(np.sqrt(abs(np.linalg.det(A[:, :2]))), scale, rtol=1e-9)
-  # Away from the border (where replication takes over), what was sampled is where A points.
+  # Away from the border (where replication takes over), what was sampled is where A points:
+  # float32 ramp values < 512 (ulp 2^-15) and bilinear weights round to ~1e-4 px; 1e-3 is a fixed
+  # margin over that, far below a half-pixel convention error (0.5 px).
   k = max(1, int(scale))
   inside = ((points[..., 0] > 2 * k) & (points[..., 0] < w - 1 - 2 * k) &
             (points[..., 1] > 2 * k) & (points[..., 1] < h - 1 - 2 * k))
   assert inside.mean() > 0.5
   np.testing.assert_allclose(patch[inside], points[inside], atol=1e-3)
-  # The margin crop too (a box with fractional corners, not square: sx != sy).
+  # The margin crop too (same rounding) (a box with fractional corners, not square: sx != sy).
   patch, A = crops.crop(image, [100.2, 50.7, 100.2 + size * scale, 50.7 + size * scale * 0.8], size)
   points = crops.apply_affine(A, _centres(size))
   inside = ((points[..., 0] < w - 1 - 2 * k) & (points[..., 1] < h - 1 - 2 * k))
@@ -122,6 +124,7 @@ def test_alignment_puts_the_landmarks_on_the_template(face_fraction):
   patch, A = crops.align(image.astype(np.uint8), landmarks, size, face_fraction=face_fraction)
   # Documented target: size/2 - 0.5 + (p + 0.5 - 56) * face_fraction * size / 112.
   target = size / 2 - 0.5 + (T + 0.5 - 56) * face_fraction * size / 112
+  # float64 similarity fit of an exact similarity: ~1e-13 px; 1e-6 is a fixed margin.
   np.testing.assert_allclose(crops.apply_affine(crops.invert_affine(A), landmarks), target,
                              atol=1e-6)
   # In the pixels: each spot's intensity centroid lies within 1 px of its template point.
@@ -172,7 +175,9 @@ def _region(A, size):
 def test_task_schemes_cover_the_defined_regions(scheme, region):
   size = 64
   A = crops.task_affine(FACE, scheme, size)
-  # Upright face: no rotation (float32 landmarks leave ~1e-7).
+  # Upright face: no rotation (float32 landmarks < 512 carry 2^-15 px each, ~1e-7 of rotation).
+  # The region's hand-computed corners are given to 5 decimals and the landmarks are float32
+  # (2^-15 px at these coordinates): 1e-3 px is a fixed margin over both; 0.5 px is a real error.
   np.testing.assert_allclose(A[[0, 1], [1, 0]], 0, atol=1e-5)
   np.testing.assert_allclose(_region(A, size), region, atol=1e-3)
   image = np.full((400, 400, 3), 50, np.uint8)
@@ -203,6 +208,8 @@ def test_aligned_schemes_follow_the_rotation_of_the_face():
     upright, turned = crops.task_affine(FACE, scheme, 64), crops.task_affine(tilted, scheme, 64)
     corners = _centres(64)[[0, -1]][:, [0, -1]].reshape(-1, 2)
     expected = (crops.apply_affine(upright, corners) - centre) @ rot.T + centre
+    # float32 rotated landmarks (2^-15 px each at < 512), propagated through a least-squares fit
+    # to corners ~100 px away: ~1e-4 px; 1e-3 is a fixed margin, a wrong rotation sign is > 10 px.
     np.testing.assert_allclose(crops.apply_affine(turned, corners), expected, atol=1e-3)
 
 
