@@ -61,7 +61,8 @@ def test_same_draws_points_and_pixels_as_op_by_op(seed):
   assert set(a) == set(b) and a["age"] == b["age"]
   for key in ("image", "saliency"):
     assert a[key].shape == b[key].shape and b[key].dtype == np.uint8
-  # The points go through the same affines (composed in another order: float64 rounding only).
+  # The points go through the same affines (composed in another order: float64 rounding, then
+  # float32 storage, 2^-16 px below 256): 1e-3 px is a fixed margin; a missed flip is > 1 px.
   np.testing.assert_allclose(b["landmarks"], a["landmarks"], atol=1e-3)
   np.testing.assert_allclose(b["box"], a["box"], atol=1e-3)
   # Pixels: one bilinear sample instead of three. Away from the corners a rotation brings in
@@ -90,6 +91,9 @@ def test_fused_warp_upscale_matches_the_exact_crop_and_replicates_the_border():
   A = crops.box_affine(box, 80)
   exact = crops.warp(img, A, 80)
   fused = ops.fused_warp(img, A, (80, 80))
+  # One warp each, other bilinear arithmetic (OpenCV's 1/32-px fixed-point weights): rounding to
+  # uint8 is 0.5 level per side, the weights' quantisation < 1 level on this smooth image, so
+  # <= 2 levels; a sample off by a pixel is far more on the border ramp.
   assert np.abs(exact.astype(int) - fused).max() <= 2
   # Off the photo, the crop repeats the photo's first column / row.
   np.testing.assert_array_equal(fused[45:, :35], np.broadcast_to(
@@ -106,9 +110,13 @@ def test_fused_warp_prefilters_when_shrinking():
   img[:, ::2] = 255
   A = crops.box_affine([0.0, 0.0, 200.0, 200.0], 50)
   out = ops.fused_warp(img, A, (50, 50))
+  # The stripes' mean 127.5 up to uint8 rounding (0.5) and the fixed-point weights (< 1 level);
+  # aliasing would give 0 or 255.
   assert np.abs(out.astype(int) - 127.5).max() <= 2
   fused = ops.Pipeline("resize(100)|resize(50)", fuse=True)({"image": img})
   op_by_op = ops.Pipeline("resize(100)|resize(50)")({"image": img})
+  # Op by op rounds to uint8 after each of its two resizes, fused once: <= 0.5 + 0.5 + 0.5 levels
+  # plus fixed-point weights, so <= 2.
   assert np.abs(fused["image"].astype(int) - op_by_op["image"]).max() <= 2
 
 
@@ -127,6 +135,8 @@ def test_cached_map_inside_a_fused_run_moves_with_the_image():
   for out in (a, b):
     assert out["image"][32, 56, 0] == 255 and out["image"][32, 8, 0] == 0  # mirrored
     assert out["saliency"][32, 56] > 200 and out["saliency"][32, 8] == 0
+  # uint8 rounding per warp (op by op: resize then flip / rotate; fused: one): <= 2 levels, while
+  # a map that does not follow the flip differs by > 200 on the block.
   assert np.abs(a["saliency"].astype(int) - b["saliency"]).max() <= 2
 
 
@@ -145,7 +155,7 @@ def test_synthetic_sample_pipe_fused_close_to_op_by_op():
   b = ops.Pipeline(pipe, fuse=True)(dict(ex), _rng(4))
   diff = np.abs(a["image"].astype(int) - b["image"])[6:-6, 6:-6]
   assert diff.mean() < 3.0, diff.mean()  # textured scene: mostly interpolation rounding
-  np.testing.assert_allclose(a["landmarks"], b["landmarks"], atol=1e-3)
+  np.testing.assert_allclose(a["landmarks"], b["landmarks"], atol=1e-3)  # as in the test above
 
 
 def test_config_field_is_checked_and_keys_the_saliency_cache():
@@ -195,6 +205,7 @@ def test_anisotropic_shrink_prefilters_one_axis_only():
   out = ops.Pipeline("resize((20, 80))|flip_lr", fuse=True)({"image": img}, _rng(1))
   op_by_op = ops.Pipeline("resize((20, 80))|flip_lr")({"image": img}, _rng(1))
   assert out["image"].shape == (20, 80, 3)
+  # uint8 rounding of one resize each, other fixed-point weights: <= 2 levels (see above).
   assert np.abs(out["image"].astype(int) - op_by_op["image"]).max() <= 2
   bright = out["image"][:, :, 0]
   left, right = (bright[:, :38], bright[:, 42:]) if op_by_op["image"][0, 0, 0] else (
