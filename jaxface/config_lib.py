@@ -203,7 +203,12 @@ def validate(config: ConfigDict) -> None:
       raise ConfigError(f"config.{field}: {msg}")
 
   if config.get("stages"):
-    return  # each stage is validated when it runs
+    for name, stage in config.stages.items():  # all before the first stage trains
+      try:
+        validate(stage)
+      except ConfigError as e:
+        raise ConfigError(f"stage {name}: {e}") from None
+    return
   need(config.task.kind in TASK_KINDS, "task.kind", f"must be one of {TASK_KINDS}, got "
        f"{config.task.kind!r}")
   need(config.optim.lr > 0, "optim.lr", f"must be positive, got {config.optim.lr}")
@@ -235,6 +240,17 @@ def validate(config: ConfigDict) -> None:
     if config.saliency.mode == "cache":
       need("cached_saliency" in config.data.train_pipe, "data.train_pipe",
            "saliency mode 'cache' needs the cached_saliency op after the crop")
+  from data_pipelines import ops  # pylint: disable=g-import-not-at-top
+  for field, pipe in (("data.train_pipe", config.data.train_pipe),
+                      ("data.eval_pipe", config.data.eval_pipe),
+                      ("saliency.crop_pipe", config.saliency.crop_pipe)):
+    # Parsed here, not when the loaders are made: after the dataset and the model are built.
+    need(isinstance(pipe, str) and bool(pipe.strip()), field, f"must be a pipe string, got "
+         f"{pipe!r}")
+    try:
+      ops.Pipeline(pipe, fuse=bool(config.data.get("fuse_geometry", False)))
+    except (ValueError, TypeError, KeyError, SyntaxError) as e:
+      raise ConfigError(f"config.{field}: {e}") from None
   for name in PERIODS:
     period_steps(config, name, 1)
   need(period_steps(config, "train", 1) > 0, "train_steps",

@@ -209,14 +209,19 @@ def _restore(config, workdir: str, checkpoint):
   model = steps_lib.build_model(config, tasks)
   ckpt = checkpointing.Checkpointer(workdir, read_only=True, best_metric=config.best_metric,
                                     best_mode=config.best_mode)
+  which = checkpoint or config.eval.checkpoint
   try:
-    step = checkpointing.resolve_step(ckpt, checkpoint or config.eval.checkpoint)
-  except ValueError:
-    if (checkpoint or config.eval.checkpoint) != "best":
-      raise
-    step = checkpointing.resolve_step(ckpt, "latest")  # no validation ran: the last one
-  state, _, _ = ckpt.restore(step, abstract_state(config, model, mesh))
-  ckpt.close()
+    try:
+      checkpointing.resolve_step(ckpt, which)
+    except ValueError:
+      if which != "best":
+        raise
+      which = "latest"  # no validation ran: the last one
+    # Orbax lists only finalized steps (a save in progress is a *.orbax-checkpoint-tmp
+    # directory), so a workdir in use is read safely; an unreadable latest/best falls back.
+    step, state, _, _ = ckpt.restore_readable(which, abstract_state(config, model, mesh))
+  finally:
+    ckpt.close()
   prepare = train_lib.make_prepare(config, mesh)
   return Evaluator(config, builder, tasks, model, prepare, mesh), state, step, builder, tasks
 
@@ -384,7 +389,8 @@ def main(argv: Sequence[str]) -> int:
                  _FLAGS["checkpoint"].value, _FLAGS["split"].value)
       return 0
     evaluate(config, _FLAGS["workdir"].value, _FLAGS["checkpoint"].value, _FLAGS["split"].value)
-  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+  except (config_lib.ConfigError, FileNotFoundError, ValueError,
+          checkpointing.CheckpointUnreadable) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -10,6 +10,12 @@ It validates, checkpoints (Orbax, asynchronous, with the grain iterator state) a
 keeps the last good checkpoint. A config with ``stages`` (``configs/demo.py``) runs a chain of such
 runs in ``workdir/<stage>``.
 
+Faults: the workdir is locked (``workdir/jaxface.lock``; a chain locks its root and each stage's
+workdir); an unreadable newest checkpoint is moved aside to ``<step>.corrupt`` and the run resumes
+from the previous one; SIGTERM / SIGINT finish the current step, save a checkpoint with the
+loader state and exit with 128 + the signal number; config fields and pipe strings are checked
+before any dataset is built. ``main`` answers each of these in one line.
+
 Multi-host: call with ``--multihost`` (or JAX_COORDINATOR_ADDRESS set) on every host;
 ``jax.distributed.initialize()`` picks up Slurm or the coordinator flags; each process reads its
 own shard of the data.
@@ -36,6 +42,7 @@ import numpy as np
 from jaxface import checkpointing
 from jaxface import config_lib
 from jaxface import data as data_lib
+from jaxface import faults
 from jaxface import logging_lib
 from jaxface import optim
 from jaxface import steps as steps_lib
@@ -126,10 +133,25 @@ def make_prepare(config, mesh) -> Any:
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains (resuming if ``workdir`` has a checkpoint), evaluates, returns the final metrics."""
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  config_lib.validate(config)  # every stage of a chain too: before anything is built or run
+  faults.make_workdir(workdir)
+  lock = faults.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    try:
+      lock.acquire()
+    except OSError as e:
+      raise faults.WorkdirError(f"workdir {workdir}: cannot create the lock {lock.path} "
+                         f"({e.strerror or e})") from None
+  try:
+    return _train_and_evaluate_locked(config, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_and_evaluate_locked(config, workdir: str) -> dict[str, Any]:
   if config.get("stages"):
     return _run_stages(config, workdir)
-  config_lib.validate(config)
   if config.saliency.mode == "cache":
     from jaxface.saliency import cache as cache_lib  # pylint: disable=g-import-not-at-top
     cache_lib.precompute(config, workdir)
@@ -271,18 +293,23 @@ class Trainer:
     kwargs, _, head_kwargs = steps_lib.model_kwargs(c, self.tasks)
     meta_model = {"name": c.model.name, "kwargs": kwargs, "head": c.model.head,
                   "head_kwargs": head_kwargs}
+    val_metrics: dict[str, float] = {}
     if ckpt.latest_step() is not None:
-      step = ckpt.latest_step()
-      state, data_state, _ = ckpt.restore(step, state)
+      # An unreadable newest checkpoint is moved aside (this run saves that step again).
+      step, state, data_state, meta = ckpt.restore_readable("latest", state, move_aside=main)
       loader.set_state(data_state["loader"])
       start_step, resumed_from = int(step), f"{workdir} step {step}"
+      val_metrics = dict(meta.get("val") or {})  # a finished run's summary keeps its validation
     elif c.resume:
       other = checkpointing.Checkpointer(c.resume, read_only=True)
-      step = checkpointing.resolve_step(other, "latest")
-      state, data_state, _ = other.restore(step, state)
-      other.close()
+      try:
+        step, state, data_state, _ = other.restore_readable("latest", state)
+      finally:
+        other.close()
       loader.set_state(data_state["loader"])
       start_step, resumed_from = int(step), f"{c.resume} step {step}"
+    if main and start_step:
+      faults.drop_rows_after(os.path.join(workdir, "metrics.jsonl"), start_step)
 
     if main:
       _write_json(os.path.join(workdir, "config.json"), json.loads(c.to_json_best_effort()))
@@ -318,8 +345,14 @@ class Trainer:
     last_good = ckpt.latest_step()
     pending = None  # metrics of the previous step, fetched one step late
     sums: dict[str, list[float]] = {}
-    val_metrics: dict[str, float] = {}
     step = start_step
+    stop_every = 1 if jax.process_count() == 1 else log_every
+    ckpt.previous_step = last_good
+
+    def save(at_step, metrics_for_best=None):
+      ckpt.save(at_step, state, {"loader": loader.get_state()},
+                {"model": meta_model, "step": at_step, "val": val_metrics,
+                 "skipped": loader.skipped.to_dict()}, metrics_for_best)
 
     def flush(step_metrics, at_step) -> dict[str, float]:
       host = jax.device_get(step_metrics)
@@ -343,11 +376,14 @@ class Trainer:
             + f"); stopping. The last good checkpoint is step {last_good} in {ckpt.directory}")
       return scalars
 
+    signals = faults.StopSignals()
     try:
+      signals.__enter__()
       while step < self.total_steps:
         batch = next(loader)
         state, metrics = train_step(state, to_device(batch, self.data_sharding))
         step += 1
+        ckpt.check_errors()  # a failed asynchronous save stops the run now, in one line
         if pending is not None:
           flush(*pending)
         pending = (metrics, step)
@@ -368,21 +404,33 @@ class Trainer:
             progress.report(step, {k[6:]: v for k, v in train_scalars.items()
                                    if k.endswith(("loss", "accuracy")) or k == "train/lr"})
         if due_eval:
-          val_metrics = evaluator.validate(state)
+          try:
+            val_metrics = evaluator.validate(state)
+          except BaseException:
+            # The step's checkpoint comes first (without a metric to rank it), so a failing
+            # validation loses no training; the best-metric ranking needs the validation, which
+            # is why the save otherwise follows it.
+            save(step)
+            raise
           writer.write(step, val_metrics)
           if main:
             print(f"validation step {step}: " + " | ".join(
                 f"{k} {v:.4f}" for k, v in val_metrics.items()), flush=True)
-        if due_ckpt:
-          metrics_for_best = val_metrics if (c.best_metric and due_eval) else None
-          ckpt.save(step, state, {"loader": loader.get_state()},
-                    {"model": meta_model, "step": step, "val": val_metrics,
-                     "skipped": loader.skipped.to_dict()}, metrics_for_best)
+        stop = step < self.total_steps and step % stop_every == 0 and signals.stop_requested(
+            jax.process_count() > 1)
+        if due_ckpt or stop:
+          save(step, val_metrics if (c.best_metric and due_eval) else None)
           last_good = step
+        if stop:
+          ckpt.wait()
+          raise faults.Preempted(signals.signum, step, ckpt.directory)
     finally:
-      ckpt.close()
-      writer.close()
-      loader.close()
+      signals.__exit__()
+      try:
+        ckpt.close()
+      finally:
+        writer.close()
+        loader.close()
     summary = {"step": step, "val": val_metrics, "skipped": loader.skipped.to_dict(),
                "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step()}
     if main:
@@ -503,8 +551,13 @@ def main(argv: Sequence[str]) -> int:
     raise app.UsageError("--workdir is required")
   try:
     train_and_evaluate(config, _FLAGS["workdir"].value)
-  except (config_lib.ConfigError, TrainingDiverged, BelowExpectation) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except faults.Preempted as e:
+    print(f"stopped: {e}", file=sys.stderr, flush=True)
+    return 128 + e.signum
+  except (config_lib.ConfigError, TrainingDiverged, BelowExpectation, faults.WorkdirError,
+          faults.WorkdirBusy, checkpointing.CheckpointUnreadable,
+          checkpointing.SaveFailed) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
   return 0
 
