@@ -285,6 +285,7 @@ FRACTIONS = {
 
 def test_fractions_of_the_fixture_ids():
   for key, u in FRACTIONS.items():
+    # FRACTIONS are written to 4 decimals: half a unit of the last place.
     assert affectnet.split_fraction(key, 0) == pytest.approx(u, abs=5e-5), key
 
 

@@ -107,6 +107,7 @@ def test_build_labels_splits_boxes_and_skips(tmp_path):
       assert r["image"] == files[example_id]
       assert ["m", "f"][r["gender"]] == gender
       assert r["identity"].decode() == example_id.split("/")[0]
+      # Hand values on the half-pixel grid; float32 storage at < 32 px: ulps of 2^-19 << 1e-5.
       np.testing.assert_allclose(r["box"], box, atol=1e-5)
       identities.setdefault(r["identity"].decode(), set()).add(split)
   assert all(len(s) == 1 for s in identities.values())  # no person in two splits
@@ -134,7 +135,8 @@ def test_split_of_and_face_box():
   assert lfw_gender.split_of("Aaron_Eckhart", 0, (0.6978, 0.0, 0.3022)) == "test"  # 0.69784
   assert lfw_gender.split_of("Bob_Jones", 0, (1, 0, 0)) == "train"
   np.testing.assert_allclose(lfw_gender.face_box(250, 250),
-                             [67.681818, 67.681818, 181.318182, 181.318182], atol=1e-4)
+                             [67.681818, 67.681818, 181.318182, 181.318182],
+                             atol=1e-4)  # hand values given to 6 decimals; 1e-4 is a fixed margin
   assert lfw_gender.identity_of("Aaron_Eckhart_0001.jpg") == "Aaron_Eckhart"
   assert lfw_gender.identity_of("Aaron_Eckhart_1.jpg") is None
   with pytest.raises(ValueError, match="LfwGenderConfig.fractions .* sum to 1"):
