@@ -6,4 +6,7 @@ def __getattr__(name):
   if name == "analyze":
     from jaxface.predict import analyze  # pylint: disable=g-import-not-at-top
     return analyze
+  if name in ("load", "Trained"):
+    from jaxface import trained  # pylint: disable=g-import-not-at-top
+    return getattr(trained, name)
   raise AttributeError(f"module 'jaxface' has no attribute {name!r}")
