@@ -4,16 +4,13 @@ The explainers see float32 pixels in 0..255 (RGB, or one grey channel for grey m
 space in which occlusion fills and explanation images are defined; :attr:`Explainable.forward`
 applies the model's own preprocessing on the device.
 
-``jaxface.load`` (a single loader for every predicting entry point) does not exist yet; this
-module restores a workdir the way ``jaxface.evaluate`` does (``checkpointing`` plus the model
-name, kwargs and head written in the checkpoint's meta, and ``config.json`` for the
-preprocessing and input size) and reads shipped models through ``jaxface.pretrained``.
+Every source is read with ``jaxface.load`` (``jaxface/trained.py``), the loader that predict,
+export and evaluate share.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -53,60 +50,27 @@ def _from_preprocessing(p, **kw) -> dict[str, Any]:
 
 def load(model: str | None = None, workdir: str | None = None, checkpoint: str | None = None,
          output: str | None = None) -> Explainable:
-  """Exactly one of ``model`` ("pretrained:NAME" or a ``.npz`` path) and ``workdir``."""
+  """Exactly one of ``model`` ("pretrained:NAME" or a ``.npz`` path) and ``workdir``, read with
+  ``jaxface.load``. A run trained on saliency-reweighted crops is explained on the crop as the
+  classifier sees it without the reweighting (the reweighting rounds to uint8, which has no
+  input gradient)."""
   if (model is None) == (workdir is None):
     raise ValueError("give exactly one of --model and --workdir")
-  from jaxface import models  # pylint: disable=g-import-not-at-top
-  if workdir is not None:
-    return _load_workdir(workdir, checkpoint, output)
-  if model.startswith("pretrained:"):
-    from jaxface import pretrained  # pylint: disable=g-import-not-at-top
-    try:
-      loaded = pretrained.load(model)
-    except KeyError as e:
-      raise ValueError(str(e.args[0])) from None
-    s = loaded.spec
-    return Explainable(loaded.model, loaded.variables, input_size=tuple(s.preprocessing.input_size),
-                       grey=s.colour == "gray", classes=tuple(s.classes), source=model,
-                       output=output, **_from_preprocessing(s.preprocessing))
-  if not model.endswith(".npz"):
+  from jaxface import trained  # pylint: disable=g-import-not-at-top
+  if model is not None and not (model.startswith(trained.PRETRAINED_PREFIX)
+                                or model.endswith(".npz")):
     raise ValueError(f"--model {model!r}: expected pretrained:NAME or a converted .npz file")
-  from jaxface.weights import common  # pylint: disable=g-import-not-at-top
-  imported = common.load(model)
-  meta = imported.meta
-  net = models.get(meta["model"], **meta.get("model_kwargs", {}))
-  p = imported.preprocessing
-  spec = models.spec(meta["model"])
-  size = tuple(p.input_size or spec.input_shape[:2])
-  return Explainable(net, imported.variables, input_size=size, grey=spec.input_shape[2] == 1,
-                     classes=None, source=model, output=output, **_from_preprocessing(p))
-
-
-def _load_workdir(workdir: str, checkpoint: str | None, output: str | None) -> Explainable:
-  from jaxface import checkpointing  # pylint: disable=g-import-not-at-top
-  from jaxface import models  # pylint: disable=g-import-not-at-top
-  from jaxface import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  source = workdir if workdir is not None else model
+  if workdir is not None and not os.path.isfile(os.path.join(workdir, "config.json")):
     raise ValueError(f"--workdir {workdir}: no config.json (not a jaxface.train workdir)")
-  with open(path, encoding="utf-8") as f:
-    config = json.load(f)
-  variables, _, _ = checkpointing.load_model_variables(workdir, checkpoint)
-  ckpt = checkpointing.Checkpointer(workdir, read_only=True)
   try:
-    meta = ckpt.restore_meta(checkpointing.resolve_step(ckpt, checkpoint)).get("model", {})
-  finally:
-    ckpt.close()
-  kwargs = dict(meta.get("kwargs", {}))
-  if "dtype" in kwargs:
-    kwargs["dtype"] = steps_lib.DTYPES[kwargs["dtype"]]
-  net = models.get(meta["name"], head=meta.get("head") or None,
-                   head_kwargs=meta.get("head_kwargs") or {}, **kwargs)
-  mcfg = config.get("model", {})
-  name = mcfg.get("preprocessing", "imagenet")
-  if name not in steps_lib.PREPROCESSING:
-    raise ValueError(f"{path}: unknown model.preprocessing {name!r}")
-  size = tuple(mcfg.get("input_size") or models.spec(meta["name"]).input_shape[:2])
-  return Explainable(net, variables, input_size=(int(size[0]), int(size[1])), grey=False,
-                     classes=None, source=os.path.abspath(workdir), output=output,
-                     **_from_preprocessing(steps_lib.PREPROCESSING[name]))
+    t = trained.load(source, checkpoint=checkpoint or "latest")
+  except KeyError as e:
+    raise ValueError(str(e.args[0])) from None
+  classes = tuple(t.tasks[0].class_names) if len(t.tasks) == 1 and t.tasks[0].class_names else None
+  if model is not None and not model.startswith(trained.PRETRAINED_PREFIX):
+    classes = None  # a converted file's classes are only numbers
+  return Explainable(t.model, t.variables, input_size=tuple(t.input_size), grey=t.channels == 1,
+                     classes=classes, source=model if model and model.startswith(
+                         trained.PRETRAINED_PREFIX) else t.source, output=output,
+                     **_from_preprocessing(t.preprocessing))

@@ -82,7 +82,8 @@ def test_cli_missing_images_and_workdir(tmp_path, capsys):
 
 
 def test_cli_restores_a_training_workdir(tmp_path, capsys):
-  """A workdir as jaxface.train writes it (Orbax state, model meta, config.json), and --sanity."""
+  """A workdir as jaxface.train writes it (Orbax state, model meta, config.json, run.json's tasks),
+  and --sanity."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxface import checkpointing  # pylint: disable=g-import-not-at-top
   from jaxface import pretrained  # pylint: disable=g-import-not-at-top
@@ -91,8 +92,14 @@ def test_cli_restores_a_training_workdir(tmp_path, capsys):
   ckpt.save(3, {"params": jax.tree.map(np.asarray, shipped.variables["params"])}, {},
             {"model": {"name": "dlib_gender", "kwargs": {}, "head": None, "head_kwargs": {}}})
   ckpt.close()
-  (tmp_path / "config.json").write_text(json.dumps(
-      {"model": {"name": "dlib_gender", "preprocessing": "unit", "input_size": [32, 32]}}))
+  from jaxface import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.model.name, config.model.preprocessing, config.model.input_size = (
+      "dlib_gender", "unit", (32, 32))
+  config.data.labels = ("gender",)
+  (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+  (tmp_path / "run.json").write_text(json.dumps(
+      {"tasks": [{"name": "gender", "kind": "class", "class_names": ["female", "male"]}]}))
   img = tmp_path / "x.png"
   face = skimage.data.astronaut()[20:220, 120:300]
   cv2.imwrite(str(img), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
