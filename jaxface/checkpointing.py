@@ -24,6 +24,7 @@ import errno
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -60,8 +61,9 @@ class _QuietOrbax(logging.Filter):
   lines, which are dropped (every such failure reaches the caller as an exception)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if "did not provide metrics" in record.getMessage():
-      return False
+    if "did not provide metrics" in record.getMessage() or (
+        "read_only=True" in record.getMessage() or "directory is read only" in record.getMessage()):
+      return False  # and a reader's Checkpointer is read-only by design
     if record.levelno >= logging.ERROR and record.exc_info is not None or (
         "exception was never retrieved" in record.getMessage()):
       return f"{os.sep}orbax{os.sep}" not in record.pathname and not (
@@ -74,6 +76,21 @@ class _QuietOrbax(logging.Filter):
 
 for _name in ("absl", "asyncio"):
   logging.getLogger(_name).addFilter(_QuietOrbax())
+
+
+def _quiet_unraisable(hook):
+  """A failed restore leaves Orbax's other read coroutines un-awaited; Python prints each one's
+  exception ("Exception ignored in: <coroutine ...>", a TensorStore spec of 60 lines) at exit.
+  The restore already raised ``CheckpointUnreadable``; those echoes are dropped."""
+  def quiet(unraisable):
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+      return
+    hook(unraisable)
+  return quiet
+
+
+sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -220,7 +237,7 @@ class Checkpointer:
     order = [first] + ([s for s in sorted(self.all_steps(), reverse=True) if s != first]
                        if not explicit else [])
     bad: list[CheckpointUnreadable] = []
-    for step in order:
+    for i, step in enumerate(order):
       try:
         if target is None:
           self.check_json_items(step)
@@ -231,7 +248,8 @@ class Checkpointer:
         if explicit:
           raise
         bad.append(e)
-        log(f"warning: {e}; trying the previous step")
+        log(f"warning: {e}; " + (f"trying step {order[i + 1]}" if i + 1 < len(order) else
+                                 "no other step to try"))
         continue
       for e in bad if move_aside else ():
         aside = free_name(self.step_dir(e.step) + CORRUPT_SUFFIX)
@@ -325,7 +343,19 @@ _DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACC
 
 def _reason(e: BaseException) -> str:
   """An exception in a few words: its type and the first line of its message, shortened."""
+  # Orbax wraps TensorStore's error (which names the array and what is wrong) in a generic one.
+  for _ in range(8):
+    inner = e.__cause__ or e.__context__
+    if inner is None or not isinstance(inner, Exception):
+      break
+    e = inner
   text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  array = re.search(r'Error (?:reading|writing) "([^"/]+)[^"]*" in OCDBT database', text)
+  if array:
+    tail = text.rsplit('": ', 1)[-1]
+    if "is not valid for value of size" in tail:
+      tail = f"array file truncated ({tail})"
+    text = f"array {array.group(1)}: {tail}"
   if isinstance(e, OSError) and e.strerror:
     text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
   disk = next((os.strerror(n) for n in _DISK_ERRNOS if os.strerror(n) in str(e)), None)
