@@ -40,6 +40,11 @@ def _updates(cfg, params, grads_seq, **kw):
   return jax.jit(run)(params, list(grads_seq))
 
 
+# The tests below compare float32 updates and schedules with hand formulas in float64: one to a
+# few float32 roundings (2^-24 ~ 6e-8 relative each), so rtol 1e-6 (1e-5 where a momentum trace,
+# a clip norm or a power adds a few more) is a fixed margin; a wrong factor is off by > 1e-2.
+
+
 def _sched(cfg, steps, **kw):
   s = optim.make_schedule(cfg, **kw)
   return np.asarray(jax.jit(s)(jnp.asarray(steps)))
