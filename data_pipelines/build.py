@@ -1,5 +1,11 @@
 """Prepares a dataset: ``python -m data_pipelines.build NAME [--config CFG] [--manual_dir DIR]
-[--data_dir DIR] [--overwrite]``.
+[--data_dir DIR] [--overwrite] [--layout]``.
+
+Without ``--config`` the builder's default config is built, unless the builder picks one from what
+the manual directory holds (``config_for_manual_dir``, e.g. utkface: ``crop_part1/``). ``--layout``
+prints the manual directory layout the builder expects. A wrong ``--manual_dir`` (missing, or not
+holding what the builder reads) and any other bad argument or file is answered with one line on
+stderr naming what was looked for and what is there, exit status 2.
 
 Writes ArrayRecord files with tfds (no TensorFlow) to ``DATA_DIR/NAME/CONFIG/VERSION`` and prints
 a summary: split sizes, a histogram of every class-label feature per split (read back from the
@@ -35,12 +41,40 @@ BUILDERS = {
     "fotw": "data_pipelines.fotw:Fotw",
     "salicon": "data_pipelines.salicon:Salicon",
     "fer2013": "data_pipelines.fer2013:Fer2013",
+    "image_folder": "data_pipelines.image_folder:ImageFolder",
 }
 SHOW_SKIPPED = 10  # skipped examples printed (summary.json holds them all)
+SHOW_ENTRIES = 8  # manual directory entries named in a one-line error
 
 
 class BuildError(ValueError):
   """An unknown dataset or config, or missing manual data."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+  """Bad arguments: one line on stderr, exit status 2 (argparse would print the usage too)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def describe_dir(path: str) -> str:
+  """What ``path`` is, in a few words: missing, a file, empty, or its first entries."""
+  if not os.path.exists(path):
+    return "nothing (it does not exist)"
+  if not os.path.isdir(path):
+    return "a file, not a folder"
+  entries = sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(path))
+  if not entries:
+    return "an empty folder"
+  shown = ", ".join(entries[:SHOW_ENTRIES])
+  more = f", ... ({len(entries)} entries)" if len(entries) > SHOW_ENTRIES else ""
+  return f"{shown}{more}"
+
+
+def one_line(text: str) -> str:
+  """``text`` with its lines joined (error messages for a one-line CLI answer)."""
+  return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 def default_data_dir() -> str:
@@ -90,21 +124,38 @@ def summarize(builder: tfds.core.DatasetBuilder, skipped: Sequence[tfds_compat.S
   }
 
 
-def build(name: str, config: str | None = None, data_dir: str | None = None,
-          manual_dir: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-  """Prepares ``name/config`` (unless already there), writes and returns its summary."""
-  cls = builder_class(name)
+def choose_config(cls: type[tfds.core.DatasetBuilder], config: str | None,
+                  manual_dir: str | None) -> str | None:
+  """``config``, else the one the builder picks from ``manual_dir``, else its default."""
   known = [c.name for c in cls.BUILDER_CONFIGS]
+  if config is None and manual_dir and hasattr(cls, "config_for_manual_dir"):
+    config = cls.config_for_manual_dir(os.path.expanduser(manual_dir))
   if config is None and known:
     config = cls.DEFAULT_CONFIG_NAME or known[0]
+  return config
+
+
+def build(name: str, config: str | None = None, data_dir: str | None = None,
+          manual_dir: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+  """Prepares ``name/config`` (unless already there), writes and returns its summary.
+
+  ``BuildError`` (one line) for an unknown dataset or config and for manual data that is not
+  where the builder looks: it names what was looked for and what the manual directory holds.
+  """
+  cls = builder_class(name)
+  known = [c.name for c in cls.BUILDER_CONFIGS]
+  config = choose_config(cls, config, manual_dir)
   if known and config not in known:
     raise BuildError(f"unknown config {config!r} of dataset {name!r}; known: {', '.join(known)}")
   data_dir = os.path.expanduser(data_dir or default_data_dir())
+  manual_dir = os.path.expanduser(manual_dir) if manual_dir else None
+  manual = manual_dir or os.path.join(data_dir, "downloads", "manual")
   builder = cls(config=config, data_dir=data_dir, file_format=tfds_compat.FILE_FORMAT)
   summary_path = os.path.join(data_dir, name, config or "", "summary.json")
   reused = builder.is_prepared() and not overwrite
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else
           tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  layout = f"layout: python -m data_pipelines.build {name} --layout"
   start = time.perf_counter()
   try:
     # The builder already has the file format (passing it here again fails on rebuilds).
@@ -113,16 +164,24 @@ def build(name: str, config: str | None = None, data_dir: str | None = None,
   except AssertionError as e:
     if "Manual directory" not in str(e):
       raise
-    raise BuildError(f"{name}/{config}: manual data not found in "
-                     f"{manual_dir or os.path.join(data_dir, 'downloads', 'manual')}. "
-                     f"Expected:\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}") from e
+    raise BuildError(f"{name}/{config}: looked for the manual directory {manual}; found "
+                     f"{describe_dir(manual)} ({layout})") from e
+  except (FileNotFoundError, NotADirectoryError) as e:
+    # The builders name the path they expected; the download instructions make it many lines.
+    what, instructions = str(e), getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    what = one_line(what.replace(instructions, "") if instructions else what)
+    raise BuildError(f"{name}/{config}: {what}; found in {manual}: {describe_dir(manual)} "
+                     f"({layout})") from e
   seconds = time.perf_counter() - start
   skipped = list(getattr(builder, "skipped", []))
-  if reused and os.path.exists(summary_path):  # keep what the original build skipped
+  extra = builder.summary_extra() if hasattr(builder, "summary_extra") else {}
+  if reused and os.path.exists(summary_path):  # keep what the original build found
     with open(summary_path) as f:
-      skipped = [tfds_compat.Skipped(**s) for s in json.load(f)["skipped"]["examples"]]
+      old = json.load(f)
+    skipped = [tfds_compat.Skipped(**s) for s in old["skipped"]["examples"]]
+    extra = {k: old[k] for k in extra if k in old}
   summary = summarize(builder, skipped, file_format=tfds_compat.FILE_FORMAT, reused=reused,
-                      build_seconds=round(seconds, 3))
+                      build_seconds=round(seconds, 3), **extra)
   os.makedirs(os.path.dirname(summary_path), exist_ok=True)
   with open(summary_path, "w") as f:
     json.dump(summary, f, indent=2)
@@ -138,6 +197,10 @@ def format_summary(summary: dict[str, Any]) -> str:
            f"{'split':<12}{'examples':>10}"]
   for split, info in s["splits"].items():
     lines.append(f"{split:<12}{info['num_examples']:>10}")
+  usable = sum(info["num_examples"] for info in s["splits"].values())
+  if s.get("files") is not None:
+    lines.append(f"usable: {usable} of {s['files']} files in {s.get('source')} "
+                 f"({s['skipped']['count']} skipped)")
   for split, info in s["splits"].items():
     for label, hist in info["histograms"].items():
       counts = " ".join(f"{k}:{v}" for k, v in hist.items())
@@ -148,23 +211,38 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  {e['split']} {e['id']}: {e['reason']}")
   if skipped["count"] > SHOW_SKIPPED:
     lines.append(f"  ... {skipped['count'] - SHOW_SKIPPED} more in summary.json")
+  repaired = s.get("repaired")
+  if repaired is not None:
+    lines.append(f"repaired: {repaired['count']}")
+    for e in repaired["examples"][:SHOW_SKIPPED]:
+      lines.append(f"  {e['split']} {e['id']}: {e['repair']}")
+    if repaired["count"] > SHOW_SKIPPED:
+      lines.append(f"  ... {repaired['count'] - SHOW_SKIPPED} more in summary.json")
   return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m data_pipelines.build", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = OneLineParser(prog="python -m data_pipelines.build", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("name", help=f"dataset: {', '.join(sorted(BUILDERS))}")
   parser.add_argument("--config", help="builder config (default: the builder's default)")
   parser.add_argument("--manual_dir", help="manually downloaded data (datasets that need it)")
   parser.add_argument("--data_dir", help="output root (default: $TFDS_DATA_DIR or "
                       "~/tensorflow_datasets)")
   parser.add_argument("--overwrite", action="store_true", help="rebuild even if prepared")
+  parser.add_argument("--layout", action="store_true",
+                      help="print the manual directory layout the builder reads, and exit")
   args = parser.parse_args(argv)
   try:
+    if args.layout:
+      cls = builder_class(args.name)
+      print(getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) or
+            f"{args.name} needs no manual data.")
+      return 0
     summary = build(args.name, args.config, args.data_dir, args.manual_dir, args.overwrite)
-  except BuildError as e:
-    parser.error(str(e))
+  except (BuildError, ValueError, OSError) as e:
+    # ValueError / OSError: a builder's answer to a bad file (bad header, unreadable folder).
+    parser.error(one_line(e))
   print(format_summary(summary))
   print(f"summary: {summary['summary_path']}")
   return 0

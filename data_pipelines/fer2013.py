@@ -1,6 +1,7 @@
 """tfds builder ``fer2013``: the FER2013 facial expression faces (ICML 2013 challenge).
 
-Reads one csv of the Kaggle release from the manual directory: ``fer2013.csv`` (config
+Config ``folders`` reads the image-folder release instead (``folders`` below); the others read one
+csv of the Kaggle release from the manual directory: ``fer2013.csv`` (config
 ``fer2013``, columns emotion, pixels, Usage) or ``icml_face_data.csv`` (config ``icml_face_data``,
 columns emotion, Usage, pixels with leading spaces in the header names). Columns are found by
 name after stripping spaces, so any column order works.
@@ -21,6 +22,17 @@ Malformed rows (wrong column count, not 2304 pixels, a pixel that is not an int 
 emotion outside 0-6, an unknown Usage) are skipped with the file and line number in
 ``builder.skipped``; a row whose Usage cannot be read is reported under train. Empty lines are
 ignored (they hold no example).
+
+Config ``folders``: the release as image folders (e.g. Kaggle's "FER-2013" folder archive),
+``train/<emotion>/*.jpg`` (28,709 files) and ``test/<emotion>/*.jpg`` (7,178: PublicTest and
+PrivateTest together), 48 x 48 gray JPEGs, emotion folders in lowercase (angry, disgust, fear,
+happy, neutral, sad, surprise). Folder names are matched to ``EMOTIONS`` ignoring case, so the
+labels keep FER's order 0 Angry ... 6 Neutral whatever the listing order. Splits ``train`` and
+``test``. Each image is decoded to gray (OpenCV; a colour file is converted) and stored as
+lossless PNG of the decoded pixels, so the features equal the csv configs'. id:
+"<split>/<emotion folder>/<file name>". Skipped and counted: an image that is empty, corrupt or
+truncated, one that is not 48 x 48, and every image in a folder that is no FER emotion (named in
+the reason). Files without an image ending and deeper folders are ignored (``builder.ignored``).
 """
 
 from __future__ import annotations
@@ -41,12 +53,20 @@ EMOTIONS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 USAGES = {"Training": "train", "PublicTest": "public_test", "PrivateTest": "private_test"}
 COLUMNS = ("emotion", "pixels", "Usage")
 SIDE = 48
+FOLDER_SPLITS = ("train", "test")
+IMAGE_ENDINGS = (".jpg", ".jpeg", ".png")
+LAYOUTS = ("csv", "folders")
 
 
 @dataclasses.dataclass(eq=False)
 class Fer2013Config(tfds.core.BuilderConfig):
-  """The csv file (in the manual directory) that an ``fer2013`` config reads."""
+  """What an ``fer2013`` config reads: a csv file, or (layout "folders") split/emotion folders."""
   csv_name: str = "fer2013.csv"
+  layout: str = "csv"
+
+  def __post_init__(self):
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"{self.name}: layout must be one of {LAYOUTS}, got {self.layout!r}")
 
 
 def parse_pixels(text: str) -> np.ndarray:
@@ -77,11 +97,16 @@ Challenge" data and place in the manual directory (extract fer2013.tar.gz):
   icml_face_data.csv   columns emotion, Usage, pixels (config "icml_face_data")
 pixels = 2304 space-separated ints (48 x 48 gray, row-major); Usage = Training, PublicTest or
 PrivateTest.
+Or (config "folders") the image-folder release, extracted so that the manual directory holds
+  train/<emotion>/*.jpg   test/<emotion>/*.jpg    (48 x 48 gray; emotion = angry, disgust, fear,
+                                                   happy, neutral, sad, surprise, any case)
 """
   BUILDER_CONFIGS = [
       Fer2013Config(name="fer2013", csv_name="fer2013.csv", description="fer2013.csv"),
       Fer2013Config(name="icml_face_data", csv_name="icml_face_data.csv",
                     description="Kaggle's icml_face_data.csv (same rows, reordered columns)."),
+      Fer2013Config(name="folders", layout="folders", description=(
+          "The image-folder release: train/<emotion>/*.jpg and test/<emotion>/*.jpg.")),
   ]
   DEFAULT_CONFIG_NAME = "fer2013"
 
@@ -95,9 +120,50 @@ PrivateTest.
         }),
     )
 
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.ignored: list[str] = []
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    if self.builder_config.layout == "folders":
+      roots = {split: self.manual_path(dl_manager, split) for split in FOLDER_SPLITS}
+      return {split: self._generate_from_folders(split, root) for split, root in roots.items()}
     path = self.manual_path(dl_manager, self.builder_config.csv_name)
     return {split: self._generate_examples(split, path) for split in USAGES.values()}
+
+  def _generate_from_folders(self, split: str,
+                             root: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The images of ``root/<emotion>/``, labelled by the folder name (case ignored)."""
+    codes = {e.lower(): i for i, e in enumerate(EMOTIONS)}
+    for folder in sorted(os.listdir(root)):
+      folder_path = os.path.join(root, folder)
+      if not os.path.isdir(folder_path):
+        self.ignored.append(folder_path)
+        continue
+      emotion = codes.get(folder.lower())
+      for file_name in sorted(os.listdir(folder_path)):
+        path = os.path.join(folder_path, file_name)
+        if not os.path.isfile(path) or not file_name.lower().endswith(IMAGE_ENDINGS):
+          self.ignored.append(path)
+          continue
+        example_id = f"{split}/{folder}/{file_name}"
+        if emotion is None:
+          self.skip(split, example_id, f"folder {folder!r} is no FER emotion (expected one of "
+                                       f"{', '.join(codes)})")
+          continue
+        data, reason = tfds_compat.read_checked_image(path)
+        if reason:
+          self.skip(split, example_id, reason)
+          continue
+        gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if gray.shape != (SIDE, SIDE):
+          self.skip(split, example_id, f"image is {gray.shape[1]} x {gray.shape[0]}, expected "
+                                       f"{SIDE} x {SIDE}: {path}")
+          continue
+        ok, png = cv2.imencode(".png", gray)
+        if not ok:  # OpenCV reports failure instead of raising
+          raise RuntimeError(f"fer2013: PNG encoding failed for {path}")
+        yield example_id, {"image": png.tobytes(), "emotion": emotion, "id": example_id}
 
   def _generate_examples(self, split: str, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """The rows of ``split``; each split reads the whole csv but parses only its own rows, so

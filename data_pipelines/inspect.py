@@ -123,6 +123,11 @@ def resolve(name: str, config: str | None, split: str | None,
   full = f"{name}/{config}" if config else name
   hint = (f"{full} is not prepared in {data_dir}; run: python -m data_pipelines.build {name}"
           + (f" --config {config}" if config else "") + f" --data_dir {data_dir}")
+  folder = os.path.join(data_dir, name)
+  prepared = sorted(c for c in os.listdir(folder) if c != config and not c.startswith(".") and
+                    os.path.isdir(os.path.join(folder, c))) if os.path.isdir(folder) else []
+  if prepared and config:  # e.g. utkface built from crop_part1/ without --config
+    hint += f" (prepared there: --config {', '.join(prepared)})"
   try:
     builder = tfds.builder(full, data_dir=data_dir)
   except tfds.core.DatasetNotFoundError as e:
@@ -290,8 +295,8 @@ def inspect(name: str, config: str | None = None, split: str | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m data_pipelines.inspect", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = build.OneLineParser(prog="python -m data_pipelines.inspect", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("name", help="dataset name, e.g. " + ", ".join(sorted(build.BUILDERS)))
   parser.add_argument("--config", help="builder config (default: the builder's default)")
   parser.add_argument("--split", help="split (default: train, else the first)")
@@ -306,8 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     result = inspect(args.name, args.config, args.split, args.data_dir, args.num, args.pipe,
                      args.seed, args.out, args.tile)
-  except (InspectError, build.BuildError) as e:
-    parser.error(str(e))
+  except (InspectError, ValueError, OSError) as e:  # ValueError: a bad pipe string
+    parser.error(build.one_line(e))
   h, w = result["shape"][:2]
   extra = f", {result['rejected']} rejected by the pipe" if result["rejected"] else ""
   print(f"wrote {result['path']} ({len(result['ids'])} examples of {args.name}/"

@@ -1,8 +1,18 @@
 """tfds builder ``utkface``: UTKFace's aligned and cropped 200 x 200 faces, labels from file names.
 
-A file ``[age]_[gender]_[race]_[date&time].jpg.chip.jpg`` in ``UTKFace/`` is one example: age
+A file ``[age]_[gender]_[race]_[date&time].jpg.chip.jpg`` in a chip folder is one example: age
 0..116, gender 0 = male / 1 = female, race 0..4 = White, Black, Asian, Indian, Others, date&time
 ``yyyymmddHHMMSSFFF`` (when the image was collected).
+
+Chip folders (configs). ``aligned`` / ``aligned_race_unknown`` read ``UTKFace/``, the whole
+aligned set (23,708 files). ``crop_part1`` / ``crop_part1_race_unknown`` read ``crop_part1/``, the
+aligned chips of the in-the-wild part 1 (9,780 files; ages 1..110, 4,372 male / 5,408 female,
+infant-heavy): the set of Abdolrashidi et al. (paper 004). ``--manual_dir`` may be the chip
+folder itself or a folder holding it. Without ``--config``, ``python -m data_pipelines.build
+utkface`` picks the config from what the manual directory is or holds (``config_for_manual_dir``): a folder named ``crop_part1`` or
+holding only ``crop_part1/`` gives ``crop_part1``; ``UTKFace/`` gives ``aligned``, and it wins when
+both are there (the builder's default is the full set); ``--config crop_part1`` reaches the other.
+A folder of another name that holds the chips directly is read by whichever config is asked for.
 
 Features (all TF-free):
   image: Image, the JPEG file's bytes stored as they are (read them back with
@@ -12,7 +22,7 @@ Features (all TF-free):
   age_years: int32, the age in the file name.
   gender: ClassLabel ["m", "f"] (UTKFace's 0 = male -> "m" = 0, 1 = female -> "f" = 1).
   race: ClassLabel ["White", "Black", "Asian", "Indian", "Others"] (+ "unknown" in
-    ``aligned_race_unknown``).
+    ``aligned_race_unknown`` and ``crop_part1_race_unknown``).
   datetime: Text, the file name's date&time field.
   file_name: Text, the file's name as found (before any repair).
   id: Text, "<split>/<file name after repair>" (also the example key).
@@ -31,12 +41,17 @@ open-ended ("100+" holds UTKFace's 100..116). ``age_bucket_width`` and ``num_age
 it (e.g. 12 buckets: "110+"). The paper's AABD example numbers buckets from 1; the labels here start
 at 0, which leaves bucket differences unchanged.
 
-File names are parsed defensively (SPEC 7.3): a space before ".jpg"
-(``24_0_1_20170116220224657 .jpg.chip.jpg``) and a missing dot before "jpg.chip.jpg"
+File names are parsed defensively (SPEC 7.3). The real release has a few malformed names: in
+``crop_part1/`` two of them, ``61_1_20170109142408075.jpg.chip.jpg`` (race missing) and
+``61_3_20170109150557335.jpg.chip.jpg`` (three fields, the second is no gender code), so the
+``crop_part1`` config keeps 9,778 of its 9,780 files and names both in the build summary. A space
+before ".jpg" (``24_0_1_20170116220224657 .jpg.chip.jpg``) and a missing dot before "jpg.chip.jpg"
 (``55_0_0_20170116232725357jpg.chip.jpg``) are repaired, since their meaning is plain (each repair
 is listed in ``builder.repaired``). A name with the race missing
 (``39_1_20170116174525125.jpg.chip.jpg``) is skipped and counted by default (AMBIGUOUS: the config
 ``aligned_race_unknown``, field ``missing_race="unknown"``, keeps it with race "unknown" instead).
+Three fields whose second is not 0 / 1 (``61_3_...``) are skipped: which field is missing is not
+plain (a gender 3, or gender missing and race 3).
 Any other name that does not parse, an age above 116, a gender other than 0 / 1, a race other
 than 0..4, an empty, corrupt or truncated image, and a name that repeats another after repair, are
 skipped with a reason (``builder.skipped``). Files that are not images (no .jpg / .jpeg / .png
@@ -65,6 +80,9 @@ GENDERS = ("m", "f")
 RACES = ("White", "Black", "Asian", "Indian", "Others")
 MAX_AGE = 116
 ALIGNED_DIR = "UTKFace"
+CROP_PART1_DIR = "crop_part1"
+FOLDERS = (ALIGNED_DIR, CROP_PART1_DIR)
+CONFIG_OF_FOLDER = {ALIGNED_DIR: "aligned", CROP_PART1_DIR: "crop_part1"}  # the default of each
 CHIP_SUFFIX = ".jpg.chip.jpg"
 IMAGE_ENDINGS = (".jpg", ".jpeg", ".png")
 MISSING_RACE_POLICIES = ("skip", "unknown")
@@ -122,6 +140,9 @@ def parse_name(file_name: str) -> tuple[ParsedName | None, str | None]:
                   "[age]_[gender]_[race]_[date&time].jpg.chip.jpg")
   if age > MAX_AGE:
     return None, f"file name {file_name!r}: age {age} is above {MAX_AGE}"
+  if gender not in (0, 1) and race is None:
+    return None, (f"file name {file_name!r}: 3 fields where 4 are expected and the second, "
+                  f"{gender}, is no gender code (gender or race missing?)")
   if gender not in (0, 1):
     return None, f"file name {file_name!r}: gender {gender} is not 0 (male) or 1 (female)"
   if race is not None and not 0 <= race < len(RACES):
@@ -162,8 +183,11 @@ class UTKFaceConfig(tfds.core.BuilderConfig):
   split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
   split_seed: int = 0
   missing_race: str = "skip"
+  folder: str = ALIGNED_DIR
 
   def __post_init__(self):
+    if self.folder not in FOLDERS:
+      raise ValueError(f"{self.name}: folder must be one of {FOLDERS}, got {self.folder!r}")
     if self.age_bucket_width < 1 or self.num_age_buckets < 1:
       raise ValueError(f"{self.name}: age_bucket_width and num_age_buckets must be >= 1, got "
                        f"{self.age_bucket_width} and {self.num_age_buckets}")
@@ -189,25 +213,71 @@ class UTKFace(tfds_compat.ManualBuilderMixin, tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       UTKFaceConfig(name="aligned", description=(
-          "Aligned & cropped faces; 11 age buckets of 10 years (last 100+); random split "
-          "0.8/0.1/0.1 with seed 0; names without race skipped.")),
+          "UTKFace/ (all aligned & cropped faces); 11 age buckets of 10 years (last 100+); "
+          "random split 0.8/0.1/0.1 with seed 0; names without race skipped.")),
       UTKFaceConfig(name="aligned_race_unknown", missing_race="unknown", description=(
           "As aligned, but names without race are kept with race 'unknown'.")),
+      UTKFaceConfig(name="crop_part1", folder=CROP_PART1_DIR, description=(
+          "crop_part1/ (the 9,780 aligned chips of part 1, paper 004's set); otherwise as "
+          "aligned.")),
+      UTKFaceConfig(name="crop_part1_race_unknown", folder=CROP_PART1_DIR, missing_race="unknown",
+                    description="As crop_part1, but names without race are kept with race "
+                    "'unknown'."),
   ]
   DEFAULT_CONFIG_NAME = "aligned"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-Download UTKFace's "Aligned&Cropped Faces" archive (UTKFace.tar.gz from
-https://susanqq.github.io/UTKFace/) and extract it in the manual directory, so that it holds
+Download UTKFace's "Aligned&Cropped Faces" (https://susanqq.github.io/UTKFace/): UTKFace.tar.gz
+(all 23,708 chips, configs aligned / aligned_race_unknown) or crop_part1.tar.gz (9,780 chips,
+config crop_part1), and extract it, so that --manual_dir is, or holds, the chip folder:
 
-  UTKFace/[age]_[gender]_[race]_[date&time].jpg.chip.jpg     (23,708 files, 200 x 200 JPEG)
+  UTKFace/[age]_[gender]_[race]_[date&time].jpg.chip.jpg       (200 x 200 JPEG)
+  crop_part1/[age]_[gender]_[race]_[date&time].jpg.chip.jpg
 
-Labels come from the file names; nothing else is needed.
+Labels come from the file names; nothing else is needed. Without --config the folder found picks
+the config (UTKFace/ wins when both are there; --config crop_part1 reads the other).
 """
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
     self.repaired: list[Repaired] = []
     self.ignored: list[str] = []
+    self.source: str | None = None
+    self.num_files = 0
+
+  @classmethod
+  def config_for_manual_dir(cls, manual_dir: str) -> str | None:
+    """The config for the chips that ``manual_dir`` is or holds; None if it is neither."""
+    base = os.path.basename(os.path.normpath(manual_dir))
+    if base in CONFIG_OF_FOLDER:
+      return CONFIG_OF_FOLDER[base]
+    for folder in FOLDERS:  # UTKFace/ first: the full set wins
+      if os.path.isdir(os.path.join(manual_dir, folder)):
+        return CONFIG_OF_FOLDER[folder]
+    return None
+
+  def chip_folder(self, manual_dir: str) -> str:
+    """The config's chip folder: ``manual_dir`` itself or ``manual_dir/<folder>``."""
+    folder = self.builder_config.folder
+    base = os.path.basename(os.path.normpath(manual_dir))
+    inside = os.path.join(manual_dir, folder)
+    if base == folder or (os.path.isdir(manual_dir) and not os.path.isdir(inside) and
+                          base not in FOLDERS and _holds_chips(manual_dir)):
+      return manual_dir
+    if os.path.isdir(inside):
+      return inside
+    other = next((f for f in FOLDERS if f != folder and
+                  (base == f or os.path.isdir(os.path.join(manual_dir, f)))), None)
+    hint = f"; it is/holds {other}/, read by --config {CONFIG_OF_FOLDER[other]}" if other else ""
+    raise FileNotFoundError(
+        f"{self.name}/{self.builder_config.name}: expected {folder}/ (or *{CHIP_SUFFIX} files) "
+        f"in the manual directory {manual_dir}, or that directory to be {folder}/ (not found: "
+        f"{inside}){hint}\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+
+  def summary_extra(self) -> dict[str, Any]:
+    """What ``build.py`` adds to the summary: the folder read, its file count, the repairs."""
+    return {"source": self.source, "files": self.num_files,
+            "repaired": {"count": len(self.repaired),
+                         "examples": [r._asdict() for r in self.repaired]}}
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
@@ -229,7 +299,7 @@ Labels come from the file names; nothing else is needed.
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     cfg = self.builder_config
-    root = self.manual_path(dl_manager, ALIGNED_DIR)
+    root = self.source = self.chip_folder(os.fspath(dl_manager.manual_dir))
     per_split: dict[str, list[tuple[str, ParsedName | None, str | None]]] = {s: [] for s in SPLITS}
     # Correct names first, so a repaired copy of an existing name is the one reported as a repeat.
     for file_name in sorted(os.listdir(root), key=lambda f: (repair_name(f)[0] != f, f)):
@@ -237,10 +307,11 @@ Labels come from the file names; nothing else is needed.
       if not os.path.isfile(path) or not file_name.lower().endswith(IMAGE_ENDINGS):
         self.ignored.append(path)
         continue
+      self.num_files += 1
       parsed, reason = parse_name(file_name)
       if parsed is not None and parsed.race is None and cfg.missing_race == "skip":
         parsed, reason = None, (f"file name {file_name!r}: race missing (fields age_gender_date; "
-                                "config aligned_race_unknown keeps it)")
+                                f"config {CONFIG_OF_FOLDER[cfg.folder]}_race_unknown keeps it)")
       # Unparsable names still get a split, so their skip is reported where the file would be.
       name = parsed.name if parsed else repair_name(file_name)[0]
       split = assign_split(name, cfg.split_seed, tuple(cfg.split_fractions))
@@ -289,3 +360,9 @@ Labels come from the file names; nothing else is needed.
           f"{cfg.split_fractions[SPLITS.index(split)]}, seed {cfg.split_seed}): {len(items)} files "
           f"assigned, {len(skipped)} skipped" +
           (f", the first: {skipped[0].reason}" if skipped else ""))
+
+
+def _holds_chips(folder: str) -> bool:
+  """Whether ``folder`` directly holds at least one ``*.jpg.chip.jpg`` file."""
+  with os.scandir(folder) as entries:
+    return any(e.name.endswith(CHIP_SUFFIX) and e.is_file() for e in entries)

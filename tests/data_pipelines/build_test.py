@@ -14,6 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build
+from data_pipelines import inspect
 from data_pipelines import synthetic
 from data_pipelines import synthetic_faces
 
@@ -106,11 +107,15 @@ def test_unknown_dataset_and_config(capsys, tmp_path):
   with pytest.raises(SystemExit) as e:
     build.main(["no_such_faces", "--data_dir", str(tmp_path)])
   assert e.value.code == 2
-  assert "unknown dataset 'no_such_faces'; known: adience, affectnet, celeba, fer2013, fotw, lfw_gender, salicon, synthetic_faces, utkface" in capsys.readouterr().err
+  assert capsys.readouterr().err == (
+      "python -m data_pipelines.build: error: unknown dataset 'no_such_faces'; known: adience, "
+      "affectnet, celeba, fer2013, fotw, image_folder, lfw_gender, salicon, synthetic_faces, "
+      "utkface\n")
   with pytest.raises(SystemExit):
     build.main(["synthetic_faces", "--config", "huge", "--data_dir", str(tmp_path)])
   err = capsys.readouterr().err
-  assert "unknown config 'huge' of dataset 'synthetic_faces'; known: default, small" in err
+  assert err == ("python -m data_pipelines.build: error: unknown config 'huge' of dataset "
+                 "'synthetic_faces'; known: default, small\n")
   with pytest.raises(build.BuildError, match="known: default, small"):
     build.build("synthetic_faces", "huge", str(tmp_path))
   assert not os.listdir(tmp_path)
@@ -152,3 +157,79 @@ def test_building_does_not_import_tensorflow(tmp_path):
                           cwd=repo, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().endswith("ok")
+
+
+MANUAL_BUILDERS = sorted(n for n in build.BUILDERS if n != "synthetic_faces")
+
+
+def _error_line(capsys, *argv: str) -> str:
+  """The one stderr line of a build run that must fail with exit status 2."""
+  with pytest.raises(SystemExit) as e:
+    build.main(list(argv))
+  assert e.value.code == 2
+  captured = capsys.readouterr()
+  assert captured.err.endswith("\n") and captured.err.count("\n") == 1, captured.err
+  assert "Traceback" not in captured.err
+  return captured.err.rstrip("\n")
+
+
+@pytest.mark.parametrize("name", MANUAL_BUILDERS)
+def test_a_wrong_manual_dir_is_one_line(name, tmp_path, capsys):
+  data_dir = str(tmp_path / "tfds")
+  prefix = "python -m data_pipelines.build: error: "
+  layout = f"(layout: python -m data_pipelines.build {name} --layout)"
+  missing = str(tmp_path / "nowhere")
+  line = _error_line(capsys, name, "--manual_dir", missing, "--data_dir", data_dir)
+  assert line.startswith(prefix + f"{name}/")
+  assert line.endswith(f": looked for the manual directory {missing}; found nothing (it does not "
+                       f"exist) {layout}")
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  line = _error_line(capsys, name, "--manual_dir", str(empty), "--data_dir", data_dir)
+  # tfds refuses an empty manual directory before the builder looks inside.
+  assert line.endswith(f": looked for the manual directory {empty}; found an empty folder "
+                       f"{layout}")
+  # Another data set's files: the line names what it looked for and lists what is there.
+  other = tmp_path / "other"
+  for k in range(10):
+    (other / f"part{k}").mkdir(parents=True)
+  (other / "list.txt").write_text("x")
+  line = _error_line(capsys, name, "--manual_dir", str(other), "--data_dir", data_dir)
+  assert "expected" in line and line.endswith(
+      f"; found in {other}: list.txt, part0/, part1/, part2/, part3/, part4/, part5/, part6/, "
+      f"... (11 entries) {layout}")
+
+
+@pytest.mark.parametrize("name", MANUAL_BUILDERS)
+def test_layout_prints_the_manual_instructions(name, capsys):
+  assert build.main([name, "--layout"]) == 0
+  assert capsys.readouterr().out == build.builder_class(name).MANUAL_DOWNLOAD_INSTRUCTIONS + "\n"
+
+
+def test_describe_dir(tmp_path):
+  assert build.describe_dir(str(tmp_path / "x")) == "nothing (it does not exist)"
+  (tmp_path / "f").write_text("")
+  assert build.describe_dir(str(tmp_path / "f")) == "a file, not a folder"
+  (tmp_path / "d").mkdir()
+  assert build.describe_dir(str(tmp_path / "d")) == "an empty folder"
+  assert build.describe_dir(str(tmp_path)) == "d/, f"
+
+
+def test_inspect_answers_in_one_line(built, tmp_path, capsys):
+  data_dir, _ = built
+  prefix = "python -m data_pipelines.inspect: error: "
+  with pytest.raises(SystemExit) as e:
+    inspect.main(["synthetic_faces", "--data_dir", data_dir])  # default config not prepared
+  assert e.value.code == 2
+  assert capsys.readouterr().err == (
+      f"{prefix}synthetic_faces/default is not prepared in {data_dir}; run: python -m "
+      f"data_pipelines.build synthetic_faces --config default --data_dir {data_dir} (prepared "
+      "there: --config small)\n")
+  for argv in (["synthetic_faces", "--config", "small", "--data_dir", data_dir, "--pipe",
+                "no_such_op"],
+               ["synthetic_faces", "--num", "many"]):
+    with pytest.raises(SystemExit) as e:
+      inspect.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(prefix) and err.count("\n") == 1, err

@@ -1,5 +1,5 @@
-"""The ``fer2013`` tfds builder on tiny csv fixtures of both Kaggle files: splits, labels, ids,
-exact pixel round trip, skipped rows and missing-data errors."""
+"""The ``fer2013`` tfds builder on tiny csv fixtures of both Kaggle files and on the image-folder
+layout: splits, labels, ids, exact pixel round trip, skipped rows and files, missing-data errors."""
 
 import os
 
@@ -132,16 +132,18 @@ def test_parse_pixels_errors():
 
 
 def test_missing_manual_data(tmp_path):
-  with pytest.raises(build.BuildError, match="fer2013/fer2013: manual data not found in"):
+  with pytest.raises(build.BuildError, match="fer2013/fer2013: looked for the manual directory"):
     build.build("fer2013", "fer2013", data_dir=str(tmp_path / "d"),
                 manual_dir=str(tmp_path / "nowhere"))
   manual = tmp_path / "manual"
   manual.mkdir()
   (manual / "fer2013.csv").write_text("emotion,pixels,Usage\n")  # the other config's file
-  with pytest.raises(FileNotFoundError) as e:
+  with pytest.raises(build.BuildError) as e:
     build.build("fer2013", "icml_face_data", data_dir=str(tmp_path / "d"),
                 manual_dir=str(manual))
   assert f"expected icml_face_data.csv in the manual directory {manual}" in str(e.value)
+  assert str(e.value).endswith(f"found in {manual}: fer2013.csv (layout: python -m "
+                               "data_pipelines.build fer2013 --layout)")
 
 
 def test_header_without_a_needed_column(tmp_path):
@@ -150,3 +152,84 @@ def test_header_without_a_needed_column(tmp_path):
   (manual / "fer2013.csv").write_text("emotion,Usage\n0,Training\n")
   with pytest.raises(ValueError, match=r"header of .*fer2013.csv lacks the columns \['pixels'\]"):
     build.build("fer2013", "fer2013", data_dir=str(tmp_path / "d"), manual_dir=str(manual))
+
+
+# The image-folder release: (split, folder, file) -> gray pixels, or None for a bad file.
+_FOLDER_PIXELS = {
+    ("train", "angry", "Training_10118481.jpg"): _RNG.integers(0, 256, (48, 48), dtype=np.uint8),
+    ("train", "happy", "Training_1206.jpg"): np.full((48, 48), 200, np.uint8),
+    ("train", "neutral", "Training_65.jpg"): np.tile(np.arange(48, dtype=np.uint8) * 5, (48, 1)),
+    ("test", "surprise", "PublicTest_1.jpg"): np.full((48, 48), 30, np.uint8),
+    ("test", "Disgust", "PrivateTest_2.jpg"): np.full((48, 48), 90, np.uint8),  # any case
+}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+  manual = tmp_path_factory.mktemp("fer_folders")
+  decoded = {}
+  for (split, folder, name), pixels in _FOLDER_PIXELS.items():
+    os.makedirs(manual / split / folder, exist_ok=True)
+    data = cv2.imencode(".jpg", pixels)[1].tobytes()
+    (manual / split / folder / name).write_bytes(data)
+    # The builder stores what OpenCV decodes (a JPEG is lossy): compare with that.
+    decoded[f"{split}/{folder}/{name}"] = cv2.imdecode(np.frombuffer(data, np.uint8),
+                                                       cv2.IMREAD_GRAYSCALE)
+  for folder in ("disgust", "fear", "sad"):  # empty emotion folders are fine
+    os.makedirs(manual / "train" / folder, exist_ok=True)
+  (manual / "train" / "sad" / "Training_3.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(50))
+  (manual / "train" / "fear" / "Training_4.jpg").write_bytes(
+      cv2.imencode(".jpg", np.zeros((40, 48), np.uint8))[1].tobytes())
+  os.makedirs(manual / "test" / "contempt")
+  (manual / "test" / "contempt" / "PublicTest_9.jpg").write_bytes(
+      cv2.imencode(".jpg", np.zeros((48, 48), np.uint8))[1].tobytes())
+  (manual / "train" / "angry" / "Thumbs.db").write_bytes(b"x")
+  data_dir = str(tmp_path_factory.mktemp("fer_folders_tfds"))
+  summary = build.build("fer2013", "folders", data_dir=data_dir, manual_dir=str(manual))
+  return manual, data_dir, summary, decoded
+
+
+def test_folders_labels_follow_fer_order(folders):
+  manual, data_dir, summary, decoded = folders
+  assert {s: i["num_examples"] for s, i in summary["splits"].items()} == {"train": 3, "test": 2}
+  hist = summary["splits"]["train"]["histograms"]["emotion"]
+  assert list(hist) == list(fer2013.EMOTIONS)
+  assert hist == {"Angry": 1, "Disgust": 0, "Fear": 0, "Happy": 1, "Sad": 0, "Surprise": 0,
+                  "Neutral": 1}
+  for split in ("train", "test"):
+    source = tfds.data_source("fer2013/folders", split=split, data_dir=data_dir)
+    records = {r["id"].decode(): r for r in (source[i] for i in range(len(source)))}
+    assert sorted(records) == sorted(k for k in decoded if k.startswith(split + "/"))
+    for example_id, r in records.items():
+      folder = example_id.split("/")[1]
+      assert fer2013.EMOTIONS[int(r["emotion"])].lower() == folder.lower()
+      assert r["image"].shape == (48, 48, 1)
+      np.testing.assert_array_equal(r["image"][..., 0], decoded[example_id])
+
+
+def test_folders_bad_files_are_skipped_and_counted(folders):
+  manual, _, summary, _ = folders
+  got = sorted((s["split"], s["id"], s["reason"]) for s in summary["skipped"]["examples"])
+  assert got == sorted([
+      ("test", "test/contempt/PublicTest_9.jpg",
+       "folder 'contempt' is no FER emotion (expected one of angry, disgust, fear, happy, sad, "
+       "surprise, neutral)"),
+      ("train", "train/fear/Training_4.jpg",
+       f"image is 48 x 40, expected 48 x 48: {manual}/train/fear/Training_4.jpg"),
+      ("train", "train/sad/Training_3.jpg",
+       f"image file cannot be decoded (corrupt or truncated): {manual}/train/sad/Training_3.jpg"),
+  ])
+  assert summary["skipped"]["count"] == 3
+
+
+def test_folders_missing_split_folder(tmp_path):
+  os.makedirs(tmp_path / "manual" / "train" / "happy")
+  with pytest.raises(build.BuildError) as e:
+    build.build("fer2013", "folders", data_dir=str(tmp_path / "d"),
+                manual_dir=str(tmp_path / "manual"))
+  assert str(e.value) == (
+      f"fer2013/folders: fer2013: expected test in the manual directory {tmp_path}/manual (not "
+      f"found: {tmp_path}/manual/test).; found in {tmp_path}/manual: train/ (layout: python -m "
+      "data_pipelines.build fer2013 --layout)")
+  with pytest.raises(ValueError, match="layout must be one of"):
+    fer2013.Fer2013Config(name="bad", layout="zip")

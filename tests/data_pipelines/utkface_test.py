@@ -1,7 +1,10 @@
-"""The ``utkface`` tfds builder on a tiny ``UTKFace/`` folder with the malformed names of SPEC 7.3:
-labels, age buckets, the seeded split, repairs and skips with reasons, image bytes and errors."""
+"""The ``utkface`` tfds builder on tiny ``UTKFace/`` and ``crop_part1/`` folders with the malformed
+names of SPEC 7.3 and of the real crop_part1 release: labels, age buckets, the seeded split, repairs
+and skips with reasons in the summary, which folder a manual directory gives, image bytes and
+errors."""
 
 import collections
+import json
 import os
 
 import cv2
@@ -64,6 +67,26 @@ SKIPPED = {
 NO_RACE_SKIP = ("train/39_1_20170116174525125.jpg.chip.jpg",
                 "file name '39_1_20170116174525125.jpg.chip.jpg': race missing (fields "
                 "age_gender_date; config aligned_race_unknown keeps it)")
+
+# crop_part1/: good names (split with seed 0 worked out from sha256 as above), one repaired name,
+# and the two malformed names of the real release (both fall in train).
+CROP_GOOD = {
+    "1_0_0_20170109140008000.jpg.chip.jpg": ("train", (0, 1, 0, 0)),
+    "2_1_2_20170109140108001.jpg.chip.jpg": ("train", (0, 2, 1, 2)),
+    "26_1_0_20170109140208002.jpg.chip.jpg": ("train", (2, 26, 1, 0)),
+    "85_0_4_20170109140508005.jpg.chip.jpg": ("train", (8, 85, 0, 4)),
+    "54_1_3_20170109140408004.jpg.chip.jpg": ("validation", (5, 54, 1, 3)),
+    "7_1_1_20170109140708007.jpg.chip.jpg": ("test", (0, 7, 1, 1)),
+}
+CROP_REPAIRED = ("35_0_1_20170109140308003 .jpg.chip.jpg", "35_0_1_20170109140308003.jpg.chip.jpg")
+CROP_MALFORMED = {
+    "61_1_20170109142408075.jpg.chip.jpg":
+        "file name '61_1_20170109142408075.jpg.chip.jpg': race missing (fields age_gender_date; "
+        "config crop_part1_race_unknown keeps it)",
+    "61_3_20170109150557335.jpg.chip.jpg":
+        "file name '61_3_20170109150557335.jpg.chip.jpg': 3 fields where 4 are expected and the "
+        "second, 3, is no gender code (gender or race missing?)",
+}
 
 
 def _write_jpeg(path: str, seed: int) -> None:
@@ -217,7 +240,8 @@ def test_buckets():
 
 
 def test_config_checks():
-  assert build.config_names("utkface") == ["aligned", "aligned_race_unknown"]
+  assert build.config_names("utkface") == ["aligned", "aligned_race_unknown", "crop_part1",
+                                           "crop_part1_race_unknown"]
   assert utkface.UTKFace.DEFAULT_CONFIG_NAME == "aligned"
   with pytest.raises(ValueError, match="split_fractions must be 3 non-negative"):
     utkface.UTKFaceConfig(name="bad", split_fractions=(0.8, 0.3, 0.1))
@@ -225,18 +249,121 @@ def test_config_checks():
     utkface.UTKFaceConfig(name="bad", missing_race="guess")
   with pytest.raises(ValueError, match="num_age_buckets must be >= 1"):
     utkface.UTKFaceConfig(name="bad", num_age_buckets=0)
+  with pytest.raises(ValueError, match="folder must be one of"):
+    utkface.UTKFaceConfig(name="bad", folder="part1")
 
 
 def test_missing_manual_data(tmp_path):
-  with pytest.raises(build.BuildError, match="utkface/aligned: manual data not found") as e:
+  with pytest.raises(build.BuildError) as e:
     build.build("utkface", None, data_dir=str(tmp_path / "tfds"),
                 manual_dir=str(tmp_path / "nowhere"))
-  assert "UTKFace/[age]_[gender]_[race]_[date&time].jpg.chip.jpg" in str(e.value)
-  # Manual dir present, UTKFace/ not: the message names the folder.
+  assert str(e.value) == (f"utkface/aligned: looked for the manual directory {tmp_path}/nowhere; "
+                          "found nothing (it does not exist) (layout: python -m "
+                          "data_pipelines.build utkface --layout)")
+  # Manual dir present, UTKFace/ not: one line naming the folder and what is there.
   os.makedirs(tmp_path / "manual" / "part1")
-  with pytest.raises(FileNotFoundError, match="utkface: expected UTKFace in the manual directory"):
+  with pytest.raises(build.BuildError) as e:
     build.build("utkface", "aligned", data_dir=str(tmp_path / "tfds2"),
                 manual_dir=str(tmp_path / "manual"))
+  assert "\n" not in str(e.value)
+  assert str(e.value).startswith(
+      f"utkface/aligned: utkface/aligned: expected UTKFace/ (or *.jpg.chip.jpg files) in the "
+      f"manual directory {tmp_path}/manual, or that directory to be UTKFace/")
+  assert str(e.value).endswith(f"; found in {tmp_path}/manual: part1/ (layout: python -m "
+                               "data_pipelines.build utkface --layout)")
+
+
+def _crop_part1(root) -> str:
+  folder = os.path.join(root, "crop_part1")
+  os.makedirs(folder)
+  names = list(CROP_GOOD) + [CROP_REPAIRED[0]] + list(CROP_MALFORMED)
+  for i, name in enumerate(names):
+    _write_jpeg(os.path.join(folder, name), 100 + i)
+  return folder
+
+
+@pytest.fixture(scope="module")
+def crop_part1(tmp_path_factory) -> str:
+  return _crop_part1(str(tmp_path_factory.mktemp("crop_manual")))
+
+
+def test_crop_part1_folder_itself_picks_its_config_and_names_the_malformed_files(
+    crop_part1, tmp_path, capsys):
+  data_dir = str(tmp_path / "tfds")
+  # No --config: the folder's name picks crop_part1 (as the real 9,780-file release would).
+  assert build.main(["utkface", "--manual_dir", crop_part1, "--data_dir", data_dir]) == 0
+  printed = capsys.readouterr().out
+  with open(os.path.join(data_dir, "utkface", "crop_part1", "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["config"] == "crop_part1" and summary["source"] == crop_part1
+  assert summary["files"] == 9
+  assert {s: i["num_examples"] for s, i in summary["splits"].items()} == {
+      "train": 5, "validation": 1, "test": 1}
+  assert sorted((s["split"], s["id"], s["reason"]) for s in summary["skipped"]["examples"]) == [
+      ("train", f"train/{name}", reason) for name, reason in sorted(CROP_MALFORMED.items())]
+  assert summary["repaired"] == {"count": 1, "examples": [{
+      "split": "train", "id": f"train/{CROP_REPAIRED[1]}",
+      "repair": f"{CROP_REPAIRED[0]!r}: space before .jpg removed"}]}
+  assert f"usable: 7 of 9 files in {crop_part1} (2 skipped)" in printed
+  for name, reason in CROP_MALFORMED.items():
+    assert f"  train train/{name}: {reason}\n" in printed
+  assert f"repaired: 1\n  train train/{CROP_REPAIRED[1]}: " in printed
+  records = _records(data_dir, "crop_part1", "train")
+  got = {r["id"].decode(): (int(r["age"]), int(r["age_years"]), int(r["gender"]),
+                            int(r["race"])) for r in records}
+  want = {f"train/{n}": labels for n, (split, labels) in CROP_GOOD.items() if split == "train"}
+  want[f"train/{CROP_REPAIRED[1]}"] = (3, 35, 0, 1)
+  assert got == want
+
+
+def test_crop_part1_race_unknown_keeps_the_name_without_race(crop_part1, tmp_path):
+  summary = build.build("utkface", "crop_part1_race_unknown", data_dir=str(tmp_path),
+                        manual_dir=crop_part1)
+  assert summary["splits"]["train"]["num_examples"] == 6
+  assert summary["splits"]["train"]["histograms"]["race"]["unknown"] == 1
+  assert [s["id"] for s in summary["skipped"]["examples"]] == [
+      "train/61_3_20170109150557335.jpg.chip.jpg"]
+
+
+def test_which_folder_a_manual_directory_gives(tmp_path):
+  both = tmp_path / "both"
+  crop = _crop_part1(str(both))
+  os.makedirs(both / "UTKFace")
+  _write_jpeg(str(both / "UTKFace" / "25_0_2_20170116220224651.jpg.chip.jpg"), 0)
+  pick = utkface.UTKFace.config_for_manual_dir
+  assert pick(crop) == pick(str(tmp_path / "x" / "crop_part1/")) == "crop_part1"
+  assert pick(str(both)) == "aligned"  # UTKFace/ wins when both are there
+  assert pick(str(both / "UTKFace")) == "aligned"
+  assert pick(str(tmp_path)) is None
+  data_dir = str(tmp_path / "tfds")
+  builder = utkface.UTKFace(config="crop_part1", data_dir=data_dir)
+  assert builder.chip_folder(str(both)) == crop
+  assert builder.chip_folder(crop) == crop
+  # A renamed folder holding the chips directly is read by the config asked for.
+  os.rename(both / "UTKFace", tmp_path / "chips")
+  assert builder.chip_folder(str(tmp_path / "chips")) == str(tmp_path / "chips")
+  os.rename(tmp_path / "chips", both / "UTKFace")
+  with pytest.raises(FileNotFoundError, match=r"it is/holds UTKFace/, read by --config aligned"):
+    builder.chip_folder(str(both / "UTKFace"))
+  aligned = utkface.UTKFace(config="aligned", data_dir=data_dir)
+  assert aligned.chip_folder(str(both)) == str(both / "UTKFace")
+  with pytest.raises(FileNotFoundError, match=r"; it is/holds crop_part1/, read by --config "
+                     r"crop_part1\n"):
+    aligned.chip_folder(crop)
+  # --config crop_part1 reaches the folder that lost.
+  summary = build.build("utkface", "crop_part1", data_dir=data_dir, manual_dir=str(both))
+  assert summary["source"] == crop and summary["files"] == 9
+
+
+def test_wrong_config_for_the_folder_is_one_line(crop_part1, tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    build.main(["utkface", "--config", "aligned", "--manual_dir", crop_part1, "--data_dir",
+                str(tmp_path)])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "Traceback" not in err
+  assert "it is/holds crop_part1/, read by --config crop_part1; found in" in err
+  assert "61_1_20170109142408075.jpg.chip.jpg" in err  # what the folder holds
 
 
 def test_a_zero_fraction_leaves_the_split_out(manual_dir, tmp_path):
