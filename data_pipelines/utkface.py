@@ -9,9 +9,10 @@ aligned set (23,708 files). ``crop_part1`` / ``crop_part1_race_unknown`` read ``
 aligned chips of the in-the-wild part 1 (9,780 files; ages 1..110, 4,372 male / 5,408 female,
 infant-heavy): the set of Abdolrashidi et al. (paper 004). ``--manual_dir`` may be the chip
 folder itself or a folder holding it. Without ``--config``, ``python -m data_pipelines.build
-utkface`` picks the config from what the manual directory is or holds (``config_for_manual_dir``): a folder named ``crop_part1`` or
-holding only ``crop_part1/`` gives ``crop_part1``; ``UTKFace/`` gives ``aligned``, and it wins when
-both are there (the builder's default is the full set); ``--config crop_part1`` reaches the other.
+utkface`` picks the config from what the manual directory is or holds
+(``config_for_manual_dir``): a folder named ``crop_part1`` or holding only ``crop_part1/`` gives
+``crop_part1``; ``UTKFace/`` gives ``aligned``, and it wins when both are there (the builder's
+default is the full set); ``--config crop_part1`` reaches the other.
 A folder of another name that holds the chips directly is read by whichever config is asked for.
 
 Features (all TF-free):
