@@ -51,6 +51,15 @@ class BuildError(ValueError):
   """An unknown dataset or config, or missing manual data."""
 
 
+class ManualDataError(BuildError, FileNotFoundError):
+  """Manual data not where the builder looks. ``line``: what was looked for and what is there,
+  in one line (what the CLI prints); the message adds the builder's download instructions."""
+
+  def __init__(self, line: str, instructions: str | None = None):
+    super().__init__(line + (f"\nExpected:\n{instructions}" if instructions else ""))
+    self.line = line
+
+
 class OneLineParser(argparse.ArgumentParser):
   """Bad arguments: one line on stderr, exit status 2 (argparse would print the usage too)."""
 
@@ -156,6 +165,7 @@ def build(name: str, config: str | None = None, data_dir: str | None = None,
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else
           tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   layout = f"layout: python -m data_pipelines.build {name} --layout"
+  instructions = getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
   start = time.perf_counter()
   try:
     # The builder already has the file format (passing it here again fails on rebuilds).
@@ -164,14 +174,14 @@ def build(name: str, config: str | None = None, data_dir: str | None = None,
   except AssertionError as e:
     if "Manual directory" not in str(e):
       raise
-    raise BuildError(f"{name}/{config}: looked for the manual directory {manual}; found "
-                     f"{describe_dir(manual)} ({layout})") from e
+    raise ManualDataError(
+        f"{name}/{config}: manual data not found in {manual} (looked for that folder; found "
+        f"{describe_dir(manual)}) ({layout})", instructions) from e
   except (FileNotFoundError, NotADirectoryError) as e:
     # The builders name the path they expected; the download instructions make it many lines.
-    what, instructions = str(e), getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
-    what = one_line(what.replace(instructions, "") if instructions else what)
-    raise BuildError(f"{name}/{config}: {what}; found in {manual}: {describe_dir(manual)} "
-                     f"({layout})") from e
+    what = one_line(str(e).replace(instructions, "") if instructions else str(e))
+    raise ManualDataError(f"{name}/{config}: {what}; found in {manual}: {describe_dir(manual)} "
+                          f"({layout})", instructions) from e
   seconds = time.perf_counter() - start
   skipped = list(getattr(builder, "skipped", []))
   extra = builder.summary_extra() if hasattr(builder, "summary_extra") else {}
@@ -240,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.name} needs no manual data.")
       return 0
     summary = build(args.name, args.config, args.data_dir, args.manual_dir, args.overwrite)
+  except ManualDataError as e:
+    parser.error(e.line)
   except (BuildError, ValueError, OSError) as e:
     # ValueError / OSError: a builder's answer to a bad file (bad header, unreadable folder).
     parser.error(one_line(e))

@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = inspect(args.name, args.config, args.split, args.data_dir, args.num, args.pipe,
                      args.seed, args.out, args.tile)
   except (InspectError, ValueError, OSError) as e:  # ValueError: a bad pipe string
-    parser.error(build.one_line(e))
+    parser.error(getattr(e, "line", None) or build.one_line(e))
   h, w = result["shape"][:2]
   extra = f", {result['rejected']} rejected by the pipe" if result["rejected"] else ""
   print(f"wrote {result['path']} ({len(result['ids'])} examples of {args.name}/"

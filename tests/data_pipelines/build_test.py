@@ -181,14 +181,14 @@ def test_a_wrong_manual_dir_is_one_line(name, tmp_path, capsys):
   missing = str(tmp_path / "nowhere")
   line = _error_line(capsys, name, "--manual_dir", missing, "--data_dir", data_dir)
   assert line.startswith(prefix + f"{name}/")
-  assert line.endswith(f": looked for the manual directory {missing}; found nothing (it does not "
-                       f"exist) {layout}")
+  assert line.endswith(f": manual data not found in {missing} (looked for that folder; found "
+                       f"nothing (it does not exist)) {layout}")
   empty = tmp_path / "empty"
   empty.mkdir()
   line = _error_line(capsys, name, "--manual_dir", str(empty), "--data_dir", data_dir)
   # tfds refuses an empty manual directory before the builder looks inside.
-  assert line.endswith(f": looked for the manual directory {empty}; found an empty folder "
-                       f"{layout}")
+  assert line.endswith(f": manual data not found in {empty} (looked for that folder; found an "
+                       f"empty folder) {layout}")
   # Another data set's files: the line names what it looked for and lists what is there.
   other = tmp_path / "other"
   for k in range(10):

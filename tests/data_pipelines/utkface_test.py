@@ -257,19 +257,20 @@ def test_missing_manual_data(tmp_path):
   with pytest.raises(build.BuildError) as e:
     build.build("utkface", None, data_dir=str(tmp_path / "tfds"),
                 manual_dir=str(tmp_path / "nowhere"))
-  assert str(e.value) == (f"utkface/aligned: looked for the manual directory {tmp_path}/nowhere; "
-                          "found nothing (it does not exist) (layout: python -m "
+  assert e.value.line == (f"utkface/aligned: manual data not found in {tmp_path}/nowhere (looked "
+                          "for that folder; found nothing (it does not exist)) (layout: python -m "
                           "data_pipelines.build utkface --layout)")
+  assert str(e.value).endswith(utkface.UTKFace.MANUAL_DOWNLOAD_INSTRUCTIONS)
   # Manual dir present, UTKFace/ not: one line naming the folder and what is there.
   os.makedirs(tmp_path / "manual" / "part1")
   with pytest.raises(build.BuildError) as e:
     build.build("utkface", "aligned", data_dir=str(tmp_path / "tfds2"),
                 manual_dir=str(tmp_path / "manual"))
-  assert "\n" not in str(e.value)
-  assert str(e.value).startswith(
+  assert isinstance(e.value, FileNotFoundError) and "\n" not in e.value.line
+  assert e.value.line.startswith(
       f"utkface/aligned: utkface/aligned: expected UTKFace/ (or *.jpg.chip.jpg files) in the "
       f"manual directory {tmp_path}/manual, or that directory to be UTKFace/")
-  assert str(e.value).endswith(f"; found in {tmp_path}/manual: part1/ (layout: python -m "
+  assert e.value.line.endswith(f"; found in {tmp_path}/manual: part1/ (layout: python -m "
                                "data_pipelines.build utkface --layout)")
 
 
