@@ -44,7 +44,7 @@ class Preempted(RuntimeError):
 
 class StopSignals:
   """SIGTERM / SIGINT set a flag that the training loop reads after each step (Slurm sends
-  SIGTERM before a time limit or preemption); a second signal of a kind acts as the default
+  SIGTERM before a time limit or preemption); a second signal acts as the default
   (kills) so a stuck run can still be stopped. Only the main thread can install handlers."""
 
   def __init__(self):
