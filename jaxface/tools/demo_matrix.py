@@ -9,6 +9,7 @@ trained from random weights can end in a different place. Each (ISA, seed) pair 
 table gives each run's test accuracy per label, the ML-Net stage's test CC and the wall time,
 then min / median / max over the runs, and how far the worst run is above each floor
 (``config.eval.expect``). A run that fails its floors is reported and makes the command exit 1.
+Finished runs are kept in ``OUT/runs.jsonl``: rerunning the command only runs the missing ones.
 """
 
 from __future__ import annotations
@@ -115,12 +116,26 @@ def run(args) -> int:
     return 2
   floor = floors(args.config)
   os.makedirs(args.out, exist_ok=True)
+  # Each finished run is appended here; a rerun of the command reuses them (an interrupted
+  # matrix goes on where it stopped).
+  done_path = os.path.join(args.out, "runs.jsonl")
+  done = {}
+  if os.path.exists(done_path):
+    with open(done_path, encoding="utf-8") as f:
+      for line in f:
+        r = json.loads(line)
+        if r["rc"] == 0 and "error" not in r:
+          done[(r["isa"], r["seed"])] = r
   rows = []
   for isa in args.isa:
     for seed in args.seeds:
-      name = f"{isa}_seed{seed}"
-      row = _run_one(args.config, isa, seed, os.path.join(args.out, name),
-                     os.path.join(args.out, f"{name}.log"))
+      row = done.get((isa, seed))
+      if row is None:
+        name = f"{isa}_seed{seed}"
+        row = _run_one(args.config, isa, seed, os.path.join(args.out, name),
+                       os.path.join(args.out, f"{name}.log"))
+        with open(done_path, "a", encoding="utf-8") as f:
+          f.write(json.dumps(row) + "\n")
       rows.append(row)
       print(json.dumps(row), flush=True)
   with open(os.path.join(args.out, "matrix.json"), "w", encoding="utf-8") as f:
