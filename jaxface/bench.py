@@ -497,8 +497,22 @@ COMMANDS = {"models": cmd_models, "train": cmd_train, "conv": cmd_conv, "detect"
             "loader": cmd_loader}
 
 
+# Subcommands that have their own parser: ``python -m jaxface.bench NAME --help`` shows theirs.
+DELEGATED = {
+    "demo": "jaxface.tools.demo_matrix",  # the demo under several instruction sets and seeds
+    "predict": "jaxface.predict_bench",  # faces/s end to end (detect + chips + three models)
+    "explain": "jaxface.explain.bench",  # Grad-CAM and CIS maps/s, against torch
+}
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxface.bench", description=__doc__)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv and argv[0] in DELEGATED:
+    import importlib  # pylint: disable=g-import-not-at-top
+    return int(importlib.import_module(DELEGATED[argv[0]]).main(argv[1:]) or 0)
+  parser = argparse.ArgumentParser(
+      prog="python -m jaxface.bench", description=__doc__,
+      epilog="also: " + ", ".join(f"{k} (python -m jaxface.bench {k} --help)" for k in DELEGATED))
   sub = parser.add_subparsers(dest="command", required=True)
   _add_train_parser(sub)
   c = sub.add_parser("conv", help="convolution lowerings on the zoo's shapes")

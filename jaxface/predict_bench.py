@@ -92,7 +92,7 @@ def bench_reference(photos, repeat: int) -> dict | None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxface.predict_bench",
+  parser = argparse.ArgumentParser(prog="python -m jaxface.bench predict",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("folder", nargs="?", help="photos (default: a generated folder)")
   parser.add_argument("--detector", default="mtcnn", choices=["mtcnn", "haar"])

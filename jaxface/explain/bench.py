@@ -120,7 +120,7 @@ def bench_torch(args) -> dict[str, Any]:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m jaxface.explain.bench", description=__doc__)
+  p = argparse.ArgumentParser(prog="python -m jaxface.bench explain", description=__doc__)
   p.add_argument("--model", default="resnet18")
   p.add_argument("--width", type=float, default=0.25)
   p.add_argument("--size", type=int, default=112)
