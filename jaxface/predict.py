@@ -2,6 +2,7 @@
 
   python -m jaxface.predict INPUTS... --out DIR [--detector mtcnn|haar] [--policy all]
       [--every K] [--max-side 2048] [--batch 32] [--no-annotate]
+      [--workdir RUN]... [--ensemble] [--pretrained]
 
 INPUTS are image files, folders (walked recursively in sorted order) and video files (every K-th
 frame). For each photo or frame it writes ``DIR/<relative path>[.frameNNNNNN].json``: the image,
@@ -15,6 +16,18 @@ haar`` there are no landmarks, so only the expression is predicted. Faces are cu
 the networks run batched and jitted (batches padded to powers of two, so a folder compiles each
 network a few times at most).
 
+Trained runs: ``--workdir RUN`` (repeatable) adds a ``jaxface.train`` workdir (a chain's stage
+folder, e.g. ``runs/demo/classifier``). Each face is cut as the run's ``data.eval_pipe`` cuts
+(``jaxface.predict_crops``: its geometric ops on the detected box and landmarks), and a run that
+trained on saliency-reweighted crops gets the same reweighting from its ML-Net
+(``jaxface.load``). A face's record gets ``"runs": {NAME: {task: label, confidence, probs}}``,
+NAME the workdir's folder name (``chain/stage`` for a chain's stage; made unique with ``-2``...).
+``--ensemble`` averages the probabilities of all runs with the same task name and class names into
+``"ensemble": {task: {..., "runs": [NAMES]}}``; runs with other classes under the same task name
+are refused. With ``--workdir`` the pretrained models run only when ``--pretrained`` is given too.
+A face a run's pipe cannot cut (``align`` needs landmarks, which haar does not give) gets
+``{"error": ...}`` under that run and one ``error:`` line on stderr.
+
 A file that cannot be used (missing, empty, not an image, truncated, a non-image file met in a
 folder walk) gives one ``error:`` line on stderr and is skipped; the last line is the summary.
 Exit status 0 when at least one image was processed, 1 when none was, 2 for bad arguments.
@@ -26,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import functools
 import json
 import os
@@ -36,7 +50,8 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-from jaxface import pretrained
+from data_pipelines import ops
+from jaxface import predict_crops, pretrained
 from jaxface.faces import chips, crops, get_detector
 from jaxface.faces.image_io import ImageReadError, is_image_file, read_image, validate_rgb
 from jaxface.faces.types import Face
@@ -61,6 +76,95 @@ def task_record(spec: pretrained.Pretrained, probs: np.ndarray) -> dict[str, Any
   return rec
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A trained run used by predict: its record name, the loaded model and its crop pipe."""
+  name: str
+  workdir: str
+  trained: Any  # jaxface.trained.Trained
+  pipe: ops.Pipeline
+  note: str | None = None  # said once on stderr (e.g. a reweighting predict cannot reproduce)
+
+  @property
+  def tasks(self):
+    return tuple(t for t in self.trained.tasks if t.kind in ("class", "attributes"))
+
+
+def run_name(workdir: str) -> str:
+  """The folder name, or ``chain/stage`` when the parent folder is the chain that ran it."""
+  wd = os.path.abspath(workdir)
+  parent, base = os.path.split(wd)
+  try:
+    with open(os.path.join(parent, "config.json"), encoding="utf-8") as f:
+      stages = json.load(f).get("stages") or {}
+  except (OSError, ValueError, AttributeError):
+    stages = {}
+  return f"{os.path.basename(parent)}/{base}" if base in stages else base
+
+
+def load_run(workdir: str, name: str | None = None) -> Run:
+  """A workdir as a :class:`Run`; ValueError / FileNotFoundError name what is wrong."""
+  import jaxface  # pylint: disable=g-import-not-at-top
+  trained = jaxface.load(workdir)
+  config = predict_crops.read_config(workdir)
+  try:
+    pipe = predict_crops.crop_pipe(config)
+  except predict_crops.CropPipeError as e:
+    raise ValueError(f"{workdir}: {e}") from None
+  note = None
+  if config.saliency.mode == "dataset" and float(config.saliency.r) > 0:
+    note = (f"{workdir} trained on its dataset's own saliency maps (saliency.mode=dataset); a "
+            "new photo has none, so its crops are not reweighted")
+  run = Run(name or run_name(workdir), os.path.abspath(workdir), trained, pipe, note)
+  if not run.tasks:
+    raise ValueError(f"{workdir}: no class or attribute task (tasks: "
+                     f"{', '.join(f'{t.name} ({t.kind})' for t in trained.tasks)})")
+  return run
+
+
+def load_runs(workdirs: Sequence[str]) -> list[Run]:
+  """Runs of the workdirs, names made unique with ``-2``, ``-3``... in the order given."""
+  runs, seen = [], set()
+  for wd in workdirs:
+    base = name = run_name(wd)
+    k = 1
+    while name in seen:
+      k += 1
+      name = f"{base}-{k}"
+    seen.add(name)
+    runs.append(load_run(wd, name))
+  return runs
+
+
+def ensemble_groups(runs: Sequence[Run]) -> dict[str, tuple[Any, list[str]]]:
+  """``{task name: (task, run names)}`` of the runs sharing it; ValueError when two runs name a task
+  alike with other kinds or classes."""
+  groups: dict[str, tuple[Any, list[str]]] = {}
+  for run in runs:
+    for t in run.tasks:
+      if t.name in groups:
+        first, names = groups[t.name]
+        if (first.kind, first.class_names) != (t.kind, t.class_names):
+          raise ValueError(f"--ensemble: task {t.name!r} has classes {list(first.class_names)} in "
+                           f"{names[0]} but {list(t.class_names)} in {run.name}")
+        names.append(run.name)
+      else:
+        groups[t.name] = (t, [run.name])
+  return groups
+
+
+def run_task_record(task, probs: np.ndarray) -> dict[str, Any]:
+  """A run's task entry: label and confidence (classes) or the attributes at >= 0.5, and probs."""
+  rec: dict[str, Any] = {}
+  if task.kind == "class":
+    k = int(np.argmax(probs))
+    rec = {"label": task.class_names[k], "confidence": round(float(probs[k]), 6)}
+  else:
+    rec = {"labels": [c for c, p in zip(task.class_names, probs) if p >= 0.5]}
+  rec["probs"] = {c: round(float(p), 6) for c, p in zip(task.class_names, probs)}
+  return rec
+
+
 class Analyzer:
   """Detector + the pretrained models; ``analyze(image)`` returns one record per face.
 
@@ -70,10 +174,13 @@ class Analyzer:
     policy: which faces to keep (``jaxface.faces.select_faces``).
     max_side: detect on a copy downscaled to this longer side (None: full resolution).
     batch: largest face batch sent to a network at once.
+    runs: trained runs (:func:`load_runs`) whose predictions go under each face's "runs".
+    ensemble: also average the runs' probabilities per shared task (:func:`ensemble_groups`).
   """
 
   def __init__(self, detector: str = "mtcnn", tasks: Sequence[str] = TASKS, policy: str = "all",
-               max_side: int | None = 2048, batch: int = 32):
+               max_side: int | None = 2048, batch: int = 32, runs: Sequence[Run] = (),
+               ensemble: bool = False):
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
       raise ValueError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
@@ -85,6 +192,9 @@ class Analyzer:
     self.policy = policy
     self.batch = batch
     self.models = {t: pretrained.load(t) for t in tasks}
+    self.runs = list(runs)
+    self.groups = ensemble_groups(self.runs) if ensemble else None
+    self.context = ""  # the image being described, named in the error lines of faces
     # Time spent in the detector and in the networks (np.asarray waits for the device).
     self.detect_seconds = self.network_seconds = 0.0
 
@@ -139,7 +249,58 @@ class Analyzer:
       if cut:
         for (i, k), p in zip(where, self._probs(loaded, np.stack(cut))):
           records[i][k][task] = task_record(loaded.spec, p)
+    if self.runs:
+      self._describe_runs(images, faces, records)
     return records
+
+  def _run_probs(self, run: Run, crops_N: np.ndarray) -> dict[str, np.ndarray]:
+    # Pad to a power of two up to the batch size (then full batches): few compiled shapes.
+    t0 = time.perf_counter()
+    n = len(crops_N)
+    size = min(self.batch, _bucket(n))
+    if n < size:
+      crops_N = np.concatenate([crops_N, np.zeros((size - n, *crops_N.shape[1:]), np.uint8)])
+    out = {k: v[:n] for k, v in run.trained.predict(crops_N, batch_size=size).items()}
+    self.network_seconds += time.perf_counter() - t0
+    return out
+
+  def _describe_runs(self, images, faces, records) -> None:
+    all_probs: dict[str, dict[tuple[int, int], np.ndarray]] = {}  # "run/task" -> face -> probs
+    for run in self.runs:
+      cut, where = [], []
+      for i, (image, fs) in enumerate(zip(images, faces)):
+        for k, f in enumerate(fs):
+          entry = records[i][k].setdefault("runs", {})
+          try:
+            cut.append(predict_crops.cut(run.pipe, image, f, run.trained, example_id=k))
+          except (ops.BadExampleError, ValueError) as e:
+            reason = getattr(e, "reason", str(e))
+            entry[run.name] = {"error": reason}
+            print(f"error: {self.context}face {k}: {run.name}: {reason}", file=sys.stderr)
+            continue
+          where.append((i, k))
+      if not cut:
+        continue
+      probs = self._run_probs(run, np.stack(cut))
+      for t in run.tasks:
+        for j, (i, k) in enumerate(where):
+          p = probs[t.name][j]
+          records[i][k]["runs"].setdefault(run.name, {})[t.name] = run_task_record(t, p)
+          all_probs.setdefault(f"{run.name}/{t.name}", {})[(i, k)] = p
+    if self.groups is None:
+      return
+    for task, (t, names) in self.groups.items():
+      for i, fs in enumerate(faces):
+        for k in range(len(fs)):
+          got = [(n, all_probs[f"{n}/{task}"][(i, k)]) for n in names
+                 if (i, k) in all_probs.get(f"{n}/{task}", {})]
+          if not got:
+            continue
+          # Mean in float64 of the runs' float32 probabilities (a sum of probabilities stays one).
+          mean = np.mean(np.stack([p.astype(np.float64) for _, p in got]), axis=0)
+          rec = run_task_record(t, mean)
+          rec["runs"] = [n for n, _ in got]
+          records[i][k].setdefault("ensemble", {})[task] = rec
 
   def analyze(self, image: np.ndarray) -> list[dict[str, Any]]:
     image = validate_rgb(image, "image")
@@ -242,6 +403,9 @@ def annotate(image: np.ndarray, faces: Sequence[Face], records: Sequence[dict]) 
       parts.append(f"{rec['age']['years']:.0f}y")
     if rec.get("expression"):
       parts.append(rec["expression"]["label"])
+    # Trained runs: the ensemble's labels when there is one, else each run's.
+    for entry in [rec["ensemble"]] if rec.get("ensemble") else list(rec.get("runs", {}).values()):
+      parts += [v["label"] for v in entry.values() if isinstance(v, dict) and "label" in v]
     x, y = int(round(f.box[0])), int(round(f.box[3])) + 12 * t
     cv2.putText(out, " ".join(parts), (max(0, x), min(out.shape[0] - 2, y)),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.4 * t, (255, 255, 0), max(1, t // 2))
@@ -252,12 +416,26 @@ CSV_COLUMNS = ("image", "frame", "face", "x1", "y1", "x2", "y2", "score", "gende
                "gender_confidence", "age_years", "expression", "expression_confidence")
 
 
-def csv_rows(image: str, frame: int | None, records: Sequence[dict]) -> Iterator[list]:
+def run_columns(runs: Sequence[Run], ensemble: bool) -> list[str]:
+  """Extra CSV columns: ``RUN:TASK`` (the label) per run's class task, ``ensemble:TASK``."""
+  cols = [f"{r.name}:{t.name}" for r in runs for t in r.tasks if t.kind == "class"]
+  if ensemble:
+    cols += sorted({f"ensemble:{t.name}" for r in runs for t in r.tasks if t.kind == "class"})
+  return cols
+
+
+def csv_rows(image: str, frame: int | None, records: Sequence[dict],
+             extra: Sequence[str] = ()) -> Iterator[list]:
   for k, r in enumerate(records):
     g, a, e = r.get("gender"), r.get("age"), r.get("expression")
+    more = []
+    for col in extra:
+      who, task = col.rsplit(":", 1)
+      entry = r.get("ensemble", {}) if who == "ensemble" else r.get("runs", {}).get(who, {})
+      more.append(entry.get(task, {}).get("label", ""))
     yield [image, "" if frame is None else frame, k, *(f"{v:.1f}" for v in r["box"]),
            f"{r['score']:.4f}", g["label"] if g else "", g["confidence"] if g else "",
-           a["years"] if a else "", e["label"] if e else "", e["confidence"] if e else ""]
+           a["years"] if a else "", e["label"] if e else "", e["confidence"] if e else "", *more]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -280,6 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch", type=int, default=32, help="faces per network call")
   p.add_argument("--tasks", default=",".join(TASKS), help="comma list of " + ", ".join(TASKS))
   p.add_argument("--no-annotate", action="store_true", help="skip the annotated PNGs")
+  p.add_argument("--workdir", action="append", default=[], metavar="RUN",
+                 help="a jaxface.train workdir to predict with (repeatable); the pretrained models "
+                 "then run only with --pretrained")
+  p.add_argument("--ensemble", action="store_true",
+                 help="average the --workdir runs' probabilities per shared task")
+  p.add_argument("--pretrained", action="store_true",
+                 help="with --workdir: run the pretrained models too")
   return p
 
 
@@ -287,6 +472,7 @@ def _predict_one(analyzer: Analyzer, image: np.ndarray, path: str, name: str,
                  frame_index: int | None, args) -> list[dict]:
   """Detects, describes and writes the JSON (and annotated PNG) of one photo or frame."""
   faces = analyzer.detect(image)
+  analyzer.context = f"{name}: "
   records = analyzer.describe(image, faces)
   record = {"image": path, "frame": frame_index, "width": int(image.shape[1]),
             "height": int(image.shape[0]), "detector": analyzer.detector.name,
@@ -314,8 +500,23 @@ def main(argv=None) -> int:
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     parser.error(f"--out {args.out} exists and is not a folder")
   tasks = [t for t in args.tasks.split(",") if t]
+  if args.ensemble and not args.workdir:
+    parser.error("--ensemble needs --workdir runs")
+  if args.workdir and not args.pretrained:
+    tasks = []
+  bad = [w for w in args.workdir if not os.path.isdir(w)]
+  if bad:
+    parser.error(f"--workdir {bad[0]}: not a folder")
   try:
-    analyzer = Analyzer(args.detector, tasks, args.policy, args.max_side or None, args.batch)
+    runs = load_runs(args.workdir)
+  except (OSError, ValueError, KeyError) as e:
+    parser.error(str(e).strip("'\"").replace("\n", " "))
+  for run in runs:
+    if run.note:
+      print(f"note: {run.note}", file=sys.stderr)
+  try:
+    analyzer = Analyzer(args.detector, tasks, args.policy, args.max_side or None, args.batch,
+                        runs, args.ensemble)
   except (ValueError, KeyError) as e:
     parser.error(str(e).strip("'\""))
   except (OSError, ImportError) as e:
@@ -332,7 +533,8 @@ def main(argv=None) -> int:
   t0 = last = time.perf_counter()
   with open(os.path.join(args.out, "summary.csv"), "w", newline="") as fcsv:
     writer = csv.writer(fcsv)
-    writer.writerow(CSV_COLUMNS)
+    extra = run_columns(runs, args.ensemble)
+    writer.writerow(list(CSV_COLUMNS) + extra)
     for i, (path, rel, problem) in enumerate(files, start=1):
       try:
         if problem:
@@ -348,7 +550,7 @@ def main(argv=None) -> int:
           items = iter([(rel, None, read_image(path))])
         for j, (name, frame_index, image) in enumerate(items, start=1):
           records = _predict_one(analyzer, image, path, name, frame_index, args)
-          writer.writerows(csv_rows(path, frame_index, records))
+          writer.writerows(csv_rows(path, frame_index, records, extra))
           n_faces += len(records)
           n_images += frame_index is None
           n_frames += frame_index is not None
