@@ -360,10 +360,10 @@ def evaluate_ensemble(workdirs: Sequence[str], out_dir: str, checkpoint=None,
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from jaxface.train import quiet_logs  # pylint: disable=g-import-not-at-top
+  quiet_logs()  # before jax initialises its backends: no INFO line ahead of a one-line error
   from jaxface.train import init_distributed  # pylint: disable=g-import-not-at-top
   init_distributed(_FLAGS["multihost"].value)
-  from jaxface.train import quiet_logs  # pylint: disable=g-import-not-at-top
-  quiet_logs()
   try:
     if _FLAGS["folds"].value:
       folds = _FLAGS["folds"].value
