@@ -179,7 +179,7 @@ def test_one_and_eight_devices_agree(data_dir, tmp_path):
   # through the network's conv / dense layers (depth) that is at most depth * sqrt(n_max) * 2^-24
   # relative (n_max: the largest fan-in). A per-device BatchNorm or a wrongly sharded batch moves
   # the loss by more than 1e-2; the tolerance below is about 5e-5 for this smoke ResNet-18.
-  kernels = [v for k, v in p1.items() if k.endswith("kernel")]
+  kernels = [v for k, v in p1.items() if k.rstrip("]").endswith("kernel")]
   depth = len(kernels)
   n_max = max(int(np.prod(v.shape[:-1])) for v in kernels)
   rel = depth * np.sqrt(n_max) * 2.0**-24
