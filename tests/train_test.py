@@ -38,6 +38,7 @@ SMOKE = [
     "utkface.py:smoke,model=resnet18",
     "mlnet_salicon.py:smoke",
     "gilnet_adience.py:smoke,task=age",
+    "fer2013.py:smoke",
 ]
 
 
