@@ -106,9 +106,9 @@ def classifier_stage(arg) -> ml_collections.ConfigDict:
   c.optim.name = "adam"
   c.optim.lr = 1e-3
   c.optim.schedule = "step"
-  c.optim.boundaries_epochs = (6.0,)
+  c.optim.boundaries_epochs = (9.0,)
   c.batch_size = 32
-  c.train_epochs = 8.0
+  c.train_epochs = 12.0
   c.eval_every_epochs = 2.0
   c.checkpoint_every_epochs = 1.0
   c.log_every_steps = 25
