@@ -27,21 +27,21 @@ import time
 from typing import Any, Sequence
 
 import data_pipelines  # noqa: F401  (the importlib_resources shim, before tfds builds)
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 import tensorflow_datasets as tfds
 
 # Dataset name -> "module:class"; modules are imported only when their dataset is built.
 BUILDERS = {
-    "synthetic_faces": "data_pipelines.synthetic_faces:SyntheticFaces",
-    "adience": "data_pipelines.adience:Adience",
-    "affectnet": "data_pipelines.affectnet:AffectNet",
-    "utkface": "data_pipelines.utkface:UTKFace",
-    "celeba": "data_pipelines.celeba:CelebA",
-    "lfw_gender": "data_pipelines.lfw_gender:LfwGender",
-    "fotw": "data_pipelines.fotw:Fotw",
-    "salicon": "data_pipelines.salicon:Salicon",
-    "fer2013": "data_pipelines.fer2013:Fer2013",
-    "image_folder": "data_pipelines.image_folder:ImageFolder",
+    "synthetic_faces": "data_pipelines.datasets.synthetic_faces:SyntheticFaces",
+    "adience": "data_pipelines.datasets.adience:Adience",
+    "affectnet": "data_pipelines.datasets.affectnet:AffectNet",
+    "utkface": "data_pipelines.datasets.utkface:UTKFace",
+    "celeba": "data_pipelines.datasets.celeba:CelebA",
+    "lfw_gender": "data_pipelines.datasets.lfw_gender:LfwGender",
+    "fotw": "data_pipelines.datasets.fotw:Fotw",
+    "salicon": "data_pipelines.datasets.salicon:Salicon",
+    "fer2013": "data_pipelines.datasets.fer2013:Fer2013",
+    "image_folder": "data_pipelines.datasets.image_folder:ImageFolder",
 }
 SHOW_SKIPPED = 10  # skipped examples printed (summary.json holds them all)
 SHOW_ENTRIES = 8  # manual directory entries named in a one-line error

@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import ops
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 
 Batch = dict[str, np.ndarray]
 

@@ -8,7 +8,7 @@ is the canonical pipe string with every argument spelled out, so a run logs exac
 Examples are dicts:
 
 * "image": encoded bytes before ``decode``, afterwards RGB uint8 (H, W, 3);
-* "saliency" (optional; "fixation" in ``data_pipelines.synthetic`` is treated the same way): a
+* "saliency" (optional; "fixation" in ``data_pipelines.datasets.synthetic`` is treated the same way): a
   saliency / fixation map aligned with the image, encoded bytes or uint8 (H, W);
 * "box" (optional): float32 [x1, y1, x2, y2]; "landmarks" (optional): float32 (5, 2) (x, y) in
   ``LANDMARK_NAMES`` order;

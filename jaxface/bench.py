@@ -291,7 +291,7 @@ def _cpu_seconds() -> tuple[float | None, int]:
 def loader_source(case: str, size: int, pool: int, seed: int = 0) -> list[dict]:
   """An in-memory random-access source of ``size`` records cycling over ``pool`` distinct encoded
   synthetic examples (JPEG image, PNG fixation map, box, landmarks, labels, id)."""
-  from data_pipelines import synthetic  # noqa: PLC0415 - only this command needs it.
+  from data_pipelines.datasets import synthetic  # noqa: PLC0415 - only this command needs it.
 
   image_size, face_size, _, _, _ = LOADER_CASES[case]
   config = synthetic.SyntheticConfig(image_size=image_size, face_size=face_size, seed=seed)

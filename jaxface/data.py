@@ -17,7 +17,7 @@ import data_pipelines  # noqa: F401  (the importlib_resources shim, before tfds 
 from data_pipelines import build as build_lib
 from data_pipelines import loader as loader_lib
 from data_pipelines import ops
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 from jaxface import config_lib
 
 

@@ -412,7 +412,7 @@ def test_expectations_fail_the_run_below_the_stated_accuracy():
 def test_forty_attribute_step_on_a_native_celeba_tree(tmp_path):
   """Zhang et al. step 2 (multi-label sigmoid head) end to end on a CelebA tree in its native
   layout, built by the real builder."""
-  from tests.data_pipelines import celeba_test  # pylint: disable=g-import-not-at-top
+  from tests.data_pipelines.datasets import celeba_test  # pylint: disable=g-import-not-at-top
   manual = tmp_path / "celeba"
   celeba_test._write_tree(str(manual), flat=False, images="img_celeba")
   # In the wild: stored boxes and landmarks feed task_crop (the aligned set has no box; the

@@ -39,7 +39,7 @@ from data_pipelines import build
 from data_pipelines import loader
 from data_pipelines import ops
 from data_pipelines import saliency_cache as sc
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 from jaxface.saliency import inference
 
 DEFAULT_CACHE_SIZE = (64, 64)  # maps are smooth: 64x64 keeps them at ~4 KB per example

@@ -15,8 +15,8 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import build
 from data_pipelines import inspect
-from data_pipelines import synthetic
-from data_pipelines import synthetic_faces
+from data_pipelines.datasets import synthetic
+from data_pipelines.datasets import synthetic_faces
 
 SIZES = {"train": 200, "validation": 50, "test": 50}
 STARTS = {"train": 0, "validation": 200, "test": 250}

@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipelines import ops, saliency_cache, synthetic
+from data_pipelines import ops, saliency_cache
+from data_pipelines.datasets import synthetic
 from jaxface import config_lib
 from jaxface.faces import crops
 from jaxface.saliency import cache as cache_lib

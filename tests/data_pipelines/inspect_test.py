@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import build
 from data_pipelines import inspect
-from tests.data_pipelines import salicon_test
+from tests.data_pipelines.datasets import salicon_test
 
 GREEN = (0, 255, 0)
 

@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipelines import ops, synthetic
+from data_pipelines import ops
+from data_pipelines.datasets import synthetic
 from jaxface.faces import crops
 
 SAMPLE = "decode|face_crop(0.3)|resize(224)|flip_lr|rotate(3)|saliency(0.3)"

@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 
 H, W = 24, 32  # a tiny stand-in for SALICON's 480 x 640
 

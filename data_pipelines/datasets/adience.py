@@ -49,7 +49,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 
 NUM_FOLDS = 5
 SPLITS = tuple(f"fold{k}" for k in range(NUM_FOLDS))

@@ -10,8 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build
-from data_pipelines import lfw_gender
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import lfw_gender
+from data_pipelines.datasets import tfds_compat
 
 # Seed 0 hash positions (sha256 of "0/<name>", first 8 bytes / 2**64), worked out once by hand:
 # Aaron_Eckhart 0.69784, Alice_Smith 0.3471, Carol_King 0.5070, Tara_Kirk 0.0535, Dana_Both 0.4440

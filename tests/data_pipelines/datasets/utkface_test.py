@@ -13,8 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build
-from data_pipelines import tfds_compat
-from data_pipelines import utkface
+from data_pipelines.datasets import tfds_compat
+from data_pipelines.datasets import utkface
 
 # file name -> (split with seed 0 and 0.8/0.1/0.1, worked out by hand from sha256("0:<name after
 # repair>")), then the expected (age bucket, age, gender, race) or None for a skipped file.

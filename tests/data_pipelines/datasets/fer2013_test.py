@@ -9,8 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build
-from data_pipelines import fer2013
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import fer2013
+from data_pipelines.datasets import tfds_compat
 
 _RNG = np.random.default_rng(7)
 # Good rows' pixels, by id (random gray 48 x 48, including the extremes 0 and 255).

@@ -12,8 +12,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build
-from data_pipelines import fotw
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import fotw
+from data_pipelines.datasets import tfds_compat
 
 
 def _jpeg(seed: int) -> bytes:

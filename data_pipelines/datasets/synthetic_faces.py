@@ -24,8 +24,8 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import synthetic
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import synthetic
+from data_pipelines.datasets import tfds_compat
 
 SPLITS = ("train", "validation", "test")
 

@@ -47,7 +47,7 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 
 # tfds split name -> (folder name under images/ and maps/, fixation JSON file name).
 SPLITS = {

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import affectnet
+from data_pipelines.datasets import affectnet
 from data_pipelines import build
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 
 HEADER = ("subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,"
           "expression,valence,arousal")

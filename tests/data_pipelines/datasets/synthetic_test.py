@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipelines import synthetic
+from data_pipelines.datasets import synthetic
 
 CONFIG = synthetic.SyntheticConfig()
 N_TRAIN, N_TEST = 1000, 400

@@ -74,7 +74,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 
 SPLITS = ("train", "validation", "test")
 GENDERS = ("m", "f")

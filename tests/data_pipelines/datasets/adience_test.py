@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import adience
+from data_pipelines.datasets import adience
 from data_pipelines import build
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 
 HEADER = ("user_id\toriginal_image\tface_id\tage\tgender\tx\ty\tdx\tdy\ttilt_ang\t"
           "fiducial_yaw_angle\tfiducial_score")

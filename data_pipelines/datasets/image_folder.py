@@ -28,7 +28,7 @@ Configs:
   ``default``: feature ``label``, the class names of the folders or the spec (stored with the
     data: tfds restores them from ``label.labels.txt``).
   ``expression``: feature ``expression`` in the canonical AffectNet order of
-    ``data_pipelines.synthetic.EXPRESSIONS`` (Neutral, Happy, Sad, Surprise, Fear, Disgust,
+    ``data_pipelines.datasets.synthetic.EXPRESSIONS`` (Neutral, Happy, Sad, Surprise, Fear, Disgust,
     Anger), so every expression set trains and evaluates with the same classes. Label names are
     matched ignoring case, with the usual synonyms (angry / anger, happiness / happy, sadness,
     surprised, fearful, disgusted); a class that is no AffectNet expression (e.g. CK+'s contempt)
@@ -49,9 +49,9 @@ from typing import Any, Iterator
 
 import tensorflow_datasets as tfds
 
-from data_pipelines import synthetic
-from data_pipelines import tfds_compat
-from data_pipelines import utkface
+from data_pipelines.datasets import synthetic
+from data_pipelines.datasets import tfds_compat
+from data_pipelines.datasets import utkface
 
 SPEC_FILE = "image_folder.json"
 SPLITS = ("train", "validation", "test")

@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 
 EMOTIONS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 # Usage value -> split name.

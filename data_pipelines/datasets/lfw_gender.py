@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 
 SPLITS = ("train", "validation", "test")
 GENDERS = ("m", "f")

@@ -12,10 +12,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build
-from data_pipelines import image_folder
-from data_pipelines import synthetic
-from data_pipelines import tfds_compat
-from data_pipelines import utkface
+from data_pipelines.datasets import image_folder
+from data_pipelines.datasets import synthetic
+from data_pipelines.datasets import tfds_compat
+from data_pipelines.datasets import utkface
 
 
 def _image(path, seed: int, ext: str = ".jpg") -> bytes:

@@ -10,8 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build
-from data_pipelines import celeba
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import celeba
+from data_pipelines.datasets import tfds_compat
 
 ATTR_HEADER = " ".join(celeba.ATTRIBUTES) + " \n"  # the real header ends with a space
 

@@ -45,7 +45,7 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 
 DEFAULT_SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fotw_schema.json")
 FIELDS = ("file", "x", "y", "width", "height", "gender", "smile")
@@ -175,7 +175,7 @@ class Fotw(tfds_compat.ManualBuilderMixin, tfds.core.GeneratorBasedBuilder):
   DEFAULT_CONFIG_NAME = "default"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Place the ChaLearn LAP 2016 FotW Track 3 (smile and gender) files in the manual directory in the
-layout that the schema names; with the shipped data_pipelines/fotw_schema.json:
+layout that the schema names; with the shipped data_pipelines/datasets/fotw_schema.json:
   train.csv, val.csv, test.csv   one row per image: file,x,y,width,height,gender,smile (no header;
                                  gender 0 m / 1 f / 2 other, smile 0 no / 1 yes / 2 other)
   train/<file>, val/<file>, test/<file>   the images the rows name

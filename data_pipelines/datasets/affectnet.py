@@ -62,7 +62,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import tfds_compat
+from data_pipelines.datasets import tfds_compat
 
 # AffectNet's expression codes, in code order.
 CODES = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt", "None",
