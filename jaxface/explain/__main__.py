@@ -9,7 +9,8 @@ image it writes ``<name>_input.png``, per method ``<name>_<method>.png`` (the ma
 ``<name>_<method>_overlay.png``, and ``<name>_compare.png`` (all side by side); CIS also
 ``<name>_cis_canonical.png``. ``cis``/``cms`` take the correspondence from
 per-image meshes (``--vertices DIR --canonical FILE``, the paper's PRNet setting) or else from
-five landmarks (``--landmarks FILE`` or MTCNN). ``cms.png`` (the CMS on the mean canonical face),
+landmarks (``--landmarks FILE``, or found: five by MTCNN, or with ``--points 68`` dlib's 68 when
+the ``dlib`` extra is installed). ``cms.png`` (the CMS on the mean canonical face),
 ``cms.npy`` and ``cms_coverage.png`` summarise the folder; ``results.json`` records every
 setting. ``--metrics`` writes ``metrics.json`` and ``metrics.md`` (Average Drop %, % Increase,
 Win % of the methods on the negative explanation images, CMS re-projected onto each face);
@@ -71,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--faces", default="none", choices=("none", "mtcnn"),
                  help="mtcnn: crop the largest face of each photo first")
   p.add_argument("--landmarks", default=None,
-                 help="JSON {image name: [[x, y] x 5]} in photo pixels (else MTCNN finds them)")
+                 help="JSON {image name: [[x, y] x 5 or 68]} in photo pixels (else they are found)")
+  p.add_argument("--points", type=int, default=5, choices=(5, 68),
+                 help="cis / cms correspondence: 5 MTCNN points or dlib's 68 (extra 'dlib')")
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--metrics", action="store_true", help="Average Drop / Increase / Win %%")
   p.add_argument("--sanity", action="store_true", help="cascading randomisation check")
@@ -121,10 +124,19 @@ def _check(args) -> tuple[list[str], Any]:
 class _Faces:
   """Reads, crops and resizes images; finds landmarks when CIS needs them."""
 
-  def __init__(self, ex, crop: bool, landmarks: bool, given: dict | None = None):
+  def __init__(self, ex, crop: bool, landmarks: bool, given: dict | None = None,
+               points: int = 5):
     self.ex, self.crop, self.landmarks = ex, crop, landmarks
     self.given = given or {}
+    self.points = points
     self._det = None
+    self._dlib = None
+    if landmarks and points == 68:
+      from jaxface.explain import dlib68  # pylint: disable=g-import-not-at-top
+      try:
+        self._dlib = dlib68.Landmarks68()
+      except dlib68.Unavailable as e:
+        raise UsageError(f"--points 68: {e}") from None
 
   def detector(self):
     if self._det is None:
@@ -133,7 +145,7 @@ class _Faces:
     return self._det
 
   def __call__(self, path: str, name: str):
-    """``(pixels (H, W, C) float32 0..255, display RGB uint8, landmarks (5, 2) or None,
+    """``(pixels (H, W, C) float32 0..255, display RGB uint8, landmarks (P, 2) or None,
     photo -> input point map, photo shape)``."""
     from jaxface.faces import crops, read_image, select_faces  # pylint: disable=g-import-not-at-top
     rgb = read_image(path)
@@ -141,16 +153,21 @@ class _Faces:
     lm, to_crop = None, None  # Landmarks in photo pixels; photo -> crop affine.
     if name in self.given and not self.crop:
       lm = np.asarray(self.given[name], np.float64)
-      if lm.shape != (5, 2):
-        raise ValueError(f"--landmarks: {name} needs 5 (x, y) points, got shape {lm.shape}")
+      if lm.shape != (self.points, 2):
+        raise ValueError(f"--landmarks: {name} needs {self.points} (x, y) points "
+                         f"(--points), got shape {lm.shape}")
+    elif self._dlib is not None and not self.crop:
+      lm = self._dlib(rgb)
     elif self.crop or self.landmarks:
-      faces = [f for f in self.detector().detect(rgb)
-               if f.landmarks is not None or not self.landmarks]
+      five = self.landmarks and self._dlib is None
+      faces = [f for f in self.detector().detect(rgb) if f.landmarks is not None or not five]
       if not faces and (self.crop or self.landmarks):
         raise ValueError("no face found" if self.crop else
                          "no face landmarks found (needed by cis / cms)")
       face = select_faces(faces, "largest", rgb.shape)[0]
-      if face.landmarks is not None:
+      if self._dlib is not None:  # dlib's 68 points of the face MTCNN chose.
+        lm = self._dlib(rgb, near=face.box)
+      elif face.landmarks is not None:
         lm = np.asarray(face.landmarks, np.float64)
       if self.crop:
         side = max(self.ex.input_size)
@@ -294,7 +311,7 @@ def run(args) -> dict[str, Any]:
     if not isinstance(given, dict):
       raise UsageError(f"--landmarks {args.landmarks}: expected a JSON object of image names")
   mesh = _load_vertex_files(args)
-  reader = _Faces(ex, args.faces == "mtcnn", need_lm and mesh is None, given)
+  reader = _Faces(ex, args.faces == "mtcnn", need_lm and mesh is None, given, args.points)
   h, w = ex.input_size
   disp = max(224, h)
   kept, px_all, shown, corrs = [], [], [], []

@@ -14,9 +14,16 @@ contribute. It comes from
   meshes, ``.npy`` or ``.mat``), vertex i of every mesh being the same facial point (the paper's
   setting).
 
-Landmark correspondence replaces PRNet's 3D fit: it is exact at the five points and affine
-between them, so it follows pose and scale but not the 3D shape (the nose and cheeks of a turned
-face are placed by a plane), and the forehead and the face's outline are extrapolated.
+* the same from dlib's 68 points (:mod:`jaxface.explain.dlib68`, optional extra ``dlib``): the
+  canonical template is the predictor's mean shape, in the five-point template's frame.
+
+Landmark correspondence replaces PRNet's 3D fit: it is exact at the landmarks and affine
+between them, so it follows pose and scale but not the 3D shape (with five points the nose and
+cheeks of a turned face are placed by a plane; 68 points add the jaw line, brows, nose ridge and
+lip contours, so the face's outline follows the face), and what lies beyond the landmarks (the
+forehead; with five points the outline too) is extrapolated. There is no depth, so self-occlusion
+is seen only where the landmarks fold over (a turned face's far jaw line crossing the nose), not
+in a z-buffer as with a mesh.
 
 :func:`cis` is Algorithm 1: for each valid vertex (every ``stride``-th) a ``patch`` x ``patch``
 square around its image point is filled, the confidence drop is added over a square of
@@ -171,7 +178,9 @@ def _affine_fit(src, dst) -> np.ndarray:
 def delaunay(points, size) -> np.ndarray:
   """(T, 3) vertex indices of the Delaunay triangles of points inside an (H, W) frame."""
   h, w = size
-  sub = cv2.Subdiv2D((-1, -1, int(w) + 2, int(h) + 2))
+  lo = np.minimum(np.floor(points.min(0)) - 1, -1).astype(int)  # Points may lie off the frame
+  hi = np.maximum(np.ceil(points.max(0)) + 2, [w + 2, h + 2]).astype(int)  # (a 68-point chin).
+  sub = cv2.Subdiv2D((int(lo[0]), int(lo[1]), int(hi[0] - lo[0]), int(hi[1] - lo[1])))
   for p in points:
     sub.insert((float(p[0]), float(p[1])))
   tris = []
@@ -215,20 +224,28 @@ def piecewise_affine(src_pts, dst_pts, tris, query) -> tuple[np.ndarray, np.ndar
 
 def from_landmarks(landmarks_xy, image_shape, canonical_shape=(224, 224), grid: int = 1,
                    hull: str = "frame", template=None) -> Correspondence:
-  """Dense correspondence of a face from its five landmarks (piecewise affine, see module doc).
+  """Dense correspondence of a face from its landmarks (piecewise affine, see module doc).
 
   Args:
     landmarks_xy: (5, 2) image landmarks, in the template's order (MTCNN: left eye, right eye,
-      nose, left and right mouth corner).
+      nose, left and right mouth corner), or dlib's (68, 2) (:mod:`jaxface.explain.dlib68`; the
+      default 68-point template needs the ``dlib`` extra).
     image_shape: (H_I, W_I) of the image.
     canonical_shape: (H_F, W_F) of the canonical frame.
     grid: spacing in canonical pixels of the vertices (1: one vertex per canonical pixel).
     hull: "frame" keeps the extrapolated border region; "landmarks" keeps only the points inside
-      the five points' hull (eyes to mouth).
-    template: (5, 2) canonical landmarks (default :func:`five_point_template`).
+      the landmarks' hull (five points: eyes to mouth; 68 points: jaw and brows, the face).
+    template: canonical landmarks of the same shape (default :func:`five_point_template`, or
+      :func:`jaxface.explain.dlib68.template` for 68 points).
   """
   lm = np.asarray(landmarks_xy, np.float64)
-  tpl = five_point_template(canonical_shape) if template is None else np.asarray(template, float)
+  if template is not None:
+    tpl = np.asarray(template, float)
+  elif lm.shape == (68, 2):
+    from jaxface.explain import dlib68  # pylint: disable=g-import-not-at-top
+    tpl = dlib68.template(canonical_shape)
+  else:
+    tpl = five_point_template(canonical_shape)
   if lm.shape != tpl.shape:
     raise ValueError(f"landmarks of shape {lm.shape} do not match the template's {tpl.shape}")
   if hull not in ("frame", "landmarks"):
