@@ -93,6 +93,26 @@ def _quiet_unraisable(hook):
 sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
 
 
+def _quiet_closed_loop(hook):
+  """When an asynchronous save fails, Orbax closes its event loop while TensorStore still has
+  other array writes of that save in flight; as each finishes, TensorStore's C++ thread calls
+  ``loop.call_soon_threadsafe`` on the closed loop and prints the RuntimeError through
+  ``sys.excepthook`` (a 5-line traceback per array, with no frame of ours). The failure itself
+  reaches the caller as ``SaveFailed`` in one line; only exactly those echoes are dropped: the
+  exception is "Event loop is closed" and its outermost frame is asyncio's
+  ``call_soon_threadsafe`` (a loop closed under our own code has our frames above it)."""
+  def quiet(exc_type, exc, tb):
+    if (exc_type is RuntimeError and str(exc) == "Event loop is closed" and tb is not None
+        and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
+        and f"{os.sep}asyncio{os.sep}" in tb.tb_frame.f_code.co_filename):
+      return
+    hook(exc_type, exc, tb)
+  return quiet
+
+
+sys.excepthook = _quiet_closed_loop(sys.excepthook)
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
