@@ -3,13 +3,13 @@
 [--tile 256]``.
 
 Reads ``--num`` examples of a split prepared by ``python -m data_pipelines.build`` (a seeded random
-sample, the same for the same seed), applies a preprocessing pipe (``data_pipelines.ops``; default
+sample, the same for the same seed), applies a preprocessing pipe (``data_pipelines.pp``; default
 "decode") and writes a PNG grid. Each cell shows:
 
 * the image, downscaled (never upscaled) to fit ``--tile`` pixels, with the example's box (green)
   and landmarks (left eye red, right eye blue, nose yellow, mouth left magenta, mouth right cyan)
   as the example carries them after the pipe, so a geometric op's effect on them is visible;
-* beside it, when the example has a map (a key of ``ops.MAP_KEYS``), the map in the JET colour map;
+* beside it, when the example has a map (a key of ``pp.MAP_KEYS``), the map in the JET colour map;
   raw fixation points (e.g. SALICON's "fixations") are dotted on it in white only when the pipe is
   plain "decode", because the ops do not move them;
 * below both, a label strip: the id, then "key value" for every class label (by class name),
@@ -35,7 +35,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import build
 from data_pipelines import loader
-from data_pipelines import ops
+from data_pipelines import pp
 
 GAP = 4  # pixels between cells and between an image and its map
 LINE_H = 14  # pixels per text line
@@ -67,7 +67,7 @@ def label_parts(example: dict[str, Any], features: tfds.features.FeaturesDict) -
   value, other non-image tensors by row count (box and landmarks are drawn instead)."""
   parts = []
   for key, feature in features.items():
-    if key not in example or key in ("id", "box", "landmarks") or key in ops.MAP_KEYS:
+    if key not in example or key in ("id", "box", "landmarks") or key in pp.MAP_KEYS:
       continue
     value = example[key]
     if isinstance(feature, tfds.features.ClassLabel):
@@ -148,7 +148,7 @@ def load_samples(name: str, config: str | None, split: str, data_dir: str | None
   """Up to ``num`` examples in a seeded random order through ``pipe``, and how many the pipe
   rejected."""
   source = loader.open_source(name, config, split, data_dir)
-  pipeline = ops.Pipeline(pipe)
+  pipeline = pp.Pipeline(pipe)
   order = np.random.default_rng(seed).permutation(len(source))
   samples, rejected = [], 0
   for index in order:
@@ -157,7 +157,7 @@ def load_samples(name: str, config: str | None, split: str, data_dir: str | None
     record = dict(source[int(index)])
     try:
       example = pipeline(record, np.random.default_rng([seed, int(index)]))
-    except ops.BadExampleError as e:
+    except pp.BadExampleError as e:
       rejected += 1
       print(f"skipped {_to_str(record.get('id', index))}: {e.reason}")
       continue
@@ -179,7 +179,7 @@ def _views(example: dict[str, Any]) -> list[dict[str, Any]]:
   views = []
   for k in range(image.shape[0]):
     view = dict(example, image=image[k])
-    for key in ("box", "landmarks") + ops.MAP_KEYS:
+    for key in ("box", "landmarks") + pp.MAP_KEYS:
       if example.get(key) is not None:
         view[key] = np.asarray(example[key])[k]
     views.append(view)
@@ -219,7 +219,7 @@ def image_tile(example: dict[str, Any], tile: int) -> np.ndarray:
 def map_tile(example: dict[str, Any], tile: int, draw_points: bool) -> np.ndarray | None:
   """The first map of the example in the JET colour map (RGB), fitted to ``tile``; raw fixation
   points dotted in white when ``draw_points``."""
-  key = next((k for k in ops.MAP_KEYS if example.get(k) is not None), None)
+  key = next((k for k in pp.MAP_KEYS if example.get(k) is not None), None)
   if key is None:
     return None
   m = np.asarray(example[key])
@@ -283,7 +283,7 @@ def inspect(name: str, config: str | None = None, split: str | None = None,
   builder, config, split = resolve(name, config, split, data_dir)
   samples, rejected = load_samples(name, config, split, data_dir, num, pipe, seed,
                                    builder.info.features)
-  draw_points = str(ops.Pipeline(pipe)) == "decode"
+  draw_points = str(pp.Pipeline(pipe)) == "decode"
   grid = render_grid(samples, tile, draw_points)
   out = out or f"inspect_{name}_{config or 'default'}_{split}.png"
   if os.path.dirname(out):
@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--data_dir", help="prepared data root (default: $TFDS_DATA_DIR or "
                       "~/tensorflow_datasets)")
   parser.add_argument("--num", type=int, default=16, help="examples to draw")
-  parser.add_argument("--pipe", default="decode", help="preprocessing pipe (data_pipelines.ops)")
+  parser.add_argument("--pipe", default="decode", help="preprocessing pipe (data_pipelines.pp)")
   parser.add_argument("--seed", type=int, default=0, help="sample order and random ops")
   parser.add_argument("--out", help="PNG path (default: inspect_NAME_CONFIG_SPLIT.png)")
   parser.add_argument("--tile", type=int, default=256, help="longest side of an image tile")

@@ -49,7 +49,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import ops
+from data_pipelines import pp
 from data_pipelines.datasets import tfds_compat
 
 Batch = dict[str, np.ndarray]
@@ -88,7 +88,7 @@ class SkipCounter:
 class _Bad:
   """What the map step emits for a bad example (dropped and counted downstream, in order)."""
 
-  def __init__(self, error: ops.BadExampleError):
+  def __init__(self, error: pp.BadExampleError):
     self.id = error.id
     self.reason = error.reason
 
@@ -96,20 +96,20 @@ class _Bad:
 class _Preprocess:
   """The map step: one example through the pipe with its own seeded rng (picklable for workers)."""
 
-  def __init__(self, pipeline: ops.Pipeline, seed: int, shard_index: int,
+  def __init__(self, pipeline: pp.Pipeline, seed: int, shard_index: int,
                label_keys: Sequence[str], keep_maps: bool = True):
     self.pipeline = pipeline
     self.seed = seed
     self.shard_index = shard_index
     self.label_keys = tuple(label_keys)
-    self.keep = ("image",) + (ops.MAP_KEYS if keep_maps else ()) + self.label_keys + ("id",)
+    self.keep = ("image",) + (pp.MAP_KEYS if keep_maps else ()) + self.label_keys + ("id",)
 
   def __call__(self, index: int, record: dict[str, Any]) -> dict[str, Any] | _Bad:
     example = dict(record)
     rng = np.random.default_rng([self.seed, self.shard_index, index])
     try:
       example = self.pipeline(example, rng)
-    except ops.BadExampleError as e:
+    except pp.BadExampleError as e:
       return _Bad(e)
     missing = [k for k in self.label_keys if k not in example]
     if missing:
@@ -778,7 +778,7 @@ def open_source(name: str, config: str | None, split: str, data_dir: str | None 
   return builder.as_data_source(split=split, decoders=decoders)
 
 
-def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, batch_size: int,
+def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipeline, batch_size: int,
                 seed: int, shuffle: bool = True, num_epochs: int | None = None,
                 drop_remainder: bool = True, pad_remainder: bool = False,
                 shard_index: int | None = None, shard_count: int | None = None,
@@ -789,7 +789,7 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
 
   Args:
     source: random-access records (``len`` and ``[i]``), e.g. from ``open_source``.
-    pipe: preprocessing pipe string (or ``ops.Pipeline``), starting with ``decode``.
+    pipe: preprocessing pipe string (or ``pp.Pipeline``), starting with ``decode``.
     batch_size: examples per batch (per process).
     seed: seeds the shuffle and every example's random ops.
     shuffle: reshuffle each epoch.
@@ -811,7 +811,7 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
     keep_maps: emit the saliency / fixation maps with the images; a classifier whose pipe has
       already reweighted the image by its map does not need them (less to copy and transfer).
   """
-  pipeline = pipe if isinstance(pipe, ops.Pipeline) else ops.Pipeline(pipe)
+  pipeline = pipe if isinstance(pipe, pp.Pipeline) else pp.Pipeline(pipe)
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   shard_index = jax.process_index() if shard_index is None else shard_index
@@ -842,7 +842,7 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline, b
                 read_threads=read_threads, worker_count=worker_count)
 
 
-def make_eval_loader(source: Sequence[dict[str, Any]], *, pipe: str | ops.Pipeline,
+def make_eval_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipeline,
                      batch_size: int, shard_index: int | None = None,
                      shard_count: int | None = None,
                      label_keys: Sequence[str] = DEFAULT_LABEL_KEYS,

@@ -40,7 +40,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from data_pipelines import ops
+from data_pipelines import pp
 
 META_FILE = "meta.json"
 MAPS_FILE = "maps.npy"
@@ -70,17 +70,17 @@ def split_dirname(split: str) -> str:
   return f"{SPLIT_PREFIX}{safe}-{hashlib.sha1(split.encode()).hexdigest()[:8]}"
 
 
-def canonical_pipe(pipe: str | ops.Pipeline) -> str:
+def canonical_pipe(pipe: str | pp.Pipeline) -> str:
   """The pipe with every argument spelled out (``"resize(224)"`` -> ``"resize(size=224)"``)."""
-  return str(pipe if isinstance(pipe, ops.Pipeline) else ops.Pipeline(pipe))
+  return str(pipe if isinstance(pipe, pp.Pipeline) else pp.Pipeline(pipe))
 
 
-def crop_part(pipe: str | ops.Pipeline) -> str:
+def crop_part(pipe: str | pp.Pipeline) -> str:
   """The canonical ops before ``cached_saliency`` (the whole pipe when it has none)."""
-  p = pipe if isinstance(pipe, ops.Pipeline) else ops.Pipeline(pipe)
+  p = pipe if isinstance(pipe, pp.Pipeline) else pp.Pipeline(pipe)
   names = [op.name for op in p.ops]
   head = p.ops[:names.index("cached_saliency")] if "cached_saliency" in names else p.ops
-  return str(ops.Pipeline(head))
+  return str(pp.Pipeline(head))
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -198,13 +198,13 @@ class SaliencyCache:
     return m
 
 
-def check_matches(cache: SaliencyCache, pipe: str | ops.Pipeline, *,
+def check_matches(cache: SaliencyCache, pipe: str | pp.Pipeline, *,
                   mlnet_sha256: str | None = None, cache_size: Sequence[int] | None = None,
                   splits: Iterable[str] | None = None) -> None:
   """Raises CacheError unless ``cache`` was made for this crop pipe (and weights, size, splits).
 
   ``pipe`` is the crop pipe or a whole pipe containing ``cached_saliency``, whose ops before it
-  must be the crop pipe the maps were computed on; an ``ops.Pipeline`` must also resample as the
+  must be the crop pipe the maps were computed on; an ``pp.Pipeline`` must also resample as the
   cache's crops were (fused or op by op; a cache that does not say was made op by op).
   """
   want = crop_part(pipe)
@@ -213,7 +213,7 @@ def check_matches(cache: SaliencyCache, pipe: str | ops.Pipeline, *,
                      f"{cache.crop_pipe!r}, but this run crops with {want!r}; precompute a cache "
                      "for this crop pipe")
   made_fused = bool(cache.meta.get("fuse_geometry", False))
-  if isinstance(pipe, ops.Pipeline) and pipe.fuse != made_fused:
+  if isinstance(pipe, pp.Pipeline) and pipe.fuse != made_fused:
     raise CacheError(f"saliency cache {cache.cache_dir} was made with fuse_geometry="
                      f"{made_fused}, this run crops with fuse_geometry={pipe.fuse}")
   if mlnet_sha256 is not None and mlnet_sha256 != cache.meta["mlnet"]["sha256"]:
@@ -243,7 +243,7 @@ class CachedSource:
     return len(self.source)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    record = {k: v for k, v in dict(self.source[index]).items() if k not in ops.MAP_KEYS}
+    record = {k: v for k, v in dict(self.source[index]).items() if k not in pp.MAP_KEYS}
     if "id" not in record:
       raise KeyError(f"record {index} has no 'id'; the saliency cache is keyed by example id")
     m = self.cache.get(record["id"])
@@ -260,8 +260,8 @@ def with_cache(source: Sequence[dict[str, Any]], cache: SaliencyCache) -> Cached
   return CachedSource(source, cache)
 
 
-@ops.register("cached_saliency")
-class CachedSaliency(ops.MapSourceOp):
+@pp.register("cached_saliency")
+class CachedSaliency(pp.MapSourceOp):
   """Moves the cached map ("saliency_crop") into "saliency", resized to the image (bilinear).
 
   Put it right after the crop pipe the cache was made with, before flips and rotations. A record
@@ -271,13 +271,13 @@ class CachedSaliency(ops.MapSourceOp):
   def attach(self, example):
     m = example.pop(CROP_KEY, None)
     if m is None:
-      raise ops.BadExampleError(example.get("id"), f"{self.name}: no cached saliency map for "
+      raise pp.BadExampleError(example.get("id"), f"{self.name}: no cached saliency map for "
                                 "this id (not in the saliency cache)")
     m = np.asarray(m)
     if m.dtype != np.uint8 or m.ndim != 2:
-      raise ops.BadExampleError(example.get("id"), f"{self.name}: cached map must be uint8 "
+      raise pp.BadExampleError(example.get("id"), f"{self.name}: cached map must be uint8 "
                                 f"(h, w), got {m.dtype} {m.shape}")
-    for key in ops.MAP_KEYS:
+    for key in pp.MAP_KEYS:
       example.pop(key, None)
     return m
 

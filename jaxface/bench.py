@@ -306,10 +306,10 @@ def write_loader_cache(cache_dir: str, source, crop_pipe: str, fuse: bool):
   Returns the opened ``SaliencyCache``."""
   import cv2  # noqa: PLC0415
 
-  from data_pipelines import ops  # noqa: PLC0415
+  from data_pipelines import pp  # noqa: PLC0415
   from data_pipelines import saliency_cache as sc  # noqa: PLC0415
 
-  pipe = ops.Pipeline(crop_pipe, fuse=fuse)
+  pipe = pp.Pipeline(crop_pipe, fuse=fuse)
   first = {}
   for record in source:
     first.setdefault(record["id"], record)
@@ -332,7 +332,7 @@ def bench_loader(case: str, workers: int, num_batches: int, batch_size: int,
   import tempfile  # noqa: PLC0415
 
   from data_pipelines import loader  # noqa: PLC0415
-  from data_pipelines import ops  # noqa: PLC0415
+  from data_pipelines import pp  # noqa: PLC0415
   from data_pipelines import saliency_cache as sc  # noqa: PLC0415
 
   if maps not in MAP_SOURCES:
@@ -345,7 +345,7 @@ def bench_loader(case: str, workers: int, num_batches: int, batch_size: int,
     if maps == "cache":
       source = sc.with_cache(source, write_loader_cache(cache_dir, source,
                                                         LOADER_CASES[case][2], fuse))
-    ld = loader.make_loader(source, pipe=ops.Pipeline(pipe, fuse=fuse), batch_size=batch_size,
+    ld = loader.make_loader(source, pipe=pp.Pipeline(pipe, fuse=fuse), batch_size=batch_size,
                             seed=0, shard_index=0, shard_count=1, read_threads=read_threads,
                             worker_count=workers, keep_maps=False)  # as a classifier trains
     try:

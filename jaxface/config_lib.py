@@ -45,7 +45,7 @@ def base_config() -> ConfigDict:
       eval_pipe="decode|face_crop(0.3)|resize(224)",
       labels=("age",),  # record keys the loader keeps as labels
       read_threads=2, worker_count=0,
-      # Consecutive geometric ops resample once (data_pipelines.ops.Pipeline(fuse=True)): same
+      # Consecutive geometric ops resample once (data_pipelines.pp.Pipeline(fuse=True)): same
       # geometry and random draws as op by op, one interpolation instead of a chain, ~1.5x faster.
       fuse_geometry=True,
   ))
@@ -240,7 +240,7 @@ def validate(config: ConfigDict) -> None:
     if config.saliency.mode == "cache":
       need("cached_saliency" in config.data.train_pipe, "data.train_pipe",
            "saliency mode 'cache' needs the cached_saliency op after the crop")
-  from data_pipelines import ops  # pylint: disable=g-import-not-at-top
+  from data_pipelines import pp  # pylint: disable=g-import-not-at-top
   for field, pipe in (("data.train_pipe", config.data.train_pipe),
                       ("data.eval_pipe", config.data.eval_pipe),
                       ("saliency.crop_pipe", config.saliency.crop_pipe)):
@@ -248,7 +248,7 @@ def validate(config: ConfigDict) -> None:
     need(isinstance(pipe, str) and bool(pipe.strip()), field, f"must be a pipe string, got "
          f"{pipe!r}")
     try:
-      ops.Pipeline(pipe, fuse=bool(config.data.get("fuse_geometry", False)))
+      pp.Pipeline(pipe, fuse=bool(config.data.get("fuse_geometry", False)))
     except (ValueError, TypeError, KeyError, SyntaxError) as e:
       raise ConfigError(f"config.{field}: {e}") from None
   for name in PERIODS:

@@ -16,7 +16,7 @@ import numpy as np
 import data_pipelines  # noqa: F401  (the importlib_resources shim, before tfds builders load)
 from data_pipelines import build as build_lib
 from data_pipelines import loader as loader_lib
-from data_pipelines import ops
+from data_pipelines import pp
 from data_pipelines.datasets import tfds_compat
 from jaxface import config_lib
 
@@ -140,9 +140,9 @@ def label_keys(config) -> tuple[str, ...]:
 
 
 def pipeline(config, pipe: str):
-  """``pipe`` as an ``ops.Pipeline``, fused or op by op as ``config.data.fuse_geometry`` says."""
+  """``pipe`` as an ``pp.Pipeline``, fused or op by op as ``config.data.fuse_geometry`` says."""
   # A config saved by a run from before the field existed was op by op.
-  return ops.Pipeline(pipe, fuse=bool(config.data.get("fuse_geometry", False)))
+  return pp.Pipeline(pipe, fuse=bool(config.data.get("fuse_geometry", False)))
 
 
 def train_loader(config, src, seed: int, local_batch: int) -> loader_lib.Loader:

@@ -280,7 +280,7 @@ def write_outputs(out_dir: str, tasks, results: dict, pred: dict | None = None) 
 
 def write_samples(config, builder, split: str, out_dir: str, state, evaluator) -> None:
   """``samples.png``: crops, their saliency maps and the reweighted faces the model sees."""
-  from data_pipelines import ops  # pylint: disable=g-import-not-at-top
+  from data_pipelines import pp  # pylint: disable=g-import-not-at-top
   from jaxface import plots  # pylint: disable=g-import-not-at-top
   n = int(config.eval.num_sample_images or 0)
   if n <= 0:
@@ -288,7 +288,7 @@ def write_samples(config, builder, split: str, out_dir: str, state, evaluator) -
   src = data_lib.source(config, builder, split)
   pipe = data_lib.pipeline(config, config.data.eval_pipe)
   crop_ops = [o for o in pipe.ops if o.name not in ("saliency", "oversample10")]
-  crop_pipe = ops.Pipeline(crop_ops, fuse=pipe.fuse)
+  crop_pipe = pp.Pipeline(crop_ops, fuse=pipe.fuse)
   tiles, titles = [], []
   for i in range(min(n, len(src))):
     ex = pipe(dict(src[i]))
@@ -297,7 +297,7 @@ def write_samples(config, builder, split: str, out_dir: str, state, evaluator) -
       ex["image"] = ex["image"][4]
     tiles.append(crop["image"])
     titles.append(f"{crop.get('id', i)}"[-18:])
-    sal = next((crop[k] for k in ops.MAP_KEYS if crop.get(k) is not None), None)
+    sal = next((crop[k] for k in pp.MAP_KEYS if crop.get(k) is not None), None)
     if sal is not None and config.saliency.mode != "none":
       tiles.append(np.repeat(np.asarray(sal)[..., None], 3, -1))
       titles.append("saliency")

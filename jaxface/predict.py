@@ -50,7 +50,7 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-from data_pipelines import ops
+from data_pipelines import pp
 from jaxface import predict_crops, pretrained
 from jaxface.faces import chips, crops, get_detector
 from jaxface.faces.image_io import ImageReadError, is_image_file, read_image, validate_rgb
@@ -82,7 +82,7 @@ class Run:
   name: str
   workdir: str
   trained: Any  # jaxface.trained.Trained
-  pipe: ops.Pipeline
+  pipe: pp.Pipeline
   note: str | None = None  # said once on stderr (e.g. a reweighting predict cannot reproduce)
 
   @property
@@ -273,7 +273,7 @@ class Analyzer:
           entry = records[i][k].setdefault("runs", {})
           try:
             cut.append(predict_crops.cut(run.pipe, image, f, run.trained, example_id=k))
-          except (ops.BadExampleError, ValueError) as e:
+          except (pp.BadExampleError, ValueError) as e:
             reason = getattr(e, "reason", str(e))
             entry[run.name] = {"error": reason}
             print(f"error: {self.context}face {k}: {run.name}: {reason}", file=sys.stderr)

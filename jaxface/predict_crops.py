@@ -9,7 +9,7 @@ ML-Net), and ``oversample10(c)`` becomes ``center_crop(c)``, its centre view: on
 A pipe that cuts no face (no ``face_crop``, ``align`` or ``task_crop``: the run trained on faces
 its dataset had cut already) or draws random numbers (an augmentation in the eval pipe) is refused
 with ``CropPipeError``; a face the pipe cannot cut (``align`` without landmarks, e.g. from the haar
-detector) raises ``ops.BadExampleError`` naming what is missing.
+detector) raises ``pp.BadExampleError`` naming what is missing.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines import ops
+from data_pipelines import pp
 from jaxface.faces.types import Face
 
 # Ops that are not part of the crop: see the module docstring.
@@ -39,7 +39,7 @@ def read_config(workdir: str):
   return ml_collections.ConfigDict(trained._read_json(os.path.join(workdir, "config.json")))  # pylint: disable=protected-access
 
 
-def crop_pipe(config) -> ops.Pipeline:
+def crop_pipe(config) -> pp.Pipeline:
   """The geometric part of ``config.data.eval_pipe`` (see the module docstring)."""
   from jaxface import data as data_lib  # pylint: disable=g-import-not-at-top
   pipe_str = config.data.eval_pipe
@@ -54,14 +54,14 @@ def crop_pipe(config) -> ops.Pipeline:
     if op.random:
       raise CropPipeError(f"eval_pipe {pipe_str!r}: op {op} is random; a prediction needs a "
                           "deterministic crop")
-    kept.append(ops.lookup("center_crop")(op.crop) if op.name == "oversample10" else op)
+    kept.append(pp.lookup("center_crop")(op.crop) if op.name == "oversample10" else op)
   if not any(op.name in FACE_OPS for op in kept):
     raise CropPipeError(f"eval_pipe {pipe_str!r} cuts no face ({', '.join(FACE_OPS)}): the run "
                         "trained on faces its dataset had cut already")
-  return ops.Pipeline(kept, fuse=full.fuse)
+  return pp.Pipeline(kept, fuse=full.fuse)
 
 
-def cut(pipe: ops.Pipeline, image: np.ndarray, face: Face, trained, example_id: Any = None
+def cut(pipe: pp.Pipeline, image: np.ndarray, face: Face, trained, example_id: Any = None
         ) -> np.ndarray:
   """uint8 (*trained.input_size, 3): ``face`` of the RGB ``image`` through ``pipe``, resized by
   ``trained.prepare`` when the pipe ends at another size (so crops of many faces stack)."""

@@ -447,8 +447,8 @@ def classification_weights(counts: np.ndarray, scheme: str) -> np.ndarray:
 
 
 def loader_pipe(pipe: str) -> str:
-  from data_pipelines import ops  # pylint: disable=g-import-not-at-top
-  return str(ops.Pipeline(pipe))
+  from data_pipelines import pp  # pylint: disable=g-import-not-at-top
+  return str(pp.Pipeline(pipe))
 
 
 def optim_report(optim_config, params) -> str:

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipelines import ops
+from data_pipelines import pp
 from jaxface import bench
 from jaxface.faces import crops
 
@@ -74,8 +74,8 @@ def test_speed_paths_match_the_reference_ops():
     size = [max(1, int(round(max(box[2] - box[0], box[3] - box[1])))), 1, 24][t % 3]
     A = crops.box_affine(box, size)
     fast_paths += abs(A[0, 0] * A[1, 1]) < 4
-    np.testing.assert_array_equal(ops._warp(img, A, size), crops.warp(img, A, size))
-    np.testing.assert_array_equal(ops._flip(img), img[:, ::-1])
+    np.testing.assert_array_equal(pp.geometry.warp(img, A, size), crops.warp(img, A, size))
+    np.testing.assert_array_equal(pp.geometry._flip(img), img[:, ::-1])
   assert fast_paths >= 20
 
 
@@ -90,6 +90,6 @@ def test_warp_column_gather_matches_for_every_layout():
       mbox = crops.margin_box(box, 0.3)
       size = max(1, int(round(max(mbox[2] - mbox[0], mbox[3] - mbox[1]))))
       A = crops.box_affine(mbox, size)
-      np.testing.assert_array_equal(ops._warp(img, A, size), crops.warp(img, A, size))
-      np.testing.assert_array_equal(ops._gather_columns(img, np.array([0, 52, 7, 7])),
+      np.testing.assert_array_equal(pp.geometry.warp(img, A, size), crops.warp(img, A, size))
+      np.testing.assert_array_equal(pp.geometry._gather_columns(img, np.array([0, 52, 7, 7])),
                                     img[:, [0, 52, 7, 7]])

@@ -10,7 +10,7 @@ import pytest
 import skimage.data
 
 import jaxface
-from data_pipelines import ops
+from data_pipelines import pp
 from jaxface import config_lib, predict, predict_crops
 from jaxface import train as train_lib
 from jaxface.faces.types import LANDMARK_NAMES
@@ -66,7 +66,7 @@ def test_workdir_probabilities_are_the_runs_on_its_pipe_crop(workdir, photo, tmp
     data = json.load(f)["data"]
   size = m.input_size[0]
   assert data["eval_pipe"] == f"decode|face_crop(0.3)|resize({size})"
-  pipe = ops.Pipeline(f"face_crop(0.3)|resize({size})", fuse=data["fuse_geometry"])
+  pipe = pp.Pipeline(f"face_crop(0.3)|resize({size})", fuse=data["fuse_geometry"])
   crop = pipe({"image": skimage.data.astronaut(), "box": np.asarray(face["box"], np.float32),
                "landmarks": np.asarray([face["landmarks"][n] for n in LANDMARK_NAMES],
                                        np.float32)})["image"]
@@ -142,10 +142,10 @@ def test_crop_pipe_keeps_the_geometry_and_refuses_what_it_cannot_reproduce():
     return predict_crops.crop_pipe(config_lib.ConfigDict(
         {"data": {"eval_pipe": s, "fuse_geometry": fuse}}))
   assert str(pipe("decode|face_crop(0.3)|resize(96)|cached_saliency|saliency(0.3)")) == str(
-      ops.Pipeline("face_crop(0.3)|resize(96)"))
+      pp.Pipeline("face_crop(0.3)|resize(96)"))
   # GilNet's ten views become their centre view.
   assert str(pipe("decode|face_crop(0.2)|resize(256)|oversample10(227)", False)) == str(
-      ops.Pipeline("face_crop(0.2)|resize(256)|center_crop(227)"))
+      pp.Pipeline("face_crop(0.2)|resize(256)|center_crop(227)"))
   with pytest.raises(predict_crops.CropPipeError, match="cuts no face"):
     pipe("decode|resize(256)|center_crop(227)")
   with pytest.raises(predict_crops.CropPipeError, match="is random"):

@@ -37,7 +37,7 @@ import numpy as np
 
 from data_pipelines import build
 from data_pipelines import loader
-from data_pipelines import ops
+from data_pipelines import pp
 from data_pipelines import saliency_cache as sc
 from data_pipelines.datasets import tfds_compat
 from jaxface.saliency import inference
@@ -159,7 +159,7 @@ class Progress:
     return time.perf_counter() - self.start
 
 
-def _compute_split(source, split: str, cache_dir: str, crop_pipe: ops.Pipeline, predict_fn,
+def _compute_split(source, split: str, cache_dir: str, crop_pipe: pp.Pipeline, predict_fn,
                    weights: inference.MLNetWeights, cache_size: tuple[int, int], batch_size: int,
                    samples: list[np.ndarray]) -> dict[str, Any]:
   progress = Progress(f"saliency {split}", len(source))
@@ -192,7 +192,7 @@ def _settings(config) -> dict[str, Any]:
   fuse = _field(config, "data.fuse_geometry", False)
   if not isinstance(fuse, bool):
     raise ValueError(f"config.data.fuse_geometry must be True or False, got {fuse!r}")
-  crop_pipe = ops.Pipeline(_field(config, "saliency.crop_pipe"), fuse=fuse)
+  crop_pipe = pp.Pipeline(_field(config, "saliency.crop_pipe"), fuse=fuse)
   if crop_pipe.random:
     raise ValueError(f"config.saliency.crop_pipe {str(crop_pipe)!r} has random ops; the cached "
                      "crop must be deterministic (put flips and rotations after cached_saliency)")
@@ -339,7 +339,7 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
   return cache_dir
 
 
-def _cached_samples(cache: sc.SaliencyCache, source, crop_pipe: ops.Pipeline,
+def _cached_samples(cache: sc.SaliencyCache, source, crop_pipe: pp.Pipeline,
                     n: int = 6) -> list[np.ndarray]:
   """[crops, maps] of the first ``n`` examples of ``source`` that the crop pipe and cache take."""
   crops, maps = [], []
@@ -348,7 +348,7 @@ def _cached_samples(cache: sc.SaliencyCache, source, crop_pipe: ops.Pipeline,
       break
     try:
       example = crop_pipe(dict(source[i]))
-    except ops.BadExampleError:
+    except pp.BadExampleError:
       continue
     m = cache.get(example.get("id"))
     if m is not None:
@@ -365,7 +365,7 @@ def write_figure(path: str, crops: np.ndarray, maps: np.ndarray, r: float, n: in
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   n = min(n, len(crops))
-  reweight = ops.Saliency(r)
+  reweight = pp.saliency.Saliency(r)
   fig, axes = plt.subplots(3, n, figsize=(2 * n, 6), squeeze=False)
   for i in range(n):
     out = reweight({"image": crops[i], "saliency": maps[i]})["image"]

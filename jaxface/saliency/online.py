@@ -1,4 +1,4 @@
-"""Saliency reweighting on the device: the jnp twin of ``data_pipelines.ops.Saliency``.
+"""Saliency reweighting on the device: the jnp twin of ``data_pipelines.pp.saliency.Saliency``.
 
 ``x' = x * ((1 - r) + r * S)`` with ``S`` the map normalised by its own maximum (per image; an
 all-zero map gives ``S = 0``) and resized to the image (SAF-BAGE / VEGAC, SPEC 9.1, 9.2).

@@ -12,7 +12,7 @@ import pytest
 
 from data_pipelines import build
 from data_pipelines import loader
-from data_pipelines import ops
+from data_pipelines import pp
 
 PIPE = "decode|face_crop(0.3)|resize(64)|saliency(0.3)"
 RANDOM_PIPE = "decode|face_crop(0.3)|resize(64)|flip_lr|rotate(3)|saliency(0.3)"
@@ -233,7 +233,7 @@ def test_states_of_the_loader_before_chunks_still_resume(source):
 
 def test_a_worker_chunk_travels_in_a_slot_or_pickled(source):
   ds = grain.MapDataset.source(_CorruptOne(source, 1)).map_with_index(
-      loader._Preprocess(ops.Pipeline(PIPE), 0, 0, loader.DEFAULT_LABEL_KEYS))
+      loader._Preprocess(pp.Pipeline(PIPE), 0, 0, loader.DEFAULT_LABEL_KEYS))
   expected = loader._build_chunk(ds, 0, 4)  # positions 0, 2, 3 good; 1 bad
   assert list(expected.bad) == [1] and len(expected.values["image"]) == 3
   # Rows of 3 good examples, each array aligned to 64 bytes: images 3 * 64 * 64 * 3 = 36864,

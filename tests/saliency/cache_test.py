@@ -16,7 +16,7 @@ import pytest
 
 from data_pipelines import build
 from data_pipelines import loader
-from data_pipelines import ops
+from data_pipelines import pp
 from data_pipelines import saliency_cache as sc
 from jaxface import models
 from jaxface.saliency import __main__ as cli
@@ -78,7 +78,7 @@ def test_precompute_writes_a_complete_cache(setup):
   source = _source(setup, "validation")
   ids = [source[i]["id"].decode() for i in range(len(source))]
   assert all(i in c for i in ids) and len(set(ids)) == 50
-  assert c.size == (16, 16) and c.crop_pipe == str(ops.Pipeline(CROP))
+  assert c.size == (16, 16) and c.crop_pipe == str(pp.Pipeline(CROP))
   m = c[ids[0]]
   assert m.dtype == np.uint8 and m.shape == (16, 16) and m.max() == 255
   assert c.meta["mlnet"]["sha256"] == inference.load_mlnet(setup["mlnet"]).sha256
@@ -107,7 +107,7 @@ def test_cache_dir_for_and_split_dir_name_the_precomputed_cache(setup):
 def test_cached_maps_are_ml_net_on_the_crop(setup):
   c = sc.SaliencyCache.open(setup["cache_dir"])
   source = _source(setup, "validation")
-  pipe = ops.Pipeline(CROP)
+  pipe = pp.Pipeline(CROP)
   records = [pipe(dict(source[i])) for i in (0, 7, 49)]
   crops = np.stack([r["image"] for r in records])
   w = inference.load_mlnet(setup["mlnet"])
@@ -127,7 +127,7 @@ def test_loader_with_cached_saliency_reweights_with_the_cached_map(setup):
   batch = next(ld)
   ld.close()
   assert ld.skipped.count == 0
-  plain = ops.Pipeline(CROP)
+  plain = pp.Pipeline(CROP)
   for k in range(8):
     crop = plain(dict(source[k]))["image"]
     m = cv2.resize(c[batch["id"][k]], (32, 32), interpolation=cv2.INTER_LINEAR).astype(np.float32)
@@ -136,7 +136,7 @@ def test_loader_with_cached_saliency_reweights_with_the_cached_map(setup):
     np.testing.assert_array_equal(batch["image"][k], want)
     np.testing.assert_array_equal(batch["saliency"][k], m.astype(np.uint8))
   # The dataset's own fixation map is gone: the saliency is ML-Net's, not the ground truth.
-  gt = ops.Pipeline(CROP)(dict(source[0]))["saliency"]
+  gt = pp.Pipeline(CROP)(dict(source[0]))["saliency"]
   assert not np.array_equal(batch["saliency"][0], gt)
 
 

@@ -1,11 +1,11 @@
-"""The jnp reweighting equals data_pipelines.ops.Saliency; the in-step variant runs under jit."""
+"""The jnp reweighting equals data_pipelines.pp.saliency.Saliency; the in-step variant runs under jit."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_pipelines import ops
+from data_pipelines import pp
 from jaxface import models
 from jaxface.saliency import inference
 from jaxface.saliency import online
@@ -13,7 +13,7 @@ from tests import helpers
 
 
 def _op(images, maps, r):
-  op = ops.Saliency(r)
+  op = pp.saliency.Saliency(r)
   return np.stack([op({"image": i, "saliency": m})["image"] for i, m in zip(images, maps)])
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from data_pipelines import detect
+from data_pipelines.pp import face
 from data_pipelines import loader
-from data_pipelines import ops
+from data_pipelines import pp
 from jaxface import faces
 from jaxface.faces.types import Face
 from tests.helpers import lfw_photo
@@ -28,13 +28,13 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 
 
 def test_registered_through_the_plugin_table():
-  (op,) = ops.parse("detect")
-  assert isinstance(op, detect.Detect)
+  (op,) = pp.parse("detect")
+  assert isinstance(op, face.Detect)
   assert str(op) == "detect(detector='haar', keep_stored=True, select='largest')"
 
 
 def test_haar_box_on_a_real_photo(photo):
-  out = ops.Pipeline("detect")({"image": photo, "id": "lfw0"})
+  out = pp.Pipeline("detect")({"image": photo, "id": "lfw0"})
   (expected,) = faces.HaarDetector().detect(photo)
   assert out["box"].dtype == np.float32 and out["box"].shape == (4,)
   np.testing.assert_array_equal(out["box"], expected.box)
@@ -45,7 +45,7 @@ def test_haar_box_on_a_real_photo(photo):
 
 
 def test_detect_then_crop_from_encoded_bytes(photo):
-  pipe = ops.Pipeline("decode|detect|face_crop(0.3)|resize(64)")
+  pipe = pp.Pipeline("decode|detect|face_crop(0.3)|resize(64)")
   out = pipe({"image": _jpeg(photo), "id": "lfw0"}, np.random.default_rng(0))
   assert out["image"].shape == (64, 64, 3) and out["image"].dtype == np.uint8
   # The crop's box is the detection mapped into the crop: the 30 % margin leaves 64 / 1.3 px.
@@ -57,17 +57,17 @@ def test_stored_box_is_kept_unless_asked(photo):
   stored = np.array([10, 10, 60, 60], np.float32)
   lm = np.full((5, 2), 30, np.float32)
   example = {"image": photo, "box": stored, "landmarks": lm, "id": "lfw0"}
-  out = ops.Pipeline("detect")(example)
+  out = pp.Pipeline("detect")(example)
   np.testing.assert_array_equal(out["box"], stored)
   np.testing.assert_array_equal(out["landmarks"], lm)
-  out = ops.Pipeline("detect(keep_stored=False)")(example)
+  out = pp.Pipeline("detect(keep_stored=False)")(example)
   assert out["box"][0] > 20 and "landmarks" not in out  # stale landmarks are dropped
   np.testing.assert_array_equal(example["box"], stored)  # the input is not modified
 
 
 def test_blank_image_is_a_bad_example():
-  with pytest.raises(ops.BadExampleError, match="detect: haar found no face") as e:
-    ops.Pipeline("detect")({"image": np.full((120, 160, 3), 128, np.uint8), "id": "blank"})
+  with pytest.raises(pp.BadExampleError, match="detect: haar found no face") as e:
+    pp.Pipeline("detect")({"image": np.full((120, 160, 3), 128, np.uint8), "id": "blank"})
   assert e.value.id == "blank"
 
 
@@ -97,16 +97,16 @@ class _TwoFaces:
 
 def test_landmarks_copied_and_selection(monkeypatch, photo):
   monkeypatch.setattr(faces, "get_detector", lambda name: _TwoFaces())
-  largest = ops.Pipeline("detect('mtcnn')")({"image": photo})
+  largest = pp.Pipeline("detect('mtcnn')")({"image": photo})
   np.testing.assert_array_equal(largest["box"], [50, 50, 100, 100])
   assert largest["landmarks"].dtype == np.float32 and (largest["landmarks"] == 2).all()
-  best = ops.Pipeline("detect('mtcnn', select='score')")({"image": photo})
+  best = pp.Pipeline("detect('mtcnn', select='score')")({"image": photo})
   np.testing.assert_array_equal(best["box"], [0, 0, 10, 10])
   assert (best["landmarks"] == 1).all()
 
 
 def test_pickles_without_its_detector(photo):
-  op = detect.Detect()
+  op = face.Detect()
   op({"image": photo})  # builds the cascade, which cannot be pickled
   clone = pickle.loads(pickle.dumps(op))
   assert clone == op and clone._detector is None
@@ -115,10 +115,10 @@ def test_pickles_without_its_detector(photo):
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match="detect: detector must be one of mtcnn, haar, got 'dlib'"):
-    ops.Pipeline("detect('dlib')")
+    pp.Pipeline("detect('dlib')")
   with pytest.raises(ValueError, match="detect: select must be one of largest, central, score"):
-    ops.Pipeline("detect(select='all')")
+    pp.Pipeline("detect(select='all')")
   with pytest.raises(ValueError, match="detect: keep_stored must be True or False"):
-    ops.Pipeline("detect(keep_stored=1)")
+    pp.Pipeline("detect(keep_stored=1)")
   with pytest.raises(ValueError, match="put decode first"):
-    ops.Pipeline("detect")({"image": b"jpeg bytes"})
+    pp.Pipeline("detect")({"image": b"jpeg bytes"})

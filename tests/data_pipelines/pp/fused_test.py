@@ -1,11 +1,11 @@
-"""Fused geometry (``ops.Pipeline(pipe, fuse=True)``): one resampling per run of geometric ops,
+"""Fused geometry (``pp.Pipeline(pipe, fuse=True)``): one resampling per run of geometric ops,
 with the same random draws, points and geometry as op by op."""
 
 import cv2
 import numpy as np
 import pytest
 
-from data_pipelines import ops, saliency_cache
+from data_pipelines import pp, saliency_cache
 from data_pipelines.datasets import synthetic
 from jaxface import config_lib
 from jaxface.faces import crops
@@ -38,27 +38,27 @@ def _example(seed=0, h=120, w=160):
 def test_steps_group_runs_of_two_or_more_geometric_ops():
   pipe = ("decode|face_crop(0.3)|resize(64)|cached_saliency|flip_lr|rotate(3)|saliency(0.3)|"
           "resize(32)|color_jitter(0.1)|flip_lr|saliency(0.3)")
-  steps = ops.Pipeline(pipe, fuse=True)._steps
+  steps = pp.Pipeline(pipe, fuse=True)._steps
   names = [[op.name for op in step] for step in steps]
   assert names == [["decode"], ["face_crop", "resize", "cached_saliency", "flip_lr", "rotate"],
                    ["saliency"], ["resize"], ["color_jitter"], ["flip_lr"], ["saliency"]]
-  assert [len(s) for s in ops.Pipeline(pipe)._steps] == [1] * 11  # op by op
+  assert [len(s) for s in pp.Pipeline(pipe)._steps] == [1] * 11  # op by op
 
 
 def test_pipeline_fuse_argument_equality_and_repr():
-  a, b = ops.Pipeline("resize(8)|flip_lr", fuse=True), ops.Pipeline("resize(8)|flip_lr")
-  assert str(a) == str(b) and a != b and a == ops.Pipeline("resize(8)|flip_lr", fuse=True)
+  a, b = pp.Pipeline("resize(8)|flip_lr", fuse=True), pp.Pipeline("resize(8)|flip_lr")
+  assert str(a) == str(b) and a != b and a == pp.Pipeline("resize(8)|flip_lr", fuse=True)
   assert "fuse=True" in repr(a) and "fuse" not in repr(b)
   with pytest.raises(ValueError, match="fuse"):
-    ops.Pipeline("resize(8)", fuse="yes")
+    pp.Pipeline("resize(8)", fuse="yes")
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_same_draws_points_and_pixels_as_op_by_op(seed):
   pipe = "face_crop(0.3)|resize(96)|flip_lr|rotate(10)|random_crop(88)|saliency(0.3)"
   ex = _example(seed)
-  a = ops.Pipeline(pipe)(dict(ex), _rng(seed))
-  b = ops.Pipeline(pipe, fuse=True)(dict(ex), _rng(seed))
+  a = pp.Pipeline(pipe)(dict(ex), _rng(seed))
+  b = pp.Pipeline(pipe, fuse=True)(dict(ex), _rng(seed))
   assert set(a) == set(b) and a["age"] == b["age"]
   for key in ("image", "saliency"):
     assert a[key].shape == b[key].shape and b[key].dtype == np.uint8
@@ -78,7 +78,7 @@ def test_same_draws_points_and_pixels_as_op_by_op(seed):
 def test_flip_only_pipeline_is_exact():
   ex = _example(1)
   seed = next(s for s in range(50) if _rng(s).random() < 0.5)  # the first draw flips
-  out = ops.Pipeline("flip_lr|center_crop(100)", fuse=True)(dict(ex), _rng(seed))
+  out = pp.Pipeline("flip_lr|center_crop(100)", fuse=True)(dict(ex), _rng(seed))
   np.testing.assert_array_equal(out["image"], ex["image"][10:110, 30:130][:, ::-1])
   np.testing.assert_array_equal(out["saliency"], ex["saliency"][10:110, 30:130][:, ::-1])
   # The subject's left eye (index 0, at x = 65) is now the right eye, at 99 - (65 - 30).
@@ -91,7 +91,7 @@ def test_fused_warp_upscale_matches_the_exact_crop_and_replicates_the_border():
   box = np.array([-20.0, -10.0, 20.0, 30.0])
   A = crops.box_affine(box, 80)
   exact = crops.warp(img, A, 80)
-  fused = ops.fused_warp(img, A, (80, 80))
+  fused = pp.fused_warp(img, A, (80, 80))
   # One warp each, other bilinear arithmetic (OpenCV's 1/32-px fixed-point weights): rounding to
   # uint8 is 0.5 level per side, the weights' quantisation < 1 level on this smooth image, so
   # <= 2 levels; a sample off by a pixel is far more on the border ramp.
@@ -101,7 +101,7 @@ def test_fused_warp_upscale_matches_the_exact_crop_and_replicates_the_border():
       fused[45:, 35:36], fused[45:, :35].shape))  # left of x = 0: constant along each row
   np.testing.assert_array_equal(fused[:15, 45], np.broadcast_to(fused[15, 45], (15, 3)))
   # A map (2-D) goes through the same code.
-  np.testing.assert_array_equal(ops.fused_warp(img[..., 0].copy(), A, (80, 80)), fused[..., 0])
+  np.testing.assert_array_equal(pp.fused_warp(img[..., 0].copy(), A, (80, 80)), fused[..., 0])
 
 
 def test_fused_warp_prefilters_when_shrinking():
@@ -110,12 +110,12 @@ def test_fused_warp_prefilters_when_shrinking():
   img = np.zeros((200, 200, 3), np.uint8)
   img[:, ::2] = 255
   A = crops.box_affine([0.0, 0.0, 200.0, 200.0], 50)
-  out = ops.fused_warp(img, A, (50, 50))
+  out = pp.fused_warp(img, A, (50, 50))
   # The stripes' mean 127.5 up to uint8 rounding (0.5) and the fixed-point weights (< 1 level);
   # aliasing would give 0 or 255.
   assert np.abs(out.astype(int) - 127.5).max() <= 2
-  fused = ops.Pipeline("resize(100)|resize(50)", fuse=True)({"image": img})
-  op_by_op = ops.Pipeline("resize(100)|resize(50)")({"image": img})
+  fused = pp.Pipeline("resize(100)|resize(50)", fuse=True)({"image": img})
+  op_by_op = pp.Pipeline("resize(100)|resize(50)")({"image": img})
   # Op by op rounds to uint8 after each of its two resizes, fused once: <= 0.5 + 0.5 + 0.5 levels
   # plus fixed-point weights, so <= 2.
   assert np.abs(fused["image"].astype(int) - op_by_op["image"]).max() <= 2
@@ -129,8 +129,8 @@ def test_cached_map_inside_a_fused_run_moves_with_the_image():
   seed = next(s for s in range(50) if _rng(s).random() < 0.5)  # flips
   ex = {"image": img, saliency_cache.CROP_KEY: m, "fixation": img[..., 0].copy(), "id": "a"}
   pipe = "resize(64)|cached_saliency|flip_lr|rotate(0)"
-  a = ops.Pipeline(pipe)(dict(ex), _rng(seed))
-  b = ops.Pipeline(pipe, fuse=True)(dict(ex), _rng(seed))
+  a = pp.Pipeline(pipe)(dict(ex), _rng(seed))
+  b = pp.Pipeline(pipe, fuse=True)(dict(ex), _rng(seed))
   assert "fixation" not in b and saliency_cache.CROP_KEY not in b  # replaced, as op by op
   assert b["saliency"].shape == (64, 64)
   for out in (a, b):
@@ -143,17 +143,17 @@ def test_cached_map_inside_a_fused_run_moves_with_the_image():
 
 def test_random_op_needs_rng_and_bad_examples_still_raise():
   with pytest.raises(ValueError, match="rotate"):
-    ops.Pipeline("resize(32)|rotate(5)", fuse=True)({"image": np.zeros((8, 8, 3), np.uint8)})
-  with pytest.raises(ops.BadExampleError, match="box"):
-    ops.Pipeline("face_crop(0.3)|resize(32)", fuse=True)(
+    pp.Pipeline("resize(32)|rotate(5)", fuse=True)({"image": np.zeros((8, 8, 3), np.uint8)})
+  with pytest.raises(pp.BadExampleError, match="box"):
+    pp.Pipeline("face_crop(0.3)|resize(32)", fuse=True)(
         {"image": np.zeros((8, 8, 3), np.uint8), "id": "nobox"})
 
 
 def test_synthetic_sample_pipe_fused_close_to_op_by_op():
   ex = synthetic.encode_example(synthetic.generate_example(3))
   pipe = "decode|face_crop(0.3)|resize(112)|flip_lr|rotate(3)|saliency(0.3)"
-  a = ops.Pipeline(pipe)(dict(ex), _rng(4))
-  b = ops.Pipeline(pipe, fuse=True)(dict(ex), _rng(4))
+  a = pp.Pipeline(pipe)(dict(ex), _rng(4))
+  b = pp.Pipeline(pipe, fuse=True)(dict(ex), _rng(4))
   diff = np.abs(a["image"].astype(int) - b["image"])[6:-6, 6:-6]
   assert diff.mean() < 3.0, diff.mean()  # textured scene: mostly interpolation rounding
   np.testing.assert_allclose(a["landmarks"], b["landmarks"], atol=1e-3)  # as in the test above
@@ -181,10 +181,10 @@ def test_check_matches_refuses_a_cache_made_with_the_other_resampling(tmp_path):
     w.add(["a"], np.zeros((1, 4, 4), np.uint8))
     w.commit()
   cache = saliency_cache.SaliencyCache.open(tmp_path)
-  saliency_cache.check_matches(cache, ops.Pipeline(crop, fuse=True))
+  saliency_cache.check_matches(cache, pp.Pipeline(crop, fuse=True))
   saliency_cache.check_matches(cache, crop)  # a string says nothing about resampling
   with pytest.raises(saliency_cache.CacheError, match="fuse_geometry"):
-    saliency_cache.check_matches(cache, ops.Pipeline(crop + "|cached_saliency"))
+    saliency_cache.check_matches(cache, pp.Pipeline(crop + "|cached_saliency"))
 
 
 def test_opencv_flags_used_by_fused_warp_exist():
@@ -194,7 +194,7 @@ def test_opencv_flags_used_by_fused_warp_exist():
   out = cv2.warpAffine(img, A, (4, 4), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                        borderMode=cv2.BORDER_REPLICATE)
   np.testing.assert_array_equal(out[:, :3], img[:, 1:])
-  np.testing.assert_array_equal(ops.fused_warp(img, A, (4, 4)), out)
+  np.testing.assert_array_equal(pp.fused_warp(img, A, (4, 4)), out)
 
 
 def test_anisotropic_shrink_prefilters_one_axis_only():
@@ -203,8 +203,8 @@ def test_anisotropic_shrink_prefilters_one_axis_only():
   img = np.zeros((80, 40, 3), np.uint8)
   img[::2] = 200
   img[:, 20:] = 0
-  out = ops.Pipeline("resize((20, 80))|flip_lr", fuse=True)({"image": img}, _rng(1))
-  op_by_op = ops.Pipeline("resize((20, 80))|flip_lr")({"image": img}, _rng(1))
+  out = pp.Pipeline("resize((20, 80))|flip_lr", fuse=True)({"image": img}, _rng(1))
+  op_by_op = pp.Pipeline("resize((20, 80))|flip_lr")({"image": img}, _rng(1))
   assert out["image"].shape == (20, 80, 3)
   # uint8 rounding of one resize each, other fixed-point weights: <= 2 levels (see above).
   assert np.abs(out["image"].astype(int) - op_by_op["image"]).max() <= 2

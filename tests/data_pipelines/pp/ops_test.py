@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipelines import ops
+from data_pipelines import pp
 from data_pipelines.datasets import synthetic
 from jaxface.faces import crops
 
@@ -32,21 +32,21 @@ def encoded():
 
 
 def test_parse_and_str_round_trip():
-  p = ops.Pipeline(SAMPLE)
+  p = pp.Pipeline(SAMPLE)
   canonical = ("decode|face_crop(margin=0.3, size=None, square=False)|resize(size=224)|flip_lr|"
                "rotate(degrees=3.0)|saliency(r=0.3)")
   assert str(p) == canonical
-  assert str(ops.Pipeline(canonical)) == canonical
-  assert ops.parse(canonical) == p.ops
+  assert str(pp.Pipeline(canonical)) == canonical
+  assert pp.parse(canonical) == p.ops
   # Positional, key=value and spacing all name the same op.
-  assert ops.parse("resize( size = (32, 48) )") == ops.parse("resize((32,48))")
-  assert str(ops.Pipeline("resize((32, 48))")) == "resize(size=(32, 48))"
-  assert str(ops.Pipeline("task_crop(3, context=0.5)")) == \
+  assert pp.parse("resize( size = (32, 48) )") == pp.parse("resize((32,48))")
+  assert str(pp.Pipeline("resize((32, 48))")) == "resize(size=(32, 48))"
+  assert str(pp.Pipeline("task_crop(3, context=0.5)")) == \
       "task_crop(scheme=3, size=224, context=0.5)"
-  assert ops.parse("") == [] and str(ops.Pipeline("")) == ""
-  assert [type(o) for o in p.ops] == [ops.OPS[n] for n in ("decode", "face_crop", "resize",
+  assert pp.parse("") == [] and str(pp.Pipeline("")) == ""
+  assert [type(o) for o in p.ops] == [pp.OPS[n] for n in ("decode", "face_crop", "resize",
                                                             "flip_lr", "rotate", "saliency")]
-  assert p.random and not ops.Pipeline("decode|resize(8)").random
+  assert p.random and not pp.Pipeline("decode|resize(8)").random
 
 
 @pytest.mark.parametrize("pipe, words", [
@@ -77,28 +77,28 @@ def test_parse_and_str_round_trip():
 ])
 def test_bad_pipes_raise_value_errors_naming_op_and_argument(pipe, words):
   with pytest.raises(ValueError) as e:
-    ops.parse(pipe)
+    pp.parse(pipe)
   for w in words:
     assert w in str(e.value), (w, str(e.value))
 
 
 def test_register_function_op():
-  @ops.register("test_add_label")
+  @pp.register("test_add_label")
   def add_label(example, rng, value=1):
     example["extra"] = value
     return example
 
   try:
-    p = ops.Pipeline("test_add_label(value=5)")
+    p = pp.Pipeline("test_add_label(value=5)")
     assert str(p) == "test_add_label(value=5)"
     img = np.zeros((4, 4, 3), np.uint8)
     assert p({"image": img}, _rng())["extra"] == 5
     with pytest.raises(ValueError, match="test_add_label"):
-      ops.parse("test_add_label(1, 2)")
+      pp.parse("test_add_label(1, 2)")
     with pytest.raises(ValueError, match="already registered"):
-      ops.register("test_add_label")(add_label)
+      pp.register("test_add_label")(add_label)
   finally:
-    del ops.OPS["test_add_label"]
+    del pp.OPS["test_add_label"]
 
 
 # ----------------------------------------------------------------------------- decode
@@ -110,13 +110,13 @@ def test_decode_rgb_and_maps(encoded):
   sal = np.arange(30, dtype=np.uint8).reshape(6, 5)
   ex = {"image": cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes(),
         "saliency": cv2.imencode(".png", sal)[1].tobytes(), "id": "a", "age": 3}
-  out = ops.Pipeline("decode")(ex)
+  out = pp.Pipeline("decode")(ex)
   np.testing.assert_array_equal(out["image"], img)
   np.testing.assert_array_equal(out["saliency"], sal)
   assert out["age"] == 3 and out["id"] == "a"
   assert isinstance(ex["image"], bytes)  # the input dict is not modified
   # The synthetic set's JPEG image and PNG fixation map.
-  dec = ops.Pipeline("decode")(encoded)
+  dec = pp.Pipeline("decode")(encoded)
   assert dec["image"].shape == (256, 256, 3) and dec["fixation"].dtype == np.uint8
 
 
@@ -125,25 +125,25 @@ def test_decode_corrupt_bytes_raise_bad_example_naming_the_id(key):
   ok = cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes()
   ex = {"image": ok, "saliency": ok, "id": "adience/123"}
   ex[key] = b"\x89PNG not really an image"
-  with pytest.raises(ops.BadExampleError, match="adience/123") as e:
-    ops.Pipeline("decode")(ex)
+  with pytest.raises(pp.BadExampleError, match="adience/123") as e:
+    pp.Pipeline("decode")(ex)
   assert e.value.id == "adience/123" and key in e.value.reason
 
 
 def test_missing_inputs():
   img = np.zeros((8, 8, 3), np.uint8)
-  with pytest.raises(ops.BadExampleError, match="box"):
-    ops.Pipeline("face_crop")({"image": img, "id": "x"})
-  with pytest.raises(ops.BadExampleError, match="landmarks"):
-    ops.Pipeline("align(8)")({"image": img, "id": "x"})
-  with pytest.raises(ops.BadExampleError, match="saliency"):
-    ops.Pipeline("saliency(0.3)")({"image": img, "id": "x"})
+  with pytest.raises(pp.BadExampleError, match="box"):
+    pp.Pipeline("face_crop")({"image": img, "id": "x"})
+  with pytest.raises(pp.BadExampleError, match="landmarks"):
+    pp.Pipeline("align(8)")({"image": img, "id": "x"})
+  with pytest.raises(pp.BadExampleError, match="saliency"):
+    pp.Pipeline("saliency(0.3)")({"image": img, "id": "x"})
   with pytest.raises(ValueError, match="decode"):
-    ops.Pipeline("resize(4)")({"image": b"bytes"})
+    pp.Pipeline("resize(4)")({"image": b"bytes"})
   with pytest.raises(ValueError, match="rng|Generator"):
-    ops.Pipeline("flip_lr")({"image": img})
+    pp.Pipeline("flip_lr")({"image": img})
   with pytest.raises(ValueError, match="larger than the image"):
-    ops.Pipeline("center_crop(9)")({"image": img})
+    pp.Pipeline("center_crop(9)")({"image": img})
 
 
 # ----------------------------------------------------------------------------- crops
@@ -156,7 +156,7 @@ def test_face_crop_pixels_and_border_replication():
   # crop pixel j samples photo column j - 2, so the two columns/rows off the image repeat the
   # border.
   box = np.array([-1.5, -1.5, 1.5, 1.5], np.float32)
-  out = ops.Pipeline("face_crop(margin=0.6666666666666666, size=5)")(
+  out = pp.Pipeline("face_crop(margin=0.6666666666666666, size=5)")(
       {"image": img, "saliency": sal, "box": box})
   idx = np.clip(np.arange(5) - 2, 0, 7)
   np.testing.assert_array_equal(out["image"], img[np.ix_(idx, idx)])
@@ -173,16 +173,16 @@ def test_box_and_landmarks_through_face_crop_and_resize():
   ex = {"image": img, "saliency": img[..., 0], "box": box, "landmarks": lm}
   # margin 0.3 -> 52 x 52 box [4, 14, 56, 66]; size=None keeps 52 px, one crop pixel per photo
   # pixel: photo x -> crop x - 4 - 0.5 (crop pixel 0 spans photo [4, 5], centre 4.5).
-  out = ops.Pipeline("face_crop(0.3)")(ex)
+  out = pp.Pipeline("face_crop(0.3)")(ex)
   assert out["image"].shape == (52, 52, 3) and out["saliency"].shape == (52, 52)
   np.testing.assert_allclose(out["box"], [5.5, 5.5, 45.5, 45.5], atol=1e-3)
   np.testing.assert_allclose(out["landmarks"], lm - [4.5, 14.5], atol=1e-3)
   # resize(26): x -> (x + 0.5) / 2 - 0.5.
-  out2 = ops.Pipeline("face_crop(0.3)|resize(26)")(ex)
+  out2 = pp.Pipeline("face_crop(0.3)|resize(26)")(ex)
   np.testing.assert_allclose(out2["box"], [2.5, 2.5, 22.5, 22.5], atol=1e-3)
   np.testing.assert_allclose(out2["landmarks"], (lm - [4.5, 14.5] + 0.5) / 2 - 0.5, atol=1e-3)
   # Non-square target (h, w) = (13, 104): x scales by 2, y by 1/4.
-  out3 = ops.Pipeline("face_crop(0.3)|resize((13, 104))")(ex)
+  out3 = pp.Pipeline("face_crop(0.3)|resize((13, 104))")(ex)
   assert out3["image"].shape == (13, 104, 3) and out3["saliency"].shape == (13, 104)
   np.testing.assert_allclose(out3["box"], [11.5, 1.0, 91.5, 11.0], atol=1e-3)
 
@@ -191,7 +191,7 @@ def test_resize_moves_a_marked_block_with_its_landmark():
   img = np.zeros((16, 16, 3), np.uint8)
   img[4:6, 6:8] = 255
   sal = img[..., 0].copy()
-  out = ops.Pipeline("resize(8)")({"image": img, "saliency": sal,
+  out = pp.Pipeline("resize(8)")({"image": img, "saliency": sal,
                                    "landmarks": np.full((5, 2), [6.5, 4.5], np.float32)})
   assert np.argwhere(out["image"][..., 0] == 255).tolist() == [[2, 3]]
   assert np.argwhere(out["saliency"] == 255).tolist() == [[2, 3]]
@@ -199,8 +199,8 @@ def test_resize_moves_a_marked_block_with_its_landmark():
 
 
 def test_align_and_task_crop_reuse_crops(encoded):
-  ex = ops.Pipeline("decode")(encoded)
-  out = ops.Pipeline("align(64)")(ex)
+  ex = pp.Pipeline("decode")(encoded)
+  out = pp.Pipeline("align(64)")(ex)
   ref, A = crops.align(ex["image"], ex["landmarks"], 64)
   np.testing.assert_array_equal(out["image"], ref)
   np.testing.assert_array_equal(out["fixation"], crops.warp(ex["fixation"], A, 64))
@@ -208,7 +208,7 @@ def test_align_and_task_crop_reuse_crops(encoded):
   template = (crops.ARCFACE_TEMPLATE_112 + 0.5) * 64 / 112 - 0.5
   assert np.abs(out["landmarks"] - template).max() < 6
   for scheme in range(1, 6):
-    out = ops.Pipeline(f"task_crop({scheme}, size=48)")(ex)
+    out = pp.Pipeline(f"task_crop({scheme}, size=48)")(ex)
     face = crops.Face(box=ex["box"], score=1.0, landmarks=ex["landmarks"])
     ref, A = crops.task_crop(ex["image"], face, scheme, 48)
     np.testing.assert_array_equal(out["image"], ref)
@@ -219,11 +219,11 @@ def test_align_and_task_crop_reuse_crops(encoded):
 def test_center_and_random_crop():
   img = np.arange(256 * 256 * 3, dtype=np.uint32).reshape(256, 256, 3).astype(np.uint8)
   lm = np.full((5, 2), 100, np.float32)
-  out = ops.Pipeline("center_crop(227)")({"image": img, "landmarks": lm})
+  out = pp.Pipeline("center_crop(227)")({"image": img, "landmarks": lm})
   np.testing.assert_array_equal(out["image"], img[14:241, 14:241])  # Caffe's centre offset
   np.testing.assert_allclose(out["landmarks"], lm - 14)
   ex = {"image": img, "saliency": img[..., 2], "landmarks": lm}
-  out = ops.Pipeline("random_crop((200, 100))")(ex, _rng(3))
+  out = pp.Pipeline("random_crop((200, 100))")(ex, _rng(3))
   top, left = 100 - int(out["landmarks"][0, 1]), 100 - int(out["landmarks"][0, 0])
   np.testing.assert_array_equal(out["image"], img[top:top + 200, left:left + 100])
   np.testing.assert_array_equal(out["saliency"], img[top:top + 200, left:left + 100, 2])
@@ -241,17 +241,17 @@ def test_flip_lr_moves_image_map_box_and_landmarks_together():
   box = np.array([0.5, 1.0, 5.5, 5.0], np.float32)
   ex = {"image": img, "saliency": sal, "landmarks": lm, "box": box, "id": "f"}
   flip_seed, keep_seed = _flip_seeds()
-  out = ops.Pipeline("flip_lr")(ex, _rng(flip_seed))
+  out = pp.Pipeline("flip_lr")(ex, _rng(flip_seed))
   assert np.argwhere(out["image"][..., 0] == 255).tolist() == [[2, 6]]
   assert np.argwhere(out["saliency"] == 255).tolist() == [[2, 6]]
   # The marked left eye (x=1) is now at x=6 and is the *right* eye; mouth corners swap too.
   np.testing.assert_allclose(out["landmarks"],
                              [[2, 2], [6, 2], [4, 3], [3, 4], [5, 4]])
   np.testing.assert_allclose(out["box"], [1.5, 1.0, 6.5, 5.0])
-  kept = ops.Pipeline("flip_lr")(ex, _rng(keep_seed))
+  kept = pp.Pipeline("flip_lr")(ex, _rng(keep_seed))
   np.testing.assert_array_equal(kept["image"], img)
   np.testing.assert_array_equal(kept["landmarks"], lm)
-  n = sum(ops.Pipeline("flip_lr")(ex, _rng(s))["image"][2, 6, 0] == 255 for s in range(400))
+  n = sum(pp.Pipeline("flip_lr")(ex, _rng(s))["image"][2, 6, 0] == 255 for s in range(400))
   assert 150 < n < 250
 
 
@@ -275,7 +275,7 @@ def test_rotate_moves_image_map_and_landmarks_together():
   ex = {"image": img, "saliency": sal, "landmarks": lm, "box": np.array([30, 5, 45, 20])}
   seed = next(s for s in range(50) if abs(_rng(s).uniform(-30, 30)) > 15)
   a = np.deg2rad(_rng(seed).uniform(-30, 30))
-  out = ops.Pipeline("rotate(30)")(ex, _rng(seed))
+  out = pp.Pipeline("rotate(30)")(ex, _rng(seed))
   c_img, c_map = _centroid(out["image"][..., 0]), _centroid(out["saliency"])
   # Counter-clockwise on screen (y down) about the centre (25, 20), by hand.
   dx, dy = 40 - 25, 12 - 20
@@ -294,7 +294,7 @@ def test_rotate_moves_image_map_and_landmarks_together():
   x1, y1, x2, y2 = out["box"]
   assert x1 < c_map[0] < x2 and y1 < c_map[1] < y2 and (x2 - x1) > 15
   # Border replication: a constant image stays constant.
-  flat = ops.Pipeline("rotate(30)")({"image": np.full((9, 9, 3), 77, np.uint8)}, _rng(1))
+  flat = pp.Pipeline("rotate(30)")({"image": np.full((9, 9, 3), 77, np.uint8)}, _rng(1))
   assert (flat["image"] == 77).all()
 
 
@@ -308,7 +308,7 @@ def test_saliency_reweighting_hand_values():
   ex = {"image": img, "saliency": sal}
 
   def run(r, e=ex):
-    out = ops.Pipeline(f"saliency({r})")(e)["image"]
+    out = pp.Pipeline(f"saliency({r})")(e)["image"]
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
     return out[..., 0]
@@ -325,7 +325,7 @@ def test_saliency_reweighting_hand_values():
   np.testing.assert_array_equal(run(0.3, {"image": img, "saliency": np.zeros_like(sal)}),
                                 [[70, 140], [35, 178]])
   # A map at another resolution is resized to the image first.
-  big = ops.Pipeline("saliency(1.0)")({"image": np.full((4, 4, 3), 200, np.uint8),
+  big = pp.Pipeline("saliency(1.0)")({"image": np.full((4, 4, 3), 200, np.uint8),
                                        "fixation": np.array([[0, 255], [0, 255]], np.uint8)})
   np.testing.assert_array_equal(big["image"][:, 0, 0], 0)
   np.testing.assert_array_equal(big["image"][:, 3, 0], 200)
@@ -338,7 +338,7 @@ def test_oversample10_views_equal_slices_and_mirrors():
   img = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
   sal = img[..., 0].copy()
   lm = np.array([[1, 1], [3, 1], [2, 2], [1, 3], [3, 3]], np.float32)
-  out = ops.Pipeline("oversample10(3)")({"image": img, "saliency": sal, "landmarks": lm,
+  out = pp.Pipeline("oversample10(3)")({"image": img, "saliency": sal, "landmarks": lm,
                                          "box": np.array([1, 1, 3, 3], np.float32), "age": 2})
   assert out["image"].shape == (10, 3, 3, 3) and out["saliency"].shape == (10, 3, 3)
   assert out["landmarks"].shape == (10, 5, 2) and out["box"].shape == (10, 4)
@@ -351,7 +351,7 @@ def test_oversample10_views_equal_slices_and_mirrors():
     np.testing.assert_allclose(out["landmarks"][k], lm - [l, t])
     mirrored = (lm - [l, t]) * [-1, 1] + [2, 0]
     np.testing.assert_allclose(out["landmarks"][k + 5], mirrored[[1, 0, 2, 4, 3]])
-  big = ops.Pipeline("oversample10(227)")({"image": np.zeros((256, 256, 3), np.uint8)})
+  big = pp.Pipeline("oversample10(227)")({"image": np.zeros((256, 256, 3), np.uint8)})
   assert big["image"].shape == (10, 227, 227, 3) and big["image"].dtype == np.uint8
 
 
@@ -360,12 +360,12 @@ def test_oversample10_views_equal_slices_and_mirrors():
 
 def test_color_jitter_brightness_factor_and_uint8():
   img = np.full((4, 4, 3), 100, np.uint8)
-  out = ops.Pipeline("color_jitter(brightness=0.4)")({"image": img}, _rng(5))
+  out = pp.Pipeline("color_jitter(brightness=0.4)")({"image": img}, _rng(5))
   f = _rng(5).uniform(0.6, 1.4)
   assert out["image"].dtype == np.uint8
   np.testing.assert_array_equal(out["image"], np.rint(100 * np.float32(f)))
   # Saturation 0 -> 1 factor range [0, 2]; contrast of a flat image changes nothing.
-  same = ops.Pipeline("color_jitter(contrast=0.5)")({"image": img}, _rng(5))
+  same = pp.Pipeline("color_jitter(contrast=0.5)")({"image": img}, _rng(5))
   np.testing.assert_array_equal(same["image"], img)
 
 
@@ -374,22 +374,22 @@ RANDOM_PIPE = ("decode|face_crop(0.3, size=128)|random_crop(112)|flip_lr|rotate(
 
 
 def test_same_seed_same_output_different_seed_differs(encoded):
-  p = ops.Pipeline(RANDOM_PIPE)
+  p = pp.Pipeline(RANDOM_PIPE)
   a, b = p(encoded, _rng(7)), p(encoded, _rng(7))
   for key in ("image", "fixation", "box", "landmarks"):
     np.testing.assert_array_equal(a[key], b[key])
   assert a["image"].shape == (112, 112, 3) and a["image"].dtype == np.uint8
   for name in ("random_crop(112)", "flip_lr", "rotate(10)", "color_jitter(0.2, 0.2, 0.2)"):
-    q = ops.Pipeline(f"decode|face_crop(0.3, size=128)|{name}")
+    q = pp.Pipeline(f"decode|face_crop(0.3, size=128)|{name}")
     outs = [q(encoded, _rng(s))["image"] for s in range(4)]
     assert any(not np.array_equal(outs[0], o) for o in outs[1:]), name
   # Non-random ops ignore the rng (and need none).
-  det = ops.Pipeline("decode|face_crop(0.3)|resize(64)|saliency(0.3)")
+  det = pp.Pipeline("decode|face_crop(0.3)|resize(64)|saliency(0.3)")
   np.testing.assert_array_equal(det(encoded)["image"], det(encoded, _rng(1))["image"])
 
 
 def test_sample_pipe_on_synthetic(encoded):
-  out = ops.Pipeline(SAMPLE)(encoded, _rng(0))
+  out = pp.Pipeline(SAMPLE)(encoded, _rng(0))
   assert out["image"].shape == (224, 224, 3) and out["image"].dtype == np.uint8
   assert out["fixation"].shape == (224, 224) and out["landmarks"].shape == (5, 2)
   assert out["id"] == encoded["id"] and out["age"] == encoded["age"]
@@ -413,7 +413,7 @@ def test_saliency_lookup_equals_the_whole_map_formula():
   for peak in (1, 3, 100, 254, 255):
     sal = np.minimum(np.arange(256), peak).astype(np.uint8)[:, None].repeat(256, 1)
     for r in (0.0, 0.1, 0.25, 0.3, 0.7, 1.0):
-      np.testing.assert_array_equal(ops._reweight(img, sal, r), _reweight_reference(img, sal, r))
+      np.testing.assert_array_equal(pp.saliency._reweight(img, sal, r), _reweight_reference(img, sal, r))
   rng = _rng(3)
   for t in range(40):
     h, w = rng.integers(1, 40, 2)
@@ -422,6 +422,6 @@ def test_saliency_lookup_equals_the_whole_map_formula():
     if t % 9 == 0:
       sal[:] = 0
     r = float(rng.random())
-    np.testing.assert_array_equal(ops._reweight(img, sal, r), _reweight_reference(img, sal, r))
-    np.testing.assert_array_equal(ops._reweight(img, sal.astype(np.float32), r),
+    np.testing.assert_array_equal(pp.saliency._reweight(img, sal, r), _reweight_reference(img, sal, r))
+    np.testing.assert_array_equal(pp.saliency._reweight(img, sal.astype(np.float32), r),
                                   _reweight_reference(img, sal, r))
