@@ -39,6 +39,7 @@ SMOKE = [
     "mlnet_salicon.py:smoke",
     "gilnet_adience.py:smoke,task=age",
     "fer2013.py:smoke",
+    "csm.py:smoke",
 ]
 
 
