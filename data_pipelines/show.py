@@ -1,4 +1,4 @@
-"""Looks at a prepared dataset: ``python -m data_pipelines.inspect NAME [--config CFG]
+"""Looks at a prepared dataset: ``python -m data_pipelines.show NAME [--config CFG]
 [--split SPLIT] [--data_dir DIR] [--num 16] [--pipe PIPE] [--seed 0] [--out FILE.png]
 [--tile 256]``.
 
@@ -34,8 +34,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import build
-from data_pipelines import loader
 from data_pipelines import pp
+from data_pipelines.datasets import sources
 
 GAP = 4  # pixels between cells and between an image and its map
 LINE_H = 14  # pixels per text line
@@ -50,7 +50,7 @@ LANDMARK_COLORS = ((255, 0, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 2
 POINT_KEYS = ("fixations",)  # raw point lists drawn on the map panel
 
 
-class InspectError(ValueError):
+class ShowError(ValueError):
   """The dataset is not prepared, or a bad split / argument."""
 
 
@@ -106,7 +106,7 @@ def _to_str(value: Any) -> str:
 
 def resolve(name: str, config: str | None, split: str | None,
             data_dir: str | None) -> tuple[tfds.core.DatasetBuilder, str | None, str]:
-  """The prepared builder, config and split; ``InspectError`` if not prepared or unknown."""
+  """The prepared builder, config and split; ``ShowError`` if not prepared or unknown."""
   data_dir = os.path.expanduser(data_dir or build.default_data_dir())
   if name in build.BUILDERS:  # registers the class and gives its default config
     cls = build.builder_class(name)
@@ -114,11 +114,11 @@ def resolve(name: str, config: str | None, split: str | None,
     if config is None and known:
       config = cls.DEFAULT_CONFIG_NAME or known[0]
     if known and config not in known:
-      raise InspectError(f"unknown config {config!r} of dataset {name!r}; known: "
+      raise ShowError(f"unknown config {config!r} of dataset {name!r}; known: "
                          f"{', '.join(known)}")
   elif not os.path.isdir(os.path.join(data_dir, name)):
     # Checked here: tfds would also search its community catalogue for an unknown name.
-    raise InspectError(f"unknown dataset {name!r}: not prepared in {data_dir} and not one of "
+    raise ShowError(f"unknown dataset {name!r}: not prepared in {data_dir} and not one of "
                        f"python -m data_pipelines.build's: {', '.join(sorted(build.BUILDERS))}")
   full = f"{name}/{config}" if config else name
   hint = (f"{full} is not prepared in {data_dir}; run: python -m data_pipelines.build {name}"
@@ -131,23 +131,23 @@ def resolve(name: str, config: str | None, split: str | None,
   try:
     builder = tfds.builder(full, data_dir=data_dir)
   except tfds.core.DatasetNotFoundError as e:
-    raise InspectError(hint) from e
+    raise ShowError(hint) from e
   if not builder.is_prepared():
-    raise InspectError(hint)
+    raise ShowError(hint)
   splits = list(builder.info.splits)
   if split is None:
     split = "train" if "train" in splits else splits[0]
   if split not in splits:
-    raise InspectError(f"{full} has no split {split!r}; splits: {', '.join(splits)}")
+    raise ShowError(f"{full} has no split {split!r}; splits: {', '.join(splits)}")
   return builder, config, split
 
 
-def load_samples(name: str, config: str | None, split: str, data_dir: str | None, num: int,
-                 pipe: str, seed: int,
-                 features: tfds.features.FeaturesDict) -> tuple[list[Sample], int]:
-  """Up to ``num`` examples in a seeded random order through ``pipe``, and how many the pipe
-  rejected."""
-  source = loader.open_source(name, config, split, data_dir)
+def load_samples(builder: tfds.core.DatasetBuilder, split: str, num: int, pipe: str,
+                 seed: int) -> tuple[list[Sample], int]:
+  """Up to ``num`` examples of ``split`` in a seeded random order through ``pipe``, and how many
+  the pipe rejected."""
+  features = builder.info.features
+  source = sources.open_source(builder, split)
   pipeline = pp.Pipeline(pipe)
   order = np.random.default_rng(seed).permutation(len(source))
   samples, rejected = [], 0
@@ -241,7 +241,7 @@ def map_tile(example: dict[str, Any], tile: int, draw_points: bool) -> np.ndarra
 def render_grid(samples: Sequence[Sample], tile: int, draw_points: bool) -> np.ndarray:
   """The RGB uint8 grid: ceil(sqrt(n)) columns of cells (image, map if any, label strip)."""
   if not samples:
-    raise InspectError("no examples to draw")
+    raise ShowError("no examples to draw")
   images = [image_tile(s.example, tile) for s in samples]
   maps = [map_tile(s.example, tile, draw_points) for s in samples]
   tile_h = max(t.shape[0] for t in images + [m for m in maps if m is not None])
@@ -272,30 +272,29 @@ def render_grid(samples: Sequence[Sample], tile: int, draw_points: bool) -> np.n
   return grid
 
 
-def inspect(name: str, config: str | None = None, split: str | None = None,
+def show(name: str, config: str | None = None, split: str | None = None,
             data_dir: str | None = None, num: int = 16, pipe: str = "decode", seed: int = 0,
             out: str | None = None, tile: int = 256) -> dict[str, Any]:
   """Writes the grid; returns its path, shape, the ids drawn (grid order) and the rejections."""
   if num < 1:
-    raise InspectError(f"--num must be >= 1, got {num}")
+    raise ShowError(f"--num must be >= 1, got {num}")
   if tile < 8:
-    raise InspectError(f"--tile must be >= 8, got {tile}")
+    raise ShowError(f"--tile must be >= 8, got {tile}")
   builder, config, split = resolve(name, config, split, data_dir)
-  samples, rejected = load_samples(name, config, split, data_dir, num, pipe, seed,
-                                   builder.info.features)
+  samples, rejected = load_samples(builder, split, num, pipe, seed)
   draw_points = str(pp.Pipeline(pipe)) == "decode"
   grid = render_grid(samples, tile, draw_points)
-  out = out or f"inspect_{name}_{config or 'default'}_{split}.png"
+  out = out or f"show_{name}_{config or 'default'}_{split}.png"
   if os.path.dirname(out):
     os.makedirs(os.path.dirname(out), exist_ok=True)
   if not cv2.imwrite(out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-    raise InspectError(f"could not write {out} (a .png path in a writable folder?)")
+    raise ShowError(f"could not write {out} (a .png path in a writable folder?)")
   return {"path": out, "shape": grid.shape, "ids": [s.id for s in samples],
           "rejected": rejected, "split": split, "config": config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = build.OneLineParser(prog="python -m data_pipelines.inspect", description=__doc__,
+  parser = build.OneLineParser(prog="python -m data_pipelines.show", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("name", help="dataset name, e.g. " + ", ".join(sorted(build.BUILDERS)))
   parser.add_argument("--config", help="builder config (default: the builder's default)")
@@ -305,13 +304,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--num", type=int, default=16, help="examples to draw")
   parser.add_argument("--pipe", default="decode", help="preprocessing pipe (data_pipelines.pp)")
   parser.add_argument("--seed", type=int, default=0, help="sample order and random ops")
-  parser.add_argument("--out", help="PNG path (default: inspect_NAME_CONFIG_SPLIT.png)")
+  parser.add_argument("--out", help="PNG path (default: show_NAME_CONFIG_SPLIT.png)")
   parser.add_argument("--tile", type=int, default=256, help="longest side of an image tile")
   args = parser.parse_args(argv)
   try:
-    result = inspect(args.name, args.config, args.split, args.data_dir, args.num, args.pipe,
+    result = show(args.name, args.config, args.split, args.data_dir, args.num, args.pipe,
                      args.seed, args.out, args.tile)
-  except (InspectError, ValueError, OSError) as e:  # ValueError: a bad pipe string
+  except (ShowError, ValueError, OSError) as e:  # ValueError: a bad pipe string
     parser.error(getattr(e, "line", None) or build.one_line(e))
   h, w = result["shape"][:2]
   extra = f", {result['rejected']} rejected by the pipe" if result["rejected"] else ""

@@ -17,7 +17,7 @@ import data_pipelines  # noqa: F401  (the importlib_resources shim, before tfds 
 from data_pipelines import build as build_lib
 from data_pipelines import loader as loader_lib
 from data_pipelines import pp
-from data_pipelines.datasets import tfds_compat
+from data_pipelines.datasets import sources
 from jaxface import config_lib
 
 
@@ -40,39 +40,8 @@ def data_dir(config) -> str:
 
 def prepare(config) -> Any:
   """The tfds builder of ``config.data`` (prepared now if needed and allowed)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  name, cfg = config.data.name, config.data.config or None
-  try:
-    cls = build_lib.builder_class(name)
-  except build_lib.BuildError as e:
-    raise config_lib.ConfigError(f"config.data.name: {e}") from None
-  ddir = data_dir(config)
-  builder = cls(config=cfg, data_dir=ddir, file_format=tfds_compat.FILE_FORMAT)
-  was_missing = not builder.is_prepared()
-  if was_missing:
-    if not config.data.build:
-      raise config_lib.ConfigError(
-          f"config.data.data_dir: {name}/{cfg} is not prepared in {ddir}; run `python -m "
-          f"data_pipelines.build {name} --config {cfg} --data_dir {ddir} --manual_dir ...` or set "
-          "config.data.build=True")
-    manual = config.data.manual_dir or None
-    if getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) and not manual:
-      default_manual = os.path.join(ddir, "downloads", "manual")
-      if not os.path.isdir(default_manual):
-        raise config_lib.ConfigError(
-            f"config.data.manual_dir: {name}/{cfg} is not prepared in {ddir} and no manual "
-            f"directory was given (nor {default_manual} exists). Expected:\n"
-            f"{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    if jax.process_index() == 0:
-      summary = build_lib.build(name, cfg, ddir, manual)
-      print(build_lib.format_summary(summary), flush=True)
-  if jax.process_count() > 1:
-    # Every process calls prepare once; the others wait here for process 0's build.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(f"jaxface.data.prepare:{name}/{cfg}")
-  if was_missing:  # re-read the prepared dataset's info (splits, sizes)
-    builder = tfds.builder(f"{name}/{cfg}" if cfg else name, data_dir=ddir)
-  return builder
+  return sources.prepare(config.data.name, config.data.config or None, data_dir(config),
+                         config.data.manual_dir or None, build=config.data.build)
 
 
 def tasks(config, builder) -> list[Task]:
@@ -108,9 +77,8 @@ def tasks(config, builder) -> list[Task]:
 def source(config, builder, split: str, with_saliency: bool = True) -> Sequence[dict[str, Any]]:
   """Random-access records of ``split`` (images left encoded); with the saliency cache attached
   when ``config.saliency.mode == "cache"``."""
-  decoders = tfds_compat.skip_image_decoding(builder.info.features)
   try:
-    src = builder.as_data_source(split=split, decoders=decoders)
+    src = sources.open_source(builder, split)
   except Exception as e:  # tfds raises several types for an unknown split
     raise config_lib.ConfigError(
         f"split {split!r} of {config.data.name}/{config.data.config}: {e}; splits: "
@@ -163,11 +131,4 @@ def eval_loader(config, src, local_batch: int, pipe: str | None = None) -> loade
 
 def label_counts(builder, split: str, key: str, num_classes: int) -> np.ndarray:
   """Class histogram of ``key`` over ``split`` (for class weights)."""
-  decoders = tfds_compat.skip_image_decoding(builder.info.features)
-  src = builder.as_data_source(split=split, decoders=decoders)
-  counts = np.zeros(num_classes, np.int64)
-  for i in range(len(src)):
-    v = int(src[i][key])
-    if 0 <= v < num_classes:
-      counts[v] += 1
-  return counts
+  return sources.label_counts(builder, split, key, num_classes)

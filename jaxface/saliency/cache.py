@@ -39,7 +39,7 @@ from data_pipelines import build
 from data_pipelines import loader
 from data_pipelines import pp
 from data_pipelines import saliency_cache as sc
-from data_pipelines.datasets import tfds_compat
+from data_pipelines.datasets import sources
 from jaxface.saliency import inference
 
 DEFAULT_CACHE_SIZE = (64, 64)  # maps are smooth: 64x64 keeps them at ~4 KB per example
@@ -251,19 +251,6 @@ def split_dir(config, split: str) -> str:
   return os.path.join(cache_dir_for(config), sc.split_dirname(split))
 
 
-def _ensure_prepared(config, name: str, config_name: str | None, data_dir: str | None) -> None:
-  """Builds the dataset if it is missing and ``config.data.build`` allows; else a clear error."""
-  ddir = os.path.expanduser(data_dir or build.default_data_dir())
-  cls = build.builder_class(name)
-  if cls(config=config_name, data_dir=ddir, file_format=tfds_compat.FILE_FORMAT).is_prepared():
-    return
-  if not _field(config, "data.build", False):
-    raise ValueError(f"config.data: {name}/{config_name} is not prepared in {ddir}; run python -m "
-                     f"data_pipelines.build {name} --config {config_name} --data_dir {ddir} or "
-                     "set config.data.build=True")
-  build.build(name, config_name, ddir, _optional(config, "data.manual_dir"))
-
-
 def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str:
   """Makes sure the cache of ``config`` holds ``splits`` (default: the config's splits).
 
@@ -289,7 +276,8 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
   if not splits:
     raise ValueError("no split to precompute: config.data has no train_split / eval_split / "
                      "test_split and no --splits were given")
-  _ensure_prepared(config, name, config_name, data_dir)
+  builder = sources.prepare(name, config_name, data_dir, _optional(config, "data.manual_dir"),
+                            build=_field(config, "data.build", False))
   weights = inference.load_mlnet(settings["mlnet"])
   cache_dir, key = _resolve_dir(config, settings, weights.sha256)
   meta = {
@@ -316,7 +304,7 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
     if todo:
       predict_fn = inference.make_predict_fn(weights.apply, mlnet_input, cache_size, blur_sigma)
     for split in todo:
-      source = loader.open_source(name, config_name, split, data_dir)
+      source = sources.open_source(builder, split)
       log.info("saliency %s: %d examples -> %s", split, len(source), cache_dir)
       report[split] = {"reused": False, **_compute_split(
           source, split, cache_dir, crop_pipe, predict_fn, weights, cache_size, batch_size,
@@ -330,7 +318,7 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
              "splits": {s: {**report[s], **cache.splits[s]} for s in splits},
              "meta": cache.meta}
   if not samples:  # everything reused: show a few cached maps of the first split
-    samples = _cached_samples(cache, loader.open_source(name, config_name, splits[0], data_dir),
+    samples = _cached_samples(cache, sources.open_source(builder, splits[0]),
                               crop_pipe)
   if samples:
     summary["figure"] = write_figure(os.path.join(workdir, FIGURE_FILE), samples[0], samples[1], r)

@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build
-from data_pipelines import inspect
+from data_pipelines import show
 from data_pipelines.datasets import synthetic
 from data_pipelines.datasets import synthetic_faces
 
@@ -215,11 +215,11 @@ def test_describe_dir(tmp_path):
   assert build.describe_dir(str(tmp_path)) == "d/, f"
 
 
-def test_inspect_answers_in_one_line(built, tmp_path, capsys):
+def test_show_answers_in_one_line(built, tmp_path, capsys):
   data_dir, _ = built
-  prefix = "python -m data_pipelines.inspect: error: "
+  prefix = "python -m data_pipelines.show: error: "
   with pytest.raises(SystemExit) as e:
-    inspect.main(["synthetic_faces", "--data_dir", data_dir])  # default config not prepared
+    show.main(["synthetic_faces", "--data_dir", data_dir])  # default config not prepared
   assert e.value.code == 2
   assert capsys.readouterr().err == (
       f"{prefix}synthetic_faces/default is not prepared in {data_dir}; run: python -m "
@@ -229,7 +229,7 @@ def test_inspect_answers_in_one_line(built, tmp_path, capsys):
                 "no_such_op"],
                ["synthetic_faces", "--num", "many"]):
     with pytest.raises(SystemExit) as e:
-      inspect.main(argv)
+      show.main(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(prefix) and err.count("\n") == 1, err

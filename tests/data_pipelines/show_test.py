@@ -1,4 +1,4 @@
-"""``python -m data_pipelines.inspect``: grid size, tiles equal to the decoded images away from the
+"""``python -m data_pipelines.show``: grid size, tiles equal to the decoded images away from the
 drawn box and landmarks, map panels, label text, a geometric pipe, SALICON fixations, errors."""
 
 import contextlib
@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build
-from data_pipelines import inspect
+from data_pipelines import show
 from tests.data_pipelines.datasets import salicon_test
 
 GREEN = (0, 255, 0)
@@ -56,7 +56,7 @@ def test_cli_writes_the_grid_and_tiles_match_the_decoded_images(data_dir, tmp_pa
   out = str(tmp_path / "grid.png")
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
-    assert inspect.main(["synthetic_faces", "--config", "small", "--data_dir", data_dir,
+    assert show.main(["synthetic_faces", "--config", "small", "--data_dir", data_dir,
                          "--num", "4", "--out", out]) == 0
   assert printed.getvalue() == (f"wrote {out} (4 examples of synthetic_faces/small train, "
                                 "1044x592)\n")
@@ -64,7 +64,7 @@ def test_cli_writes_the_grid_and_tiles_match_the_decoded_images(data_dir, tmp_pa
   # 2 x 2 cells; a cell = image 256 + gap 4 + map 256 wide, image 256 + 2 text lines (2 * 14 + 6)
   # high; 4 px gaps around and between cells.
   assert grid.shape == (4 + 2 * (256 + 34 + 4), 4 + 2 * (256 + 4 + 256 + 4), 3) == (592, 1044, 3)
-  result = inspect.inspect("synthetic_faces", "small", data_dir=data_dir, num=4,
+  result = show.show("synthetic_faces", "small", data_dir=data_dir, num=4,
                            out=str(tmp_path / "again.png"))
   np.testing.assert_array_equal(_read_png(result["path"]), grid)  # same seed, same grid
   records = _records_by_id(data_dir, "train")
@@ -82,7 +82,7 @@ def test_cli_writes_the_grid_and_tiles_match_the_decoded_images(data_dir, tmp_pa
 
 
 def test_a_geometric_pipe_moves_the_drawn_box(data_dir, tmp_path):
-  result = inspect.inspect("synthetic_faces", "small", split="validation", data_dir=data_dir,
+  result = show.show("synthetic_faces", "small", split="validation", data_dir=data_dir,
                            num=1, pipe="decode|center_crop(200)", seed=3,
                            out=str(tmp_path / "crop.png"))
   grid = _read_png(result["path"])
@@ -93,7 +93,7 @@ def test_a_geometric_pipe_moves_the_drawn_box(data_dir, tmp_path):
 
 
 def test_stacked_views_get_a_cell_each(data_dir, tmp_path):
-  result = inspect.inspect("synthetic_faces", "small", split="test", data_dir=data_dir, num=10,
+  result = show.show("synthetic_faces", "small", split="test", data_dir=data_dir, num=10,
                            pipe="decode|oversample10(200)", out=str(tmp_path / "views.png"))
   eid = result["ids"][0].split(" ")[0]
   assert result["ids"] == [f"{eid} [{k}/10]" for k in range(1, 11)]
@@ -114,16 +114,16 @@ def test_label_parts_and_wrapping(data_dir):
   features = tfds.builder("synthetic_faces/small", data_dir=data_dir).info.features
   example = {"age": 4, "gender": 1, "expression": 1, "id": b"synthetic/000001",
              "box": np.zeros(4, np.float32), "saliency": np.zeros((2, 2), np.uint8)}
-  parts = inspect.label_parts(example, features)
+  parts = show.label_parts(example, features)
   assert parts == ["age 25-32", "gender f", "expression Happy"]
-  assert inspect.wrap(parts, 1000) == ["age 25-32 | gender f | expression Happy"]
-  assert inspect.wrap(parts, 1) == parts
+  assert show.wrap(parts, 1000) == ["age 25-32 | gender f | expression Happy"]
+  assert show.wrap(parts, 1) == parts
   other = tfds.features.FeaturesDict({
       "num_workers": tfds.features.Tensor(shape=(), dtype=np.int32),
       "fixations": tfds.features.Tensor(shape=(None, 2), dtype=np.float32),
       "score": tfds.features.Tensor(shape=(), dtype=np.float32),
       "id": tfds.features.Text()})
-  assert inspect.label_parts({"num_workers": np.int32(3), "fixations": np.zeros((2, 2)),
+  assert show.label_parts({"num_workers": np.int32(3), "fixations": np.zeros((2, 2)),
                               "score": np.float32(0.5), "id": b"x"}, other) == [
                                   "num_workers 3", "fixations 2", "score 0.5"]
 
@@ -133,7 +133,7 @@ def test_salicon_fixations_are_dotted_on_the_map(tmp_path):
   files = salicon_test.make_tree(manual)
   d = str(tmp_path / "tfds")
   build.build("salicon", "png", data_dir=d, manual_dir=manual)
-  result = inspect.inspect("salicon", data_dir=d, split="validation", num=16,
+  result = show.show("salicon", data_dir=d, split="validation", num=16,
                            out=str(tmp_path / "s.png"))
   assert result["ids"] == ["COCO_val2014_000000000010"] and result["config"] == "png"
   grid = _read_png(result["path"])
@@ -142,7 +142,7 @@ def test_salicon_fixations_are_dotted_on_the_map(tmp_path):
   assert grid.shape[:2] == (4 + h + 3 * 14 + 6 + 4, 4 + w + 4 + w + 4)
   features = tfds.builder("salicon/png", data_dir=d).info.features
   record = {"fixations": np.zeros((3, 2), np.float32), "num_workers": 3, "id": b"x"}
-  assert inspect.label_parts(record, features) == ["fixations 3", "num_workers 3"]
+  assert show.label_parts(record, features) == ["fixations 3", "num_workers 3"]
   image = _rgb(files["images/val/COCO_val2014_000000000010.jpg"])
   np.testing.assert_array_equal(grid[4:4 + h, 4:4 + w], image)  # no box or landmarks here
   panel = grid[4:4 + h, 8 + w:8 + 2 * w]
@@ -155,19 +155,19 @@ def test_salicon_fixations_are_dotted_on_the_map(tmp_path):
 def test_not_prepared_unknown_split_and_bad_arguments(data_dir, tmp_path, capsys):
   empty = str(tmp_path / "empty")
   with pytest.raises(SystemExit) as e:
-    inspect.main(["synthetic_faces", "--config", "small", "--data_dir", empty])
+    show.main(["synthetic_faces", "--config", "small", "--data_dir", empty])
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert (f"synthetic_faces/small is not prepared in {empty}; run: python -m "
           f"data_pipelines.build synthetic_faces --config small --data_dir {empty}") in err
-  with pytest.raises(inspect.InspectError, match="unknown dataset 'no_such_set': not prepared in "
+  with pytest.raises(show.ShowError, match="unknown dataset 'no_such_set': not prepared in "
                      ".*adience, affectnet, celeba"):
-    inspect.inspect("no_such_set", data_dir=empty)
-  with pytest.raises(inspect.InspectError,
+    show.show("no_such_set", data_dir=empty)
+  with pytest.raises(show.ShowError,
                      match="has no split 'val'; splits: train, validation, test"):
-    inspect.inspect("synthetic_faces", "small", split="val", data_dir=data_dir)
-  with pytest.raises(inspect.InspectError, match="unknown config 'big'"):
-    inspect.inspect("synthetic_faces", "big", data_dir=data_dir)
-  with pytest.raises(inspect.InspectError, match="--num must be >= 1"):
-    inspect.inspect("synthetic_faces", "small", data_dir=data_dir, num=0)
+    show.show("synthetic_faces", "small", split="val", data_dir=data_dir)
+  with pytest.raises(show.ShowError, match="unknown config 'big'"):
+    show.show("synthetic_faces", "big", data_dir=data_dir)
+  with pytest.raises(show.ShowError, match="--num must be >= 1"):
+    show.show("synthetic_faces", "small", data_dir=data_dir, num=0)
   assert not os.path.exists(empty) or not os.listdir(empty)

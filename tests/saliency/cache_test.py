@@ -18,6 +18,7 @@ from data_pipelines import build
 from data_pipelines import loader
 from data_pipelines import pp
 from data_pipelines import saliency_cache as sc
+from data_pipelines.datasets import sources
 from jaxface import models
 from jaxface.saliency import __main__ as cli
 from jaxface.saliency import cache
@@ -66,7 +67,7 @@ def setup(tmp_path_factory):
 
 
 def _source(setup, split):
-  return loader.open_source("synthetic_faces", "small", split, setup["data_dir"])
+  return sources.open_source(sources.prepare("synthetic_faces", "small", setup["data_dir"]), split)
 
 
 def test_precompute_writes_a_complete_cache(setup):

@@ -13,6 +13,7 @@ import pytest
 from data_pipelines import build
 from data_pipelines import loader
 from data_pipelines import pp
+from data_pipelines.datasets import sources
 
 PIPE = "decode|face_crop(0.3)|resize(64)|saliency(0.3)"
 RANDOM_PIPE = "decode|face_crop(0.3)|resize(64)|flip_lr|rotate(3)|saliency(0.3)"
@@ -28,7 +29,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(data_dir):
-  return loader.open_source("synthetic_faces", "small", "validation", data_dir)
+  return sources.open_source(sources.prepare("synthetic_faces", "small", data_dir), "validation")
 
 
 def _take(ld: loader.Loader, n: int) -> list[dict[str, np.ndarray]]:
@@ -234,14 +235,14 @@ def test_states_of_the_loader_before_chunks_still_resume(source):
 def test_a_worker_chunk_travels_in_a_slot_or_pickled(source):
   ds = grain.MapDataset.source(_CorruptOne(source, 1)).map_with_index(
       loader._Preprocess(pp.Pipeline(PIPE), 0, 0, loader.DEFAULT_LABEL_KEYS))
-  expected = loader._build_chunk(ds, 0, 4)  # positions 0, 2, 3 good; 1 bad
+  expected = loader.chunks.build_chunk(ds, 0, 4)  # positions 0, 2, 3 good; 1 bad
   assert list(expected.bad) == [1] and len(expected.values["image"]) == 3
   # Rows of 3 good examples, each array aligned to 64 bytes: images 3 * 64 * 64 * 3 = 36864,
   # maps 3 * 64 * 64 = 12288, three int64 labels 3 * 8 = 24 -> 64 each.
   needed = 36864 + 12288 + 3 * 64
   released = []
   for buf in (memoryview(bytearray(needed)), memoryview(bytearray(needed - 1)), None):
-    packed = loader._pack_chunk(ds, 0, 4, buf)
+    packed = loader.workers.pack_chunk(ds, 0, 4, buf)
     assert packed.needed == needed
     in_slot = {key for key, *_ in packed.placed}
     assert in_slot == ({"image", "saliency", "age", "gender", "expression"}
