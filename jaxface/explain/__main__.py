@@ -383,7 +383,13 @@ def run(args) -> dict[str, Any]:
   shown_methods = [m for m in methods if m in maps]
   for j, name in enumerate(kept):
     stem = os.path.join(args.out, os.path.splitext(name.replace(os.sep, "_"))[0])
-    panels = [_label(_up(shown[j], disp), "input")]
+    first = next((records[j][m] for m in methods if m in records[j]), None)
+    title = "input"
+    if first is not None:  # The explained class and its confidence, e.g. "female 0.88 prob".
+      cls = first["class"]
+      name = ex.classes[cls] if ex.classes and 0 <= cls < len(ex.classes) else f"class {cls}"
+      title = f"{name} {first['confidence']:.2f} {args.score}"
+    panels = [_label(_up(shown[j], disp), title)]
     for m in shown_methods:
       _png(f"{stem}_{m}.png", _colour(maps[m][j]), disp)
       _png(f"{stem}_{m}_overlay.png", _overlay(shown[j], maps[m][j]), disp)

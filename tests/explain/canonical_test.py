@@ -228,3 +228,32 @@ def test_zbuffer_hides_the_back_layer():
                                  occlusion_tolerance=1.0)
   # radius 1 also hides the back column right next to the front sheet's edge (x = 7).
   assert corr.valid[:25].all() and corr.valid[25:].sum() == 25 - 15
+
+
+def test_cis_region_model_drops_are_patch_intersections_and_quadrant_mass():
+  # f = sum of the input over R = rows [2, 6) x cols [3, 7) on an all-ones image, one vertex per
+  # pixel, identity correspondence, black 3 x 3 patches: each vertex's drop is |patch ∩ R|.
+  fwd = core.bind(tiny.RegionSum(box=(2, 6, 3, 7)))
+  gy, gx = np.mgrid[0:10, 0:10]
+  grid = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float64)
+  corr = canonical.from_vertices(grid, grid)
+  conf = canonical.class_confidence(fwd, [0], "logit")
+  r = canonical.cis(conf, {}, np.ones((1, 10, 10, 1), np.float32), [corr],
+                    canonical_shape=(10, 10), patch=3, fill="black")
+  rows = np.clip(np.minimum(gy + 2, 6) - np.maximum(gy - 1, 2), 0, None)
+  cols = np.clip(np.minimum(gx + 2, 7) - np.maximum(gx - 1, 3), 0, None)
+  np.testing.assert_array_equal(r.drops[0], (rows * cols).ravel())
+  d = r.drops[0].reshape(10, 10)
+  assert d[4, 4] == 9 and d[0, 0] == 0 and d[6, 7] == 1 and d[1, 3] == 2  # By hand.
+  # A model whose decision depends on the top-left quadrant only: windows aligned with it (one
+  # vertex every 4 px, 4 x 4 patches), > 90 % of the CIS mass lies in it.
+  model = tiny.GapNet(channels=4, num_classes=2, stride=2, mask=(0, 8, 0, 8))
+  x = np.random.default_rng(3).random((2, 16, 16, 3)).astype(np.float32)
+  v = jax.tree.map(np.abs, tiny.init(model, x[:1], 1))
+  qy, qx = np.mgrid[2:16:4, 2:16:4]
+  pts = np.stack([qx.ravel(), qy.ravel()], 1).astype(np.float64)
+  corrs = [canonical.from_vertices(pts, pts)] * 2
+  conf = canonical.class_confidence(core.bind(model), [0, 1], "prob")
+  m = np.abs(canonical.cis(conf, v, x, corrs, canonical_shape=(16, 16), patch=4).maps)
+  share = m[:, :8, :8].sum(axis=(1, 2)) / m.sum(axis=(1, 2))  # |drops|: class 1's are < 0.
+  assert np.all(share > 0.9), share
