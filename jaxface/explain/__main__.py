@@ -349,7 +349,9 @@ def run(args) -> dict[str, Any]:
         rec = records[s + j]
         if m == "cis":
           rec["cis"] = {**r.settings, "score": args.score, "target": target_kind,
-                        "class": int(res["cis_labels"][j]), "confidence": float(r.scores[j])}
+                        "class": int(res["cis_labels"][j]), "confidence": float(r.scores[j]),
+                        "correspondence": "mesh" if mesh is not None else
+                        f"{args.points} landmarks"}
         else:
           rec[m] = {**r.settings, "class": int(r.targets[j]), "confidence": float(r.scores[j])}
       if m == "cis":

@@ -208,3 +208,45 @@ def test_cli_68_points_without_the_extra_is_one_line(monkeypatch, tmp_path, caps
   assert rc == 2 and len(err) == 1 and "--points 68" in err[0] and "jaxface[dlib]" in err[0], err
   with pytest.raises(dlib68.Unavailable, match="jaxface\\[dlib\\]"):
     dlib68.Landmarks68()
+
+
+def test_cli_68_points_end_to_end_with_a_stand_in_dlib(monkeypatch, tmp_path, capsys):
+  import cv2  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  unit = synthetic68() / 64.0  # A mean shape in dlib's box-normalised frame.
+  dat = tmp_path / "sp68.dat"
+  dat.write_bytes(bytes([0x01, 0x01, 0x81, 0x88, 0x81, 0x01])
+                  + b"".join(dlib68.pack_float(v) for v in unit.ravel()))
+  monkeypatch.setattr(dlib68, "model_path", lambda: str(dat))
+  boxes = []
+
+  def detector(img, upsample):
+    return [_Rect(20, 30, 160, 190)]
+
+  def predictor(path):
+    assert path == str(dat)
+
+    def predict(img, rect):
+      boxes.append((rect.left(), rect.top(), rect.right(), rect.bottom()))
+      w, h = rect.right() - rect.left(), rect.bottom() - rect.top()
+      p = unit * [w, h] + [rect.left(), rect.top()]  # The mean shape in the box, as dlib starts.
+      pts = [types.SimpleNamespace(x=int(round(x)), y=int(round(y))) for x, y in p]
+      return types.SimpleNamespace(num_parts=68, part=lambda i: pts[i])
+    return predict
+
+  monkeypatch.setitem(sys.modules, "dlib", types.SimpleNamespace(
+      get_frontal_face_detector=lambda: detector, shape_predictor=predictor, rectangle=_Rect))
+  face = skimage.data.astronaut()[20:220, 120:300]
+  img = tmp_path / "face.png"
+  cv2.imwrite(str(img), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+  out = tmp_path / "out"
+  rc = cli.main(["--model", "pretrained:gender", "--method", "cis", "--points", "68",
+                 "--images", str(img), "--out", str(out)])
+  assert rc == 0, capsys.readouterr().err
+  assert boxes == [(20, 30, 160, 190)]
+  rec = json.loads((out / "results.json").read_text())["images"][0]["cis"]
+  assert rec["correspondence"] == "68 landmarks" and rec["canonical_shape"] == [32, 32]
+  # The whole 32 x 32 canonical frame is covered (hull "frame"), so every pixel is a vertex.
+  assert rec["vertices"] > 0.9 * 32 * 32
+  assert (out / "face_cis_canonical.png").exists() and (out / "cms.npy").exists()
