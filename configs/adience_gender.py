@@ -1,11 +1,16 @@
 """SAF-BAGE on Adience gender: saliency-reweighted AlexNet, 5-fold subject-exclusive protocol.
 
-Paper: SAF-BAGE (../shared/papers/000_5a6047cae2fd1f56.txt), Table 1 (Adience): reported
-gender 91.8 +- 1.2 % (83.4 % without saliency, `:r=0`), mean +- std over the five folds.
+Paper: A. Gurnani, K. Shah, V. Gajjar, V. Mavani, Y. Khandhediya, "SAF-BAGE: Salient Approach for
+Facial Soft-Biometric Classification - Age, Gender, and Facial Expression", WACV 2019,
+arXiv:1803.05719. Table 3 (Adience gender): reported 91.8 +- 1.2 % (83.4 % without saliency,
+`:r=0`), "mean accuracy +- standard error" over the five folds (the standard error is the sample std
+that ``jaxface.evaluate --folds`` reports divided by sqrt(5)).
 
-Settings: jaxface.config_presets.saf_bage_adience (SPEC 9.1): Adience faces/ crops, face crop
-with 30 % margin, 224 x 224, ML-Net saliency r = 0.3 (cached), ImageNet AlexNet with fc6-fc8
+Settings (jaxface.config_presets.saf_bage_adience, paper section 3): Adience faces/ crops, face
+crop with 30 % margin, 224 x 224, ML-Net saliency r = 0.3 (cached), ImageNet AlexNet with fc6-fc8
 fine-tuned, flip and +-3 degree rotation, 30 epochs, SGD lr 0.001, dropout 0.4, batch 128.
+AMBIGUOUS (see the preset): random flips and angles per pass instead of the paper's fixed 4x
+copies (``:copies=4`` trains the paper's number of updates); SGD momentum 0.9 (no optimiser named).
 
 Commands (fold k = 0..4; then the mean and std over the folds):
   python -m data_pipelines.build adience --config faces_gender --manual_dir ~/data/adience
@@ -14,8 +19,8 @@ Commands (fold k = 0..4; then the mean and std over the folds):
       --workdir /tmp/adience_gender/fold$k; done
   python -m jaxface.evaluate --folds /tmp/adience_gender/fold0,/tmp/adience_gender/fold1,\
       /tmp/adience_gender/fold2,/tmp/adience_gender/fold3,/tmp/adience_gender/fold4
-Arguments: fold (0), r (0.3), model (alexnet; vgg16 for the paper's ablation), init_from, mlnet,
-smoke.
+Arguments: fold (0), r (0.3), model (alexnet; vgg16 for the section 4.3 ablation, fc8 trained
+only), copies (1 | 4), init_from, mlnet, smoke.
 """
 
 import ml_collections
@@ -25,7 +30,8 @@ from jaxface import config_presets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, fold=0, r=0.3, model="alexnet", init_from="", mlnet="")
+  arg = config_lib.parse_arg(arg, fold=0, r=0.3, model="alexnet", copies=1, init_from="",
+                             mlnet="")
   c = config_presets.saf_bage_adience("gender", arg.fold, arg.r, arg.init_from, arg.mlnet,
-                                      arg.smoke, arg.model)
+                                      arg.smoke, arg.model, arg.copies)
   return config_lib.finalize(c)

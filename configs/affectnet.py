@@ -1,14 +1,16 @@
 """SAF-BAGE on AffectNet: saliency-reweighted AlexNet, 7 expressions.
 
-Paper: SAF-BAGE (../shared/papers/000_5a6047cae2fd1f56.txt), Table 3 / Table 5 (AffectNet,
-7 classes): reported accuracy 67.65 % with saliency (59.2 % without, i.e. ``:r=0``).
+Paper: A. Gurnani, K. Shah, V. Gajjar, V. Mavani, Y. Khandhediya, "SAF-BAGE: Salient Approach for
+Facial Soft-Biometric Classification - Age, Gender, and Facial Expression", WACV 2019,
+arXiv:1803.05719. Table 6 (AffectNet, 7 classes): reported accuracy 67.65 % with saliency
+(59.2 % without, i.e. ``:r=0``); Table 5 is its confusion matrix, Table 1 the split.
 
-Settings (SPEC 9.1): AffectNet 7 classes with the paper's own split (the ``7class_saf_bage``
-builder config: 80/20 seeded split of the training csv's 7-class rows, test = the official
-validation set, 500 per class); face crop with 30 % margin from the stored box, 224 x 224;
-ML-Net saliency (SALICON weights) with r = 0.3 from the saliency cache; ImageNet AlexNet with an
-7-way softmax; class-weighted cross-entropy; no augmentation; conv5, fc6, fc7, fc8 fine-tuned (the
-rest frozen); 40 epochs, SGD momentum 0.9, lr 0.001 divided by 10 after epoch 30; batch 128;
+Settings (paper sections 3.2, 3.3): AffectNet 7 classes with the paper's own split (the
+``7class_saf_bage`` builder config: 80/20 seeded split of the training csv's 7-class rows, test =
+the official validation set, 500 per class); face crop with 30 % margin from the stored box, 224 x 224;
+ML-Net saliency (SALICON weights) with r = 0.3 from the saliency cache; ImageNet AlexNet with
+a 7-way softmax; class-weighted cross-entropy; no augmentation; conv5, fc6, fc7, fc8 fine-tuned
+(the rest frozen); 40 epochs, SGD momentum 0.9, lr 0.001 divided by 10 after epoch 30; batch 128;
 dropout 0.35. AMBIGUOUS: the paper does not name its class-weight formula; we use scikit-learn's
 "balanced" n / (k * count) (``--config.task.class_weights=inverse`` for max/count).
 
@@ -60,7 +62,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.best_metric = "val/expression/accuracy"
   if arg.smoke:
     config_lib.apply_smoke(c, labels=("expression",))
-    if saliency and not arg.mlnet:
-      c.saliency.mode, c.data.train_pipe, c.data.eval_pipe = "dataset", *(
-          p.replace("|cached_saliency", "") for p in (c.data.train_pipe, c.data.eval_pipe))
   return config_lib.finalize(c)

@@ -1,6 +1,8 @@
 """The README's main job: the whole SAF-BAGE chain on the embedded synthetic faces, on a CPU.
 
-Paper: SAF-BAGE (../shared/papers/000_5a6047cae2fd1f56.txt), the pipeline of its Fig. 1: face
+Paper: A. Gurnani, K. Shah, V. Gajjar, V. Mavani, Y. Khandhediya, "SAF-BAGE: Salient Approach for
+Facial Soft-Biometric Classification - Age, Gender, and Facial Expression", WACV 2019,
+arXiv:1803.05719, the pipeline of its Fig. 1: face
 crop with a 30 % margin -> ML-Net saliency -> reweighted crop x * ((1 - r) + r * S) with r = 0.3
 -> AlexNet. Reproduces no table (the data are synthetic); the README states the accuracy this run
 reaches on each synthetic label (age group, gender, expression), well above chance (1/8, 1/2, 1/7).

@@ -1,15 +1,16 @@
 """ML-Net trained on SALICON (the saliency module of SAF-BAGE and VEGAC).
 
-Paper: ML-Net (Cornia et al., ICPR 2016), as used by SAF-BAGE
-(../shared/papers/000_5a6047cae2fd1f56.txt) and VEGAC (001_*); SPEC section 1. The reference
-reports SALICON validation metrics for the released weights; this config retrains them.
+Paper: M. Cornia, L. Baraldi, G. Serra, R. Cucchiara, "A Deep Multi-Level Network for Saliency
+Prediction", ICPR 2016, arXiv:1609.01064, as used by SAF-BAGE (WACV 2019, arXiv:1803.05719) and
+VEGAC (Gurnani et al., 2018). The reference reports SALICON validation metrics for the released
+weights; this config retrains them.
 
-Settings (SPEC 1.6-1.8): 480 x 640 BGR input minus the ImageNet mean, ground-truth maps at the
-output resolution (60 x 80) divided by 255, ML-Net loss with alpha 1.1 plus the prior
-regulariser; Keras-1 SGD lr 1e-3 with time decay 5e-4 (a learning-rate decay, not weight decay:
-AMBIGUOUS, the code's reading), momentum 0.9, Nesterov; batch 10; 20 epochs (the reference
-stops early with patience 5 on the validation loss; here the best checkpoint by validation loss
-is kept); conv layers start from ImageNet VGG-16 (``init_from``).
+Settings (the authors' released Keras code: config.py, utilities.py, main.py): 480 x 640 BGR input
+minus the ImageNet mean, ground-truth maps at the output resolution (60 x 80) divided by 255, ML-Net
+loss with alpha 1.1 plus the prior regulariser; Keras-1 SGD lr 1e-3 with time decay 5e-4 (a
+learning-rate decay, not weight decay: AMBIGUOUS, the code's reading), momentum 0.9, Nesterov; batch
+10; 20 epochs (the reference stops early with patience 5 on the validation loss; here the best
+checkpoint by validation loss is kept); conv layers start from ImageNet VGG-16 (``init_from``).
 
 Commands:
   python -m data_pipelines.build salicon --config png --manual_dir ~/data/salicon

@@ -1,8 +1,10 @@
 """SAF-BAGE's saliency-ratio ablation: Adience gender with r in {0.1, 0.3, 0.5, 0.7, 0.9}.
 
-Paper: SAF-BAGE (../shared/papers/000_5a6047cae2fd1f56.txt), the ratio study (Fig. / table of
-the ablation on Adience gender): higher r converges faster but generalises worse; r = 0.3 is best
-(91.8 % gender accuracy, SPEC 9.1).
+Paper: A. Gurnani, K. Shah, V. Gajjar, V. Mavani, Y. Khandhediya, "SAF-BAGE: Salient Approach for
+Facial Soft-Biometric Classification - Age, Gender, and Facial Expression", WACV 2019,
+arXiv:1803.05719. Section 4.3 "Reweighted saliency ratios study" and Fig. 3 (training loss and
+validation accuracy per epoch on Adience gender): higher r converges faster but generalises
+worse; r = 0.3 is best (91.8 % gender accuracy, Table 3).
 
 Same schedule as configs/adience_gender.py with the reweighting ratio as the argument.
 

@@ -1,15 +1,16 @@
 """Abdolrashidi et al.: multi-task age-bucket and gender networks on UTKFace, and their ensemble.
 
-Paper: ../shared/papers/004_cb25c4c1ceacbd4a.txt, Table I: reported (age-bucket accuracy /
-gender accuracy / AABD) Attention CNN 0.742 / 0.552 / 0.33; ResNet 0.900 / 0.965 / 0.14;
+Paper: A. Abdolrashidi, M. Minaei, E. Azimi, S. Minaee, "Age and Gender Prediction From Face Images
+Using Attentional Convolutional Network", arXiv:2010.03791, 2020. Table I: reported (age-bucket
+accuracy / gender accuracy / AABD) Attention CNN 0.742 / 0.552 / 0.33; ResNet 0.900 / 0.965 / 0.14;
 ensemble 0.913 / 0.965 / 0.11.
 
-Settings (SPEC 9.5): UTKFace aligned and cropped 200 x 200 chips, age in 10-year buckets; a shared
-trunk with a gender head and an age head, the predicted gender probabilities concatenated to the
-age head's features (``gender_age`` head); Residual Attention Network with three attention modules
-(Attention-56) or ResNet-18/50; 100 epochs, batch 16, Adam lr 0.005. The ensemble is the mean of
-the two models' probabilities (``jaxface.evaluate --ensemble``). AMBIGUOUS: no split is published;
-the ``utkface/aligned`` builder makes a seeded 80/10/10 split.
+Settings (paper sections III-IV): UTKFace aligned and cropped 200 x 200 chips, age in 10-year
+buckets; a shared trunk with a gender head and an age head, the predicted gender probabilities
+concatenated to the age head's features (``gender_age`` head); Residual Attention Network with three
+attention modules (Attention-56) or ResNet-18/50; 100 epochs, batch 16, Adam lr 0.005. The ensemble
+is the mean of the two models' probabilities (``jaxface.evaluate --ensemble``). AMBIGUOUS: no split
+is published; the ``utkface/aligned`` builder makes a seeded 80/10/10 split.
 
 Commands:
   python -m data_pipelines.build utkface --config aligned --manual_dir ~/data/utkface

@@ -1,16 +1,21 @@
 """VEGAC: saliency-reweighted VGG-16 for age, gender and expression.
 
-Paper: VEGAC (../shared/papers/001_05dd9370ef24dea4.txt), results table: reported Adience age
-60.8 %, gender 88.9 % (Adience) and 96.8 % (LFW), AffectNet expression 72.2 %.
+Paper: A. Gurnani, V. Gajjar, V. Mavani, Y. Khandhediya, "VEGAC: Visual Saliency-based Age,
+Gender, and Facial Expression Classification Using Convolutional Neural Networks", arXiv preprint,
+2018. Reported: Adience age 60.8 % (Table 2), gender 88.9 % on Adience (Table 4) and 96.8 % on
+LFW (Table 5), AffectNet expression 72.2 % (Table 7); Table 1 gives the splits.
 
-Settings (SPEC 9.2): face crop with 30 % margin, 224 x 224; ML-Net saliency with "image 100 %,
-salient image 70 %", i.e. r = 0.7; ImageNet VGG-16 with a new softmax (8 / 2 / 7), the first ten
-layers (conv1_1 .. conv4_3) frozen, dropout 0.5, Adam lr 0.001 for 50 epochs then divided by 10
+Settings (paper sections 3.1, 3.4): face crop with 30 % margin, 224 x 224; ML-Net saliency with
+"image 100 %, salient image 70 %", i.e. r = 0.7; ImageNet VGG-16 with a new softmax (8 / 2 / 7),
+"the first 10 layers" frozen, dropout 0.5, Adam lr 0.001 for 50 epochs then divided by 10
 every 10 epochs, 80 epochs, random rotation up to +-5 degrees. Data: age on Adience, gender on
 Adience (``:dataset=lfw`` for the LFW number), expression on AffectNet with VEGAC's split
 (``7class_vegac``: 65/15/20 of all 7-class images, seeded). AMBIGUOUS: the paper's Adience
 split (17,334 / 5,748 / 3,498) is not published; we use folds 0-2 / 3 / 4 (subject-exclusive)
-and the batch size is not given (we use 32).
+and the batch size is not given (we use 32). AMBIGUOUS, "the first 10 layers" (Keras): the ten
+convolutions conv1_1 .. conv4_3 (``frozen=convs``, the default), or Keras' ``model.layers[:10]``
+of its VGG16, which counts the input and the pooling layers and so stops at block3_conv3, i.e.
+conv1_1 .. conv3_3 (``frozen=keras``).
 
 Commands:
   python -m jaxface.convert torchvision_vgg16 vgg16-397923af.pth /tmp/vgg16.npz
@@ -18,15 +23,20 @@ Commands:
       --workdir /tmp/vegac_gender
   python -m jaxface.evaluate --workdir /tmp/vegac_gender
 Arguments: task (age | gender | expression), dataset (adience | lfw, gender only), r (0.7),
-init_from, mlnet, smoke.
+frozen (convs | keras), init_from, mlnet, smoke.
 """
 
 import ml_collections
 
 from jaxface import config_lib
 
-FROZEN = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-          "conv4_1", "conv4_2", "conv4_3")
+FROZEN = {  # argument frozen -> the VGG-16 layers kept at their ImageNet weights
+    "convs": ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+              "conv4_1", "conv4_2", "conv4_3"),
+    # Keras VGG16().layers[:10]: input, block1_conv1/2, block1_pool, block2_conv1/2, block2_pool,
+    # block3_conv1/2/3.
+    "keras": ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3"),
+}
 DATA = {  # task -> (dataset, config, splits (train, validation, test), label)
     "age": ("adience", "faces_age", ("fold0+fold1+fold2", "fold3", "fold4"), "age"),
     "gender": ("adience", "faces_gender", ("fold0+fold1+fold2", "fold3", "fold4"), "gender"),
@@ -35,10 +45,13 @@ DATA = {  # task -> (dataset, config, splits (train, validation, test), label)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, task="gender", dataset="adience", r=0.7, init_from="",
-                             mlnet="")
+  arg = config_lib.parse_arg(arg, task="gender", dataset="adience", r=0.7, frozen="convs",
+                             init_from="", mlnet="")
   if arg.task not in DATA:
     raise config_lib.ConfigError(f"config argument task={arg.task!r}: one of {sorted(DATA)}")
+  if arg.frozen not in FROZEN:
+    raise config_lib.ConfigError(f"config argument frozen={arg.frozen!r}: one of "
+                                 f"{', '.join(FROZEN)}")
   name, cfg, (train, val, test), label = DATA[arg.task]
   if arg.dataset == "lfw":
     if arg.task != "gender":
@@ -62,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.lr = 0.001
   c.optim.schedule = "step"
   c.optim.boundaries_epochs = (50.0, 60.0, 70.0)
-  c.optim.freeze = tuple(f"^{n}/" for n in FROZEN)
+  c.optim.freeze = tuple(f"^{n}/" for n in FROZEN[arg.frozen])
   c.batch_size = 32
   c.train_epochs = 80.0
   c.eval_every_epochs = 1.0
@@ -71,8 +84,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.split = test
   if arg.smoke:
     config_lib.apply_smoke(c, labels=(label,))
-    if not arg.mlnet:
-      c.saliency.mode = "dataset"
-      c.data.train_pipe = c.data.train_pipe.replace("|cached_saliency", "")
-      c.data.eval_pipe = c.data.eval_pipe.replace("|cached_saliency", "")
   return config_lib.finalize(c)

@@ -1,10 +1,11 @@
 """Zhang et al.'s GNet: VGG-Face fine-tuned from general to specific for gender (FotW).
 
-Paper: ../shared/papers/002_439a0b88440cd9f0.txt, Table 2 (general-to-specific ablation) and
-Table 3 (crop schemes): reported 91.66 % gender accuracy on FotW with crop scheme 3 and all steps
-(84.04 % without steps 1-3).
+Paper: K. Zhang, L. Tan, Z. Li, Y. Qiao, "Gender and Smile Classification using Deep Convolutional
+Neural Networks", CVPR Workshops (ChaLearn LAP) 2016, doi:10.1109/CVPRW.2016.97. Table 2
+(general-to-specific ablation) and Table 3 (crop schemes), both on FotW validation: reported 91.66 %
+gender accuracy on FotW with crop scheme 3 and all steps (84.04 % without steps 1-3).
 
-Steps (SPEC 9.3), each a run whose ``init_from`` is the previous step's workdir:
+Steps (paper sections 3.2, 3.4), each a run whose ``init_from`` is the previous step's workdir:
   step 1 = VGG-Face identification weights (imported: ``python -m jaxface.convert``);
   ``:step=2`` CelebA, all 40 attributes, multi-label sigmoid loss, base lr 0.001;
   ``:step=3`` CelebA, the single attribute Male, base lr 0.01;

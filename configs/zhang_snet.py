@@ -1,8 +1,10 @@
 """Zhang et al.'s SNets: VGG-Face fine-tuned from general to specific for smile (FotW); the two
 crops' SNets are ensembled.
 
-Paper: ../shared/papers/002_439a0b88440cd9f0.txt, Table 3: reported 89.34 % smile accuracy on FotW
-for the ensemble of crop schemes 1 (aligned whole face) and 5 (aligned mouth and cheeks).
+Paper: K. Zhang, L. Tan, Z. Li, Y. Qiao, "Gender and Smile Classification using Deep Convolutional
+Neural Networks", CVPR Workshops (ChaLearn LAP) 2016, doi:10.1109/CVPRW.2016.97. Table 3: reported
+89.34 % smile accuracy on FotW validation for the ensemble of crop schemes 1 (aligned whole face)
+and 5 (aligned mouth and cheeks).
 
 Steps as in configs/zhang_gnet.py (step 3 uses CelebA's Smiling attribute). Train one SNet per
 crop scheme and average their probabilities with ``jaxface.evaluate --ensemble``.

@@ -5,7 +5,9 @@ A checkpoint of step ``s`` lives in ``WORKDIR/checkpoints/<s>/`` with three item
 * ``state``: the train-state pytree (params, batch stats, optimizer state, step, rng), saved with
   ``StandardSave`` and restored into an abstract, sharded target;
 * ``data``: the grain iterator state (JSON), so a resumed run sees the same data stream;
-* ``meta``: JSON (model name and kwargs, the validation metrics of that step, library versions).
+* ``meta``: JSON: ``model`` (name, kwargs, head and head kwargs, what ``load_model_variables``
+  rebuilds the network from), ``step``, ``val`` (the validation metrics of that step) and
+  ``skipped`` (the loader's counts of skipped examples).
 
 Saves are asynchronous and atomic (Orbax writes a temporary directory and renames it when the
 write has finished), so a run killed at any moment leaves only complete checkpoints. The manager

@@ -4,7 +4,10 @@ A config file defines ``get_config(arg: str | None) -> ConfigDict``. ``arg`` is 
 colon in ``--config configs/vegac.py:task=gender,smoke``; ``parse_arg`` turns it into typed values
 (``smoke`` alone means ``smoke=True``). Every config starts from ``base_config()`` so all runs share
 one schema, and ``finalize`` locks it: an unknown field given on the command line
-(``--config.optim.lrr=0.1``) is an error that names it.
+(``--config.optim.lrr=0.1``) is an error that names it. ``finalize`` first fills
+``model.kwargs`` with every field the model's constructor takes (at its default), so
+``--config.model.kwargs.width=0.5`` can shrink any model from the command line; ``validate``
+refuses a key the model does not take.
 
 Periods use one vocabulary: ``<name>_steps``, ``<name>_epochs`` or ``<name>_examples`` (at most
 one of them non-zero), resolved by ``period_steps``.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -55,7 +59,10 @@ def base_config() -> ConfigDict:
       head="", head_kwargs=ConfigDict({}, type_safe=False),
       dtype="float32",  # computation dtype; parameters stay float32
       input_size=(224, 224),
-      preprocessing="imagenet",  # see jaxface.train.PREPROCESSING
+      # input convention of the weights: imagenet (torchvision: RGB, /255, ImageNet mean/std) |
+      # caffe_bgr (Caffe/Keras ImageNet BGR minus the mean) | vggface | unit ([-1, 1]); the table
+      # is jaxface.steps.PREPROCESSING
+      preprocessing="imagenet",
   ))
   c.task = ConfigDict(dict(
       kind="classify",
@@ -152,8 +159,59 @@ def _typed(key: str, value: str, default: Any) -> Any:
   return value
 
 
+# Model fields the trainer sets itself (from the tasks, config.model.dtype and the head), so a
+# config never lists them in model.kwargs.
+_TRAINER_MODEL_FIELDS = ("num_classes", "dtype", "features_only")
+
+
+def model_fields(name: str) -> dict[str, Any] | None:
+  """``{field: default}`` a config may set in ``model.kwargs`` for the registered model ``name``.
+
+  The constructor's dataclass fields with plain defaults (numbers, strings, booleans, tuples),
+  less those the trainer sets and those the registered builder fixes itself (e.g. ResNet-18's
+  ``stage_sizes``). None when ``name`` is not a registered model (validation names it later).
+  """
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from jaxface.models import registry  # pylint: disable=g-import-not-at-top
+  try:
+    builder = registry.spec(name).builder
+  except KeyError:
+    return None
+  module = builder()
+  out = {}
+  for f in dataclasses.fields(module):
+    if f.name in ("parent", "name") + _TRAINER_MODEL_FIELDS:
+      continue
+    value = getattr(module, f.name)
+    if not isinstance(value, (bool, int, float, str, tuple)):
+      continue
+    try:
+      builder(**{f.name: value})
+    except TypeError:  # the builder passes this field itself
+      continue
+    out[f.name] = value
+  return out
+
+
+def _open_model_kwargs(config: ConfigDict) -> None:
+  """Adds each of the model's fields missing from ``model.kwargs``, at its default."""
+  fields = model_fields(str(config.model.name)) if config.get("model") else None
+  for key, value in (fields or {}).items():
+    if key not in config.model.kwargs:
+      config.model.kwargs[key] = value
+
+
 def finalize(config: ConfigDict) -> ConfigDict:
-  """Locks the config (unknown fields become errors) after a last consistency check."""
+  """Opens ``model.kwargs`` to the model's fields (the config's and each stage's) and locks.
+
+  After it, an unknown field anywhere is an error naming it, and every field of the model can be
+  overridden (``--config.model.kwargs.width=0.5``); the defaults added are the constructor's
+  own, so the model built is the same.
+  """
+  for stage in (config.stages.values() if config.get("stages") else ()):
+    _open_model_kwargs(stage)
+  if not config.get("stages"):
+    _open_model_kwargs(config)
   config.lock()
   return config
 
@@ -240,6 +298,12 @@ def validate(config: ConfigDict) -> None:
     if config.saliency.mode == "cache":
       need("cached_saliency" in config.data.train_pipe, "data.train_pipe",
            "saliency mode 'cache' needs the cached_saliency op after the crop")
+  fields = model_fields(str(config.model.name))
+  if fields is not None:
+    unknown = sorted(set(config.model.kwargs) - set(fields))
+    need(not unknown, "model.kwargs", f"{', '.join(unknown)}: not a field of model "
+         f"{config.model.name!r} (its fields: {', '.join(sorted(fields))})")
+  _check_saliency_ratio(config)
   from data_pipelines import pp  # pylint: disable=g-import-not-at-top
   for field, pipe in (("data.train_pipe", config.data.train_pipe),
                       ("data.eval_pipe", config.data.eval_pipe),
@@ -262,13 +326,38 @@ def validate(config: ConfigDict) -> None:
            f"directory does not exist: {path}")
 
 
+# The reweighting op of a pipe with its ratio (not ``cached_saliency``: "_" is a word character).
+_SALIENCY_OP = re.compile(r"\bsaliency\(\s*(?:r\s*=\s*)?([^),]*)\)")
+
+
+def _check_saliency_ratio(config: ConfigDict) -> None:
+  """``saliency.r`` and the ``saliency(r)`` ops of the pipes must agree: the loader reweights with
+  the pipe's ratio, while online saliency, ``jaxface.load`` and the reports read ``saliency.r``,
+  so a ratio given in one place only would train and predict with different images."""
+  r = float(config.saliency.r)
+  for field in ("train_pipe", "eval_pipe"):
+    pipe = config.data[field]
+    for text in _SALIENCY_OP.findall(pipe if isinstance(pipe, str) else ""):
+      try:
+        ratio = float(text)
+      except ValueError:
+        continue  # not a number: the pipe parser names it
+      if abs(ratio - r) > 1e-9:
+        raise ConfigError(
+            f"config.saliency.r: {r:g}, but config.data.{field} reweights with saliency({text}); "
+            "give the ratio in both (the configs' ':r=...' argument sets both)")
+
+
 def apply_smoke(c: ConfigDict, *, size: int = 64, labels: tuple[str, ...] | None = None,
                 width: float = 0.125) -> ConfigDict:
   """Shrinks a config so it trains two steps and evaluates on a 2-core CPU in seconds.
 
   The data become the embedded ``synthetic_faces/small`` (built on first use); a config whose
   labels the synthetic data lack passes ``labels`` it has instead (the smoke run checks the
-  machinery, not the paper's number). Models get ``width`` and ``size`` x ``size`` inputs.
+  machinery, not the paper's number). Models get ``width`` and ``size`` x ``size`` inputs. A
+  saliency-cache config given no ML-Net reads the synthetic data's own saliency maps instead
+  (``saliency.mode = "dataset"``, the ``cached_saliency`` op dropped from its pipes), so its smoke
+  run needs no ML-Net weights.
   """
   c.smoke = True
   c.data.name, c.data.config, c.data.manual_dir, c.data.build = (
@@ -301,12 +390,15 @@ def apply_smoke(c: ConfigDict, *, size: int = 64, labels: tuple[str, ...] | None
   c.eval.max_batches = 2
   c.eval.num_sample_images = 2
   c.optim.warmup_steps = 0
+  if c.saliency.mode == "cache" and not c.saliency.mlnet:
+    c.saliency.mode = "dataset"
+    c.data.train_pipe = c.data.train_pipe.replace("|cached_saliency", "")
+    c.data.eval_pipe = c.data.eval_pipe.replace("|cached_saliency", "")
   return c
 
 
 def _resize_pipe(pipe: str, size: int) -> str:
   """Replaces every crop/resize size in a pipe by smoke sizes (``size`` + 1/8 for crops)."""
-  import re  # pylint: disable=g-import-not-at-top
   big = size + size // 8
   pipe = re.sub(r"resize\(\s*\d+\s*\)", f"resize({big})", pipe)
   pipe = re.sub(r"(random_crop|center_crop|oversample10)\(\s*\d+\s*\)", rf"\1({size})", pipe)
