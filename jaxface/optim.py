@@ -38,7 +38,8 @@ with a leading ``params`` collection name removed (``conv1/kernel``, ``fc7/bias`
 selects ``fc6/kernel`` and ``fc6/bias``, ``conv\\d_\\d/`` every VGG conv layer, and an anchor
 selects one module exactly: ``^conv1/`` does not select ``conv1_1/kernel`` (``conv1`` alone
 would). A pattern that matches no parameter is an error: it is almost always a typo that would
-silently train everything. Caffe's per-blob rates are first-match rules too: Levi & Hassner's
+silently train everything. Every such error is a ``config_lib.ConfigError`` naming
+``config.optim.<field>``, raised when the optimiser is built (before the first step). Caffe's per-blob rates are first-match rules too: Levi & Hassner's
 ``blobs_lr`` 1/2 (weights/biases) and 10/20 on fc8 are
 ``lr_mult = (("^fc8/bias", 20), ("^fc8/", 10), ("/bias$", 2))``.
 
@@ -57,6 +58,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jaxface import config_lib
 
 NAMES = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "polynomial", "keras_time", "cosine")
@@ -96,8 +99,9 @@ class ParamGroup(NamedTuple):
   frozen: bool
 
 
-def _fail(field: str, message: str) -> ValueError:
-  return ValueError(f"optim.{field}: {message}")
+def _fail(field: str, message: str) -> config_lib.ConfigError:
+  """A config error (a ValueError the entry points print as one line) naming the field."""
+  return config_lib.ConfigError(f"config.optim.{field}: {message}")
 
 
 def _section(cfg: Any) -> dict[str, Any]:
@@ -110,7 +114,8 @@ def _section(cfg: Any) -> dict[str, Any]:
     cfg = cfg["optim"]
   unknown = sorted(set(cfg) - set(_DEFAULTS))
   if unknown:
-    raise ValueError(f"optim: unknown field(s) {unknown}; known fields: {sorted(_DEFAULTS)}")
+    raise config_lib.ConfigError(f"config.optim: unknown field(s) {unknown}; known fields: "
+                                 f"{sorted(_DEFAULTS)}")
   c = {k: (cfg[k] if cfg.get(k) is not None else v) for k, v in _DEFAULTS.items()}
 
   if c["name"] not in NAMES:
@@ -154,7 +159,8 @@ def _section(cfg: Any) -> dict[str, Any]:
       patterns = (patterns,)
     c[key] = tuple(_compile(key, p) for p in patterns)
   if c["freeze"] and c["trainable"]:
-    raise ValueError("optim.freeze and optim.trainable are exclusive: give one of them")
+    raise config_lib.ConfigError("config.optim.freeze and config.optim.trainable are exclusive: "
+                                 "give one of them")
   pairs = []
   for i, pair in enumerate(c["lr_mult"]):
     if isinstance(pair, Mapping) or isinstance(pair, str) or len(pair) != 2:
@@ -316,7 +322,8 @@ def _check_patterns(c: dict[str, Any], paths: Sequence[str]) -> None:
       raise _fail(field, f"pattern {pattern!r} matches no parameter; parameter paths are "
                   f"like: {sample}")
   if all(_assign(c, path)[2] for path in paths):
-    raise ValueError("optim: freeze/trainable/lr_mult leave no trainable parameter")
+    raise config_lib.ConfigError("config.optim: freeze/trainable/lr_mult leave no trainable "
+                                 "parameter")
 
 
 def describe_param_groups(cfg: Any, params: Any) -> list[ParamGroup]:

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxface import config_lib
 from jaxface import optim
 
 
@@ -114,6 +115,23 @@ def test_config_errors_name_the_field():
     optim.make_optimizer({"lr": 0.1, "freeze": ("(",)}, params)
   with pytest.raises(ValueError, match="no trainable parameter"):
     optim.make_optimizer({"lr": 0.1, "freeze": (".*",)}, params)
+
+
+def test_config_errors_are_config_errors_naming_the_config_field():
+  """ConfigError is what the entry points print as one line (exit code 2), not a traceback."""
+  params = _params()
+  for cfg, message in (
+      ({"lr": 0.1, "lr_mult": (("fc9", 0.5),)}, r"config\.optim\.lr_mult: pattern 'fc9' matches "
+                                                 "no parameter"),
+      ({"lr": 0.1, "trainable": ("fc9",)}, r"config\.optim\.trainable: pattern 'fc9' matches "
+                                            "no parameter"),
+      ({"lr": 0.1, "freeze": (".*",)}, r"config\.optim: freeze/trainable/lr_mult leave no "
+                                        "trainable parameter"),
+      ({"lr": 0.1, "freeze": ("fc7",), "trainable": ("fc8",)}, r"config\.optim\.freeze and "
+                                                               r"config\.optim\.trainable"),
+      ({"lr": 0.1, "lrr": 1}, r"config\.optim: unknown field\(s\) \['lrr'\]")):
+    with pytest.raises(config_lib.ConfigError, match="^" + message):
+      optim.make_optimizer(cfg, params)
 
 
 def test_configdict_and_groups_report():
