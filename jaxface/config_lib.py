@@ -55,6 +55,8 @@ def base_config() -> ConfigDict:
   ))
   c.model = ConfigDict(dict(
       name="alexnet",
+      # constructor fields of the model; finalize adds the ones a config leaves out, at their
+      # defaults, so each can be overridden on the command line (validate refuses others)
       kwargs=ConfigDict(dict(dropout_rate=0.5), type_safe=False),
       head="", head_kwargs=ConfigDict({}, type_safe=False),
       dtype="float32",  # computation dtype; parameters stay float32
