@@ -12,6 +12,13 @@ must follow the crop pipe's ops directly (the map was computed on exactly that c
 ops after it then move the image and its map together. A record whose id is not in the cache gets
 no map, and the op raises ``BadExampleError``: the loader skips the example and counts it.
 
+Where a cache lives: ``cache_key(weights' sha256, crop pipe, sizes, blur, ...)`` names it and
+``default_cache_dir(data_dir, name, config, key)`` places it; the producer
+(``python -m jaxface.saliency precompute``) then records the directory it used in the run's
+workdir (``<workdir>/saliency_cache.json``, see ``write_record``), and the read path
+(``open_recorded(workdir, split, ...)``) reads it from there: reading needs neither ML-Net nor its
+weights.
+
 Layout of a cache directory::
 
     meta.json              key, weights (file, sha256, model kwargs), crop_pipe, sizes, versions
@@ -50,6 +57,9 @@ SPLIT_PREFIX = "split-"
 TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".writer.lock"
 FORMAT_VERSION = 1
+# In a run's workdir: where its cache is and what it holds (written by the producer).
+RECORD_FILE = "saliency_cache.json"
+PRECOMPUTE_COMMAND = "python -m jaxface.saliency precompute --config CONFIG --workdir"
 # The key a source record gets, and the keys of the dataset's own maps it loses.
 CROP_KEY = "saliency_crop"
 
@@ -83,6 +93,34 @@ def crop_part(pipe: str | pp.Pipeline) -> str:
   return str(pp.Pipeline(head))
 
 
+def cache_key(mlnet_sha256: str, crop_pipe: str | pp.Pipeline, mlnet_input: Sequence[int],
+              cache_size: Sequence[int], blur_sigma: float, fuse_geometry: bool = False,
+              dataset_version: str | None = None) -> str:
+  """16 hex digits identifying what a cache's maps depend on: the ML-Net weights (by sha256), the
+  canonical crop pipe, ML-Net's input size, the cache size, the blur, the crop's pixels (fused
+  geometry resamples the crop once, op by op resamples it per op) and the dataset builder's
+  version (a new version may hold other pixels under the same ids)."""
+  extra = {} if dataset_version is None else {"dataset_version": str(dataset_version)}
+  payload = json.dumps({**extra, "mlnet_sha256": mlnet_sha256,
+                        "crop_pipe": canonical_pipe(crop_pipe),
+                        "mlnet_input": list(mlnet_input), "cache_size": list(cache_size),
+                        "blur_sigma": float(blur_sigma), "format": FORMAT_VERSION,
+                        "fuse_geometry": bool(fuse_geometry)},
+                       sort_keys=True)
+  return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def default_cache_dir(data_dir: str, name: str, config_name: str | None, key: str) -> str:
+  """``<data_dir>/<name>/<config>/saliency_cache/<key>`` (absolute)."""
+  return os.path.abspath(os.path.join(os.path.expanduser(data_dir), name, config_name or "",
+                                      "saliency_cache", key))
+
+
+def split_dir(cache_dir: str, split: str) -> str:
+  """The directory of one split of the cache in ``cache_dir`` (``SaliencyCache.open`` takes it)."""
+  return os.path.join(cache_dir, split_dirname(split))
+
+
 def _read_json(path: str, what: str) -> Any:
   try:
     with open(path) as f:
@@ -93,11 +131,11 @@ def _read_json(path: str, what: str) -> Any:
     raise CacheError(f"{what}: {path} is not valid JSON ({e})") from None
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
+def _write_json_atomic(path: str, obj: Any, sort_keys: bool = True) -> None:
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=TMP_PREFIX, suffix=".json")
   try:
     with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
+      json.dump(obj, f, indent=1, sort_keys=sort_keys)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -226,6 +264,76 @@ def check_matches(cache: SaliencyCache, pipe: str | pp.Pipeline, *,
   if missing:
     raise CacheError(f"saliency cache {cache.cache_dir} has no split {missing[0]!r} (it has "
                      f"{sorted(cache.splits)})")
+
+
+# ----------------------------------------------------------------------------- the workdir's record
+
+
+DEFAULT_CACHE_SIZE = (64, 64)  # maps are smooth: 64x64 keeps them at ~4 KB per example
+
+
+def run_settings(saliency: Any, fuse_geometry: bool) -> dict[str, Any]:
+  """The values of a config's ``saliency`` fields (and ``data.fuse_geometry``) that decide which
+  cache a run reads, canonical (JSON types, the crop pipe with every argument spelled out)."""
+  def get(name, default=None):
+    v = saliency.get(name, default) if hasattr(saliency, "get") else getattr(saliency, name)
+    return default if v is None else v
+  return {"crop_pipe": canonical_pipe(get("crop_pipe")), "fuse_geometry": bool(fuse_geometry),
+          "mlnet": str(get("mlnet", "")),
+          "mlnet_input": [int(v) for v in get("mlnet_input")],
+          "cache_size": [int(v) for v in get("cache_size", DEFAULT_CACHE_SIZE)],
+          "blur_sigma": float(get("blur_sigma", 0.0)),
+          "cache_dir": str(get("cache_dir", "") or "")}
+
+
+def write_record(workdir: str, record: dict[str, Any]) -> str:
+  """Writes ``<workdir>/saliency_cache.json`` atomically (a reader never sees half a file).
+
+  ``record`` holds at least ``cache_dir`` (absolute) and ``settings`` (the config values the
+  cache was resolved from, see ``open_recorded``); the producer adds what it did per split.
+  """
+  if not os.path.isabs(str(record.get("cache_dir", ""))):
+    raise ValueError(f"record for {workdir}: cache_dir must be an absolute path, got "
+                     f"{record.get('cache_dir')!r}")
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, RECORD_FILE)
+  _write_json_atomic(path, record, sort_keys=False)
+  return path
+
+
+def read_record(workdir: str | None) -> dict[str, Any]:
+  """The record ``write_record`` left in ``workdir``; CacheError naming the command if none."""
+  if not workdir:
+    raise CacheError("config.saliency.mode='cache' reads the cache recorded in the run's "
+                     "workdir, and no workdir was given")
+  path = os.path.join(os.path.abspath(workdir), RECORD_FILE)
+  if not os.path.isfile(path):
+    raise CacheError(f"workdir {workdir} has no saliency cache record ({RECORD_FILE}): run "
+                     f"{PRECOMPUTE_COMMAND} {workdir} (training with saliency.mode='cache' "
+                     "runs it too)")
+  record = _read_json(path, "saliency cache record")
+  if not isinstance(record, dict) or not isinstance(record.get("cache_dir"), str):
+    raise CacheError(f"{path} names no cache_dir; run {PRECOMPUTE_COMMAND} {workdir} again")
+  return record
+
+
+def open_recorded(workdir: str | None, split: str,
+                  settings: dict[str, Any] | None = None) -> SaliencyCache:
+  """Opens ``split`` of the cache recorded in ``workdir``.
+
+  ``settings`` (``run_settings`` of this run's config) must equal the recorded ones (the
+  producer's), so a config changed since the precompute does not silently read maps made for
+  another one.
+  """
+  record = read_record(workdir)
+  if settings is not None:
+    recorded = record.get("settings") or {}
+    for k, v in settings.items():
+      if k not in recorded or json.loads(json.dumps(v)) != recorded[k]:
+        raise CacheError(f"the saliency cache recorded in {workdir} was made with "
+                         f"{k}={recorded.get(k)!r}, this config has {v!r}; run "
+                         f"{PRECOMPUTE_COMMAND} {workdir} again")
+  return SaliencyCache.open(split_dir(record["cache_dir"], split))
 
 
 class CachedSource:

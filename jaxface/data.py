@@ -74,9 +74,10 @@ def tasks(config, builder) -> list[Task]:
   return out
 
 
-def source(config, builder, split: str, with_saliency: bool = True) -> Sequence[dict[str, Any]]:
+def source(config, builder, split: str, with_saliency: bool = True,
+           workdir: str | None = None) -> Sequence[dict[str, Any]]:
   """Random-access records of ``split`` (images left encoded); with the saliency cache attached
-  when ``config.saliency.mode == "cache"``."""
+  when ``config.saliency.mode == "cache"`` (the cache recorded in ``workdir`` by precompute)."""
   try:
     src = sources.open_source(builder, split)
   except Exception as e:  # tfds raises several types for an unknown split
@@ -85,15 +86,10 @@ def source(config, builder, split: str, with_saliency: bool = True) -> Sequence[
         f"{', '.join(builder.info.splits)}") from None
   if with_saliency and config.saliency.mode == "cache":
     from data_pipelines import saliency_cache  # pylint: disable=g-import-not-at-top
-    cache = saliency_cache.SaliencyCache.open(cache_dir_for(config, split))
+    cache = saliency_cache.open_recorded(
+        workdir, split, saliency_cache.run_settings(config.saliency, config.data.fuse_geometry))
     src = saliency_cache.with_cache(src, cache)
   return src
-
-
-def cache_dir_for(config, split: str) -> str:
-  """Where the saliency cache of ``split`` is (built by ``jaxface.saliency precompute``)."""
-  from jaxface.saliency import cache as cache_lib  # pylint: disable=g-import-not-at-top
-  return cache_lib.split_dir(config, split)
 
 
 def keep_maps(config) -> bool:

@@ -67,8 +67,9 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 class Evaluator:
   """Runs a model over an evaluation split; used by training (validation) and evaluation."""
 
-  def __init__(self, config, builder, tasks, model, prepare, mesh):
+  def __init__(self, config, builder, tasks, model, prepare, mesh, workdir: str | None = None):
     self.config = config
+    self.workdir = workdir  # where a saliency cache is recorded (saliency.mode "cache")
     self.builder = builder
     self.tasks = tasks
     self.mesh = mesh
@@ -85,7 +86,7 @@ class Evaluator:
   def predict(self, state, split: str, max_batches: int = 0) -> dict[str, Any]:
     """Probabilities (or maps), labels, masks and ids of every example of ``split``."""
     from jaxface.train import to_device  # pylint: disable=g-import-not-at-top
-    src = data_lib.source(self.config, self.builder, split)
+    src = data_lib.source(self.config, self.builder, split, workdir=self.workdir)
     loader = data_lib.eval_loader(self.config, src, self.local_batch)
     out = {"probs": {t.name: [] for t in self.tasks}, "labels": {t.name: [] for t in self.tasks},
            "mask": [], "ids": [], "sums": {}}
@@ -223,7 +224,8 @@ def _restore(config, workdir: str, checkpoint):
   finally:
     ckpt.close()
   prepare = train_lib.make_prepare(config, mesh)
-  return Evaluator(config, builder, tasks, model, prepare, mesh), state, step, builder, tasks
+  return (Evaluator(config, builder, tasks, model, prepare, mesh, workdir), state, step, builder,
+          tasks)
 
 
 def evaluate(config, workdir: str, checkpoint: str | int | None = None,
@@ -285,7 +287,7 @@ def write_samples(config, builder, split: str, out_dir: str, state, evaluator) -
   n = int(config.eval.num_sample_images or 0)
   if n <= 0:
     return
-  src = data_lib.source(config, builder, split)
+  src = data_lib.source(config, builder, split, workdir=evaluator.workdir)
   pipe = data_lib.pipeline(config, config.data.eval_pipe)
   crop_ops = [o for o in pipe.ops if o.name not in ("saliency", "oversample10")]
   crop_pipe = pp.Pipeline(crop_ops, fuse=pipe.fuse)

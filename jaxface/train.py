@@ -153,7 +153,7 @@ def _train_and_evaluate_locked(config, workdir: str) -> dict[str, Any]:
   if config.get("stages"):
     return _run_stages(config, workdir)
   if config.saliency.mode == "cache":
-    from jaxface.saliency import cache as cache_lib  # pylint: disable=g-import-not-at-top
+    from jaxface.saliency import precompute as cache_lib  # pylint: disable=g-import-not-at-top
     cache_lib.precompute(config, workdir)
   summary = Trainer(config, workdir).run()
   if config.eval.after_train:
@@ -243,7 +243,8 @@ class Trainer:
 
     self.builder = data_lib.prepare(config)
     self.tasks = data_lib.tasks(config, self.builder)
-    self.train_source = data_lib.source(config, self.builder, config.data.train_split)
+    self.train_source = data_lib.source(config, self.builder, config.data.train_split,
+                                        workdir=workdir)
     self.steps_per_epoch = max(1, len(self.train_source) // config.batch_size)
     self.total_steps = config_lib.period_steps(config, "train", self.steps_per_epoch)
     self.model = steps_lib.build_model(config, self.tasks)
@@ -336,7 +337,7 @@ class Trainer:
         out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
     from jaxface import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
     evaluator = evaluate_lib.Evaluator(c, self.builder, self.tasks, self.model, prepare,
-                                       self.mesh)
+                                       self.mesh, self.workdir)
     eval_every = config_lib.period_steps(c, "eval_every", self.steps_per_epoch)
     ckpt_every = config_lib.period_steps(c, "checkpoint_every", self.steps_per_epoch)
     log_every = config_lib.period_steps(c, "log_every", self.steps_per_epoch) or 10

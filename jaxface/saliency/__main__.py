@@ -7,8 +7,9 @@ Runs ``config.saliency.crop_pipe`` over each split (default: the config's train 
 splits; ``--splits`` takes tfds split strings), ML-Net (``config.saliency.mlnet``) in jitted
 batches, and stores the maps as uint8 in the cache directory (``config.saliency.cache_dir``, or
 ``<data_dir>/<name>/<config>/saliency_cache/<key>``). A split already cached with the same key is
-reused. Writes ``DIR/saliency_cache.json`` and ``DIR/saliency_cache.png`` and prints the cache
-directory on the last line. Exit status 0 on success, 1 on an error, 2 for bad arguments.
+reused. Records the cache in ``DIR/saliency_cache.json`` (where training and evaluation in DIR
+read it) and draws ``DIR/saliency_cache.png``; prints the cache directory on the last line.
+Exit status 0 on success, 1 on an error, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -22,18 +23,19 @@ import sys
 
 
 def cmd_precompute(args, parser) -> int:
-  from jaxface.saliency import cache  # pylint: disable=g-import-not-at-top (jax loads here)
+  from jaxface import config_lib  # pylint: disable=g-import-not-at-top
+  from jaxface.saliency import precompute  # pylint: disable=g-import-not-at-top (jax loads here)
 
   splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
   if args.splits is not None and not splits:
     parser.error(f"--splits names no split: {args.splits!r}")
   try:
-    config = cache.load_config(args.config)
-    cache_dir = cache.precompute(config, args.workdir, splits)
+    config = config_lib.load(args.config)
+    cache_dir = precompute.precompute(config, args.workdir, splits)
   except (FileNotFoundError, ValueError, KeyError) as e:  # CacheError is a ValueError
     print(f"error: {e}", file=sys.stderr)
     return 1
-  with open(os.path.join(args.workdir, cache.SUMMARY_FILE)) as f:
+  with open(os.path.join(args.workdir, precompute.SUMMARY_FILE)) as f:
     summary = json.load(f)
   for split, info in summary["splits"].items():
     how = "reused" if info.get("reused") else f"{info.get('rate', 0):.1f} maps/s"

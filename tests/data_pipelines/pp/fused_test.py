@@ -9,7 +9,6 @@ from data_pipelines import pp, saliency_cache
 from data_pipelines.datasets import synthetic
 from jaxface import config_lib
 from jaxface.faces import crops
-from jaxface.saliency import cache as cache_lib
 
 
 def _rng(seed=0):
@@ -168,7 +167,7 @@ def test_config_field_is_checked_and_keys_the_saliency_cache():
   with pytest.raises(config_lib.ConfigError, match="data.fuse_geometry"):
     config_lib.validate(c)
   args = ("0" * 64, "decode|face_crop(0.3)|resize(224)", (224, 224), (64, 64), 0.0)
-  assert cache_lib.cache_key(*args, True) != cache_lib.cache_key(*args, False)
+  assert saliency_cache.cache_key(*args, True) != saliency_cache.cache_key(*args, False)
 
 
 def test_check_matches_refuses_a_cache_made_with_the_other_resampling(tmp_path):

@@ -6,10 +6,12 @@ loader, ML-Net runs in jitted batches (:mod:`jaxface.saliency.inference`) and th
 ``cache_size`` and stored as uint8, go to the cache directory in the layout of
 ``data_pipelines.saliency_cache`` (each split written to a temporary directory, then renamed).
 
-The cache directory defaults to ``<data_dir>/<name>/<config>/saliency_cache/<key>``, where ``key``
-hashes the weights' sha256, the canonical crop pipe, the ML-Net input size, the cache size and
-the blur; a cache with the same key is reused split by split. The run writes
-``<workdir>/saliency_cache.json`` (where the cache is, what it holds) and
+The cache directory defaults to ``<data_dir>/<name>/<config>/saliency_cache/<key>``
+(``saliency_cache.default_cache_dir`` of ``saliency_cache.cache_key``: the weights' sha256, the
+canonical crop pipe, the ML-Net input size, the cache size, the blur, fused geometry and the
+dataset builder's version); a cache with the same key is reused split by split. The run records
+where the cache is and what it holds in ``<workdir>/saliency_cache.json`` (written atomically;
+the trainer and evaluator read the cache from there, without ML-Net) and draws
 ``<workdir>/saliency_cache.png`` (a few crops, their maps, and the reweighted crops).
 
 Config fields read: ``data.name``, ``data.config``, ``data.data_dir`` (None or "": the tfds
@@ -24,10 +26,7 @@ no blur).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import importlib.metadata
-import importlib.util
-import json
 import logging
 import os
 import time
@@ -40,32 +39,17 @@ from data_pipelines import loader
 from data_pipelines import pp
 from data_pipelines import saliency_cache as sc
 from data_pipelines.datasets import sources
+from jaxface import logging_lib
+from jaxface import plots
 from jaxface.saliency import inference
 
-DEFAULT_CACHE_SIZE = (64, 64)  # maps are smooth: 64x64 keeps them at ~4 KB per example
+DEFAULT_CACHE_SIZE = sc.DEFAULT_CACHE_SIZE
 DEFAULT_BATCH_SIZE = 32
 SPLIT_FIELDS = ("train_split", "eval_split", "test_split")
-SUMMARY_FILE = "saliency_cache.json"
+SUMMARY_FILE = sc.RECORD_FILE
 FIGURE_FILE = "saliency_cache.png"
 _LOG_EVERY_S = 10.0
 log = logging.getLogger(__name__)
-
-
-def load_config(spec: str):
-  """``path/to/config.py[:arg]`` -> ``get_config(arg)`` (``get_config()`` without an arg)."""
-  path, sep, arg = spec.partition(".py:")
-  path = path + ".py" if sep else spec
-  if not path.endswith(".py"):
-    raise ValueError(f"--config must be a python file (path.py[:arg]), got {spec!r}")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file not found: {path}")
-  module_spec = importlib.util.spec_from_file_location(
-      "jaxface_config_" + hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8], path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {path} defines no get_config(arg)")
-  return module.get_config(arg) if sep else module.get_config()
 
 
 def _field(config, dotted: str, default: Any = ...) -> Any:
@@ -116,43 +100,21 @@ def jaxface_version() -> str:
     return "not installed"
 
 
-def cache_key(mlnet_sha256: str, crop_pipe: str, mlnet_input: Sequence[int],
-              cache_size: Sequence[int], blur_sigma: float, fuse_geometry: bool = False,
-              dataset_version: str | None = None) -> str:
-  """16 hex digits identifying what a cache's maps depend on (the crop's pixels too: fused
-  geometry resamples the crop once, op by op resamples it per op; and the dataset's version, as
-  a new version may hold other pixels under the same ids)."""
-  extra = {} if dataset_version is None else {"dataset_version": str(dataset_version)}
-  payload = json.dumps({**extra, "mlnet_sha256": mlnet_sha256, "crop_pipe": sc.canonical_pipe(crop_pipe),
-                        "mlnet_input": list(mlnet_input), "cache_size": list(cache_size),
-                        "blur_sigma": float(blur_sigma), "format": sc.FORMAT_VERSION,
-                        "fuse_geometry": bool(fuse_geometry)},
-                       sort_keys=True)
-  return hashlib.sha256(payload.encode()).hexdigest()[:16]
+class _Every:
+  """Calls ``report(done)`` at most every ``every_s`` seconds, and once when ``done`` reaches the
+  total (the shared ``logging_lib.Progress`` formats the line)."""
 
-
-def default_cache_dir(data_dir: str | None, name: str, config_name: str | None, key: str) -> str:
-  data_dir = os.path.expanduser(data_dir or build.default_data_dir())
-  return os.path.join(data_dir, name, config_name or "", "saliency_cache", key)
-
-
-class Progress:
-  """Logs done / total, rate and ETA at most every ``every_s`` seconds."""
-
-  def __init__(self, what: str, total: int, every_s: float = _LOG_EVERY_S):
-    self.what, self.total, self.every_s = what, total, every_s
+  def __init__(self, progress: logging_lib.Progress, every_s: float = _LOG_EVERY_S):
+    self.progress, self.every_s = progress, every_s
     self.start = self.last = time.perf_counter()
     self.done = 0
 
   def update(self, n: int) -> None:
     self.done += n
     now = time.perf_counter()
-    if now - self.last >= self.every_s or self.done >= self.total:
+    if now - self.last >= self.every_s or self.done >= self.progress.total:
       self.last = now
-      rate = self.done / max(now - self.start, 1e-9)
-      eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-      log.info("%s: %d/%d maps, %.1f maps/s, ETA %.0f s", self.what, self.done, self.total,
-                   rate, eta)
+      self.progress.report(self.done, {})
 
   @property
   def seconds(self) -> float:
@@ -162,7 +124,7 @@ class Progress:
 def _compute_split(source, split: str, cache_dir: str, crop_pipe: pp.Pipeline, predict_fn,
                    weights: inference.MLNetWeights, cache_size: tuple[int, int], batch_size: int,
                    samples: list[np.ndarray]) -> dict[str, Any]:
-  progress = Progress(f"saliency {split}", len(source))
+  progress = _Every(logging_lib.Progress(len(source), 1, label=f"saliency {split}", unit="maps"))
   ld = loader.make_eval_loader(source, pipe=crop_pipe, batch_size=batch_size, shard_index=0,
                                shard_count=1, label_keys=())
   try:
@@ -210,45 +172,15 @@ def _settings(config) -> dict[str, Any]:
 
 def _resolve_dir(config, settings: dict[str, Any], mlnet_sha256: str) -> tuple[str, str]:
   version = build.builder_class(_field(config, "data.name")).VERSION
-  key = cache_key(mlnet_sha256, str(settings["crop_pipe"]), settings["mlnet_input"],
-                  settings["cache_size"], settings["blur_sigma"], settings["crop_pipe"].fuse,
-                  dataset_version=str(version))
-  cache_dir = _field(config, "saliency.cache_dir", "") or default_cache_dir(
-      _optional(config, "data.data_dir"), _field(config, "data.name"),
-      _optional(config, "data.config"), key)
-  return os.path.abspath(os.path.expanduser(cache_dir)), key
-
-
-_WEIGHTS_SHA256: dict[tuple[str, float], str] = {}
-
-
-def _weights_sha256(src) -> str:
-  """sha256 of the ML-Net weights, memoised by path and modification time: the trainer asks for
-  the cache directory at every validation, and an ML-Net workdir must be restored to hash it."""
-  key = None
-  if isinstance(src, (str, os.PathLike)) and os.path.exists(src):
-    key = (os.path.abspath(src), os.path.getmtime(src))
-    if key in _WEIGHTS_SHA256:
-      return _WEIGHTS_SHA256[key]
-  if isinstance(src, (str, os.PathLike)) and os.path.isfile(src):
-    from jaxface.weights import common  # pylint: disable=g-import-not-at-top
-    sha = common.sha256_file(src)
-  else:
-    sha = inference.load_mlnet(src).sha256
-  if key is not None:
-    _WEIGHTS_SHA256[key] = sha
-  return sha
-
-
-def cache_dir_for(config) -> str:
-  """The cache directory ``precompute(config, ...)`` writes (a .npz is hashed, not loaded)."""
-  settings = _settings(config)
-  return _resolve_dir(config, settings, _weights_sha256(settings["mlnet"]))[0]
-
-
-def split_dir(config, split: str) -> str:
-  """The directory of one split in the cache of ``config`` (``SaliencyCache.open`` takes it)."""
-  return os.path.join(cache_dir_for(config), sc.split_dirname(split))
+  key = sc.cache_key(mlnet_sha256, str(settings["crop_pipe"]), settings["mlnet_input"],
+                     settings["cache_size"], settings["blur_sigma"], settings["crop_pipe"].fuse,
+                     dataset_version=str(version))
+  cache_dir = _field(config, "saliency.cache_dir", "")
+  if cache_dir:
+    return os.path.abspath(os.path.expanduser(cache_dir)), key
+  return sc.default_cache_dir(_optional(config, "data.data_dir") or build.default_data_dir(),
+                              _field(config, "data.name"), _optional(config, "data.config"),
+                              key), key
 
 
 def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str:
@@ -315,6 +247,7 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
                    splits=splits)
   os.makedirs(workdir, exist_ok=True)
   summary = {"cache_dir": cache_dir, "key": key, "reused": not todo,
+             "settings": sc.run_settings(config.saliency, crop_pipe.fuse),
              "splits": {s: {**report[s], **cache.splits[s]} for s in splits},
              "meta": cache.meta}
   if not samples:  # everything reused: show a few cached maps of the first split
@@ -322,8 +255,7 @@ def precompute(config, workdir: str, splits: Sequence[str] | None = None) -> str
                               crop_pipe)
   if samples:
     summary["figure"] = write_figure(os.path.join(workdir, FIGURE_FILE), samples[0], samples[1], r)
-  with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
-    json.dump(summary, f, indent=1)
+  sc.write_record(workdir, summary)
   return cache_dir
 
 
@@ -347,24 +279,9 @@ def _cached_samples(cache: sc.SaliencyCache, source, crop_pipe: pp.Pipeline,
 
 def write_figure(path: str, crops: np.ndarray, maps: np.ndarray, r: float, n: int = 6) -> str:
   """A PNG with rows of crops, their cached maps, and the crops reweighted with ``r``."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
   n = min(n, len(crops))
   reweight = pp.saliency.Saliency(r)
-  fig, axes = plt.subplots(3, n, figsize=(2 * n, 6), squeeze=False)
-  for i in range(n):
-    out = reweight({"image": crops[i], "saliency": maps[i]})["image"]
-    for row, (img, title) in enumerate(((crops[i], "crop"), (maps[i], "ML-Net map"),
-                                        (out, f"reweighted r={r:g}"))):
-      ax = axes[row][i]
-      ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
-      ax.set_axis_off()
-      if i == 0:
-        ax.set_title(title, fontsize=9, loc="left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
-  return path
+  out = [reweight({"image": crops[i], "saliency": maps[i]})["image"] for i in range(n)]
+  images = [*crops[:n], *maps[:n], *out]
+  titles = ["crop"] * n + ["ML-Net map"] * n + [f"reweighted r={r:g}"] * n
+  return plots.save_image_grid(images, titles, path, ncols=n, dpi=80)

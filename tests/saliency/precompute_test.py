@@ -1,11 +1,13 @@
 """The saliency cache end to end on synthetic_faces/small with a tiny random ML-Net: precompute,
-reuse, the cached_saliency op in the loader, refusal of another crop pipe, interrupted writes,
-ids missing from the cache, and the command line."""
+its record in the workdir, reuse, the cached_saliency op in the loader, refusal of another crop
+pipe, interrupted writes, ids missing from the cache, and the command line."""
 
 import contextlib
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 
 import cv2
@@ -19,10 +21,11 @@ from data_pipelines import loader
 from data_pipelines import pp
 from data_pipelines import saliency_cache as sc
 from data_pipelines.datasets import sources
+from jaxface import config_lib
 from jaxface import models
 from jaxface.saliency import __main__ as cli
-from jaxface.saliency import cache
 from jaxface.saliency import inference
+from jaxface.saliency import precompute as precompute_lib
 from tests import helpers
 
 CROP = "decode|face_crop(0.3)|resize(32)"
@@ -58,9 +61,9 @@ def setup(tmp_path_factory):
   common.save(mlnet, variables, {"model": "mlnet", "model_kwargs": {"width": 1 / 32}})
   config_file = root / "tiny_config.py"
   config_file.write_text(CONFIG.format(data_dir=data_dir, r=R, crop=CROP, mlnet=mlnet))
-  config = cache.load_config(str(config_file))
+  config = config_lib.load(str(config_file))
   workdir = str(root / "work")
-  cache_dir = cache.precompute(config, workdir, splits=["validation"])
+  cache_dir = precompute_lib.precompute(config, workdir, splits=["validation"])
   return dict(root=root, data_dir=data_dir, mlnet=mlnet, config_file=str(config_file),
               config=config, workdir=workdir, cache_dir=cache_dir, model=model,
               variables=variables)
@@ -87,22 +90,81 @@ def test_precompute_writes_a_complete_cache(setup):
   assert c.meta["mlnet"]["input_size"] == [32, 32] and c.meta["key"] == key
   assert c.splits["validation"]["num_maps"] == 50
   assert c.splits["validation"]["skipped"]["count"] == 0
-  with open(os.path.join(setup["workdir"], cache.SUMMARY_FILE)) as f:
+  with open(os.path.join(setup["workdir"], precompute_lib.SUMMARY_FILE)) as f:
     summary = json.load(f)
   assert summary["cache_dir"] == cache_dir and not summary["reused"]
   assert summary["splits"]["validation"]["num_maps"] == 50
-  png = cv2.imread(os.path.join(setup["workdir"], cache.FIGURE_FILE))
+  png = cv2.imread(os.path.join(setup["workdir"], precompute_lib.FIGURE_FILE))
   assert png is not None and png.shape[0] > 100
 
 
-def test_cache_dir_for_and_split_dir_name_the_precomputed_cache(setup):
-  assert cache.cache_dir_for(setup["config"]) == setup["cache_dir"]
-  split = cache.split_dir(setup["config"], "validation")
-  assert os.path.dirname(split) == setup["cache_dir"]
-  only = sc.SaliencyCache.open(split)
+def test_the_record_names_the_precomputed_cache(setup):
+  record = sc.read_record(setup["workdir"])
+  assert record["cache_dir"] == setup["cache_dir"]
+  assert record["settings"] == sc.run_settings(setup["config"].saliency, False)
+  only = sc.open_recorded(setup["workdir"], "validation",
+                          sc.run_settings(setup["config"].saliency, False))
   assert list(only.splits) == ["validation"] and len(only) == 50
+  assert only.cache_dir == setup["cache_dir"]
   with pytest.raises(sc.CacheError, match="split not found"):
-    sc.SaliencyCache.open(cache.split_dir(setup["config"], "train"))
+    sc.open_recorded(setup["workdir"], "train")
+  # Written atomically: no temporary file stays next to it.
+  assert not [n for n in os.listdir(setup["workdir"]) if n.startswith(sc.TMP_PREFIX)]
+
+
+def test_a_config_changed_since_the_precompute_is_refused(setup):
+  cfg = config_lib.load(setup["config_file"] + ":crop=decode|face_crop(0.5)|resize(32)")
+  with pytest.raises(sc.CacheError, match=r"crop_pipe=.*face_crop\(margin=0.3.*precompute"):
+    sc.open_recorded(setup["workdir"], "validation", sc.run_settings(cfg.saliency, False))
+  cfg = config_lib.load(setup["config_file"])
+  cfg.saliency.mlnet = "/elsewhere/mlnet.npz"
+  with pytest.raises(sc.CacheError, match="mlnet="):
+    sc.open_recorded(setup["workdir"], "validation", sc.run_settings(cfg.saliency, False))
+
+
+def test_a_missing_record_names_the_workdir_and_the_command(tmp_path):
+  with pytest.raises(sc.CacheError) as e:
+    sc.open_recorded(str(tmp_path), "validation")
+  msg = str(e.value)
+  assert str(tmp_path) in msg and "python -m jaxface.saliency precompute" in msg
+  assert "\n" not in msg
+  with pytest.raises(sc.CacheError, match="no workdir"):
+    sc.read_record(None)
+  (tmp_path / sc.RECORD_FILE).write_text("{}")
+  with pytest.raises(sc.CacheError, match="names no cache_dir"):
+    sc.read_record(str(tmp_path))
+
+
+READ_PATH = """
+import sys
+from data_pipelines import saliency_cache as sc
+from data_pipelines.datasets import sources
+from jaxface import checkpointing, config_lib, data
+restored = []
+checkpointing.Checkpointer = lambda *a, **k: restored.append(a)  # no checkpoint is restored
+config = config_lib.load(sys.argv[1])
+config.data.fuse_geometry = False
+builder = sources.prepare("synthetic_faces", "small", config.data.data_dir)
+src = data.source(config, builder, "validation", workdir=sys.argv[2])
+record = src[0]
+assert isinstance(src, sc.CachedSource) and src.cache.cache_dir == sys.argv[3], src
+assert record[sc.CROP_KEY].shape == (16, 16), record.keys()
+ml_net = sorted(m for m in sys.modules if m.startswith(("jaxface.saliency", "jaxface.models",
+                                                        "jaxface.weights")))
+assert not ml_net and not restored, (ml_net, restored)
+print("ok")
+"""
+
+
+def test_the_read_path_needs_neither_ml_net_nor_a_checkpoint(setup):
+  """``data.source`` of a cache-mode config finds the cache from the workdir's record alone:
+  nothing of ML-Net (inference, the model, its weights) is imported, no checkpoint restored."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", READ_PATH, setup["config_file"], setup["workdir"],
+                        setup["cache_dir"]], capture_output=True, text=True, env=env,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                       timeout=300)
+  assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
 def test_cached_maps_are_ml_net_on_the_crop(setup):
@@ -157,12 +219,12 @@ def test_ids_missing_from_the_cache_are_skipped_and_counted(setup):
 def test_precompute_reuses_an_existing_cache(setup, tmp_path):
   maps = os.path.join(setup["cache_dir"], sc.split_dirname("validation"), sc.MAPS_FILE)
   before = os.stat(maps).st_mtime_ns
-  again = cache.precompute(setup["config"], str(tmp_path), splits=["validation"])
+  again = precompute_lib.precompute(setup["config"], str(tmp_path), splits=["validation"])
   assert again == setup["cache_dir"] and os.stat(maps).st_mtime_ns == before
-  with open(tmp_path / cache.SUMMARY_FILE) as f:
+  with open(tmp_path / precompute_lib.SUMMARY_FILE) as f:
     summary = json.load(f)
   assert summary["reused"] and summary["splits"]["validation"]["reused"]
-  assert summary["figure"] == str(tmp_path / cache.FIGURE_FILE)
+  assert summary["figure"] == str(tmp_path / precompute_lib.FIGURE_FILE)
   assert cv2.imread(summary["figure"]) is not None
 
 
@@ -175,10 +237,15 @@ def test_another_crop_pipe_is_refused(setup):
   with pytest.raises(sc.CacheError, match="no split 'test'"):
     sc.check_matches(c, CROP, splits=["test"])
   # Another crop pipe is another key, hence another directory.
-  other = cache.cache_key("x", "decode|face_crop(0.5)|resize(32)", (32, 32), (16, 16), 0.0)
-  assert other != cache.cache_key("x", CROP, (32, 32), (16, 16), 0.0)
-  assert cache.cache_key("x", "decode|face_crop(margin=0.3)|resize(size=32)", (32, 32),
-                         (16, 16), 0.0) == cache.cache_key("x", CROP, (32, 32), (16, 16), 0.0)
+  other = sc.cache_key("x", "decode|face_crop(0.5)|resize(32)", (32, 32), (16, 16), 0.0)
+  assert other != sc.cache_key("x", CROP, (32, 32), (16, 16), 0.0)
+  assert sc.cache_key("x", "decode|face_crop(margin=0.3)|resize(size=32)", (32, 32),
+                      (16, 16), 0.0) == sc.cache_key("x", CROP, (32, 32), (16, 16), 0.0)
+  # The weights enter by their sha256, the dataset by its builder's version.
+  assert sc.cache_key("y", CROP, (32, 32), (16, 16), 0.0) != sc.cache_key(
+      "x", CROP, (32, 32), (16, 16), 0.0)
+  assert sc.cache_key("x", CROP, (32, 32), (16, 16), 0.0, dataset_version="1.0.0") != \
+      sc.cache_key("x", CROP, (32, 32), (16, 16), 0.0, dataset_version="1.0.1")
 
 
 def test_an_interrupted_write_leaves_no_complete_looking_split(setup, tmp_path, monkeypatch):
@@ -194,7 +261,7 @@ def test_an_interrupted_write_leaves_no_complete_looking_split(setup, tmp_path, 
 
   monkeypatch.setattr(inference, "maps_to_uint8", interrupted)
   with pytest.raises(KeyboardInterrupt):
-    cache.precompute(setup["config"], str(tmp_path), splits=["test"])
+    precompute_lib.precompute(setup["config"], str(tmp_path), splits=["test"])
   monkeypatch.setattr(inference, "maps_to_uint8", real)
   assert not sc.has_split(cache_dir, "test")
   assert not [n for n in os.listdir(cache_dir) if n.startswith(sc.TMP_PREFIX)]
@@ -206,7 +273,7 @@ def test_an_interrupted_write_leaves_no_complete_looking_split(setup, tmp_path, 
   killed.add(["synthetic/000250"], np.zeros((1, 16, 16), np.uint8))
   del killed
   assert "test" not in sc.SaliencyCache.open(cache_dir).splits
-  cache.precompute(setup["config"], str(tmp_path), splits=["test"])
+  precompute_lib.precompute(setup["config"], str(tmp_path), splits=["test"])
   assert not [n for n in os.listdir(cache_dir) if n.startswith(sc.TMP_PREFIX)]
   c = sc.SaliencyCache.open(cache_dir)
   assert c.splits["test"]["num_maps"] == 50 and len(c) == 100
@@ -223,19 +290,19 @@ def test_an_empty_cache_directory_is_not_a_cache(tmp_path):
 
 
 def test_config_errors_name_the_field(setup, tmp_path):
-  cfg = cache.load_config(setup["config_file"] + ":crop=decode|face_crop(0.3)|flip_lr")
+  cfg = config_lib.load(setup["config_file"] + ":crop=decode|face_crop(0.3)|flip_lr")
   with pytest.raises(ValueError, match="crop_pipe .* random ops"):
-    cache.precompute(cfg, str(tmp_path))
-  cfg = cache.load_config(setup["config_file"])
+    precompute_lib.precompute(cfg, str(tmp_path))
+  cfg = config_lib.load(setup["config_file"])
   cfg.saliency.mode = "online"
   with pytest.raises(ValueError, match="saliency.mode is 'online'"):
-    cache.precompute(cfg, str(tmp_path))
-  cfg = cache.load_config(setup["config_file"])
+    precompute_lib.precompute(cfg, str(tmp_path))
+  cfg = config_lib.load(setup["config_file"])
   cfg.saliency.mlnet_input = (32,)
   with pytest.raises(ValueError, match="config.saliency.mlnet_input"):
-    cache.precompute(cfg, str(tmp_path))
+    precompute_lib.precompute(cfg, str(tmp_path))
   with pytest.raises(FileNotFoundError, match="nope.py"):
-    cache.load_config(str(tmp_path / "nope.py"))
+    config_lib.load(str(tmp_path / "nope.py"))
 
 
 def test_command_line(setup, tmp_path):
@@ -269,7 +336,7 @@ def test_writer_lock_makes_a_second_writer_wait(tmp_path):
 
 
 def test_an_unprepared_dataset_is_named(setup, tmp_path):
-  cfg = cache.load_config(setup["config_file"])
+  cfg = config_lib.load(setup["config_file"])
   cfg.data.data_dir = str(tmp_path / "empty")
   with pytest.raises(ValueError, match="synthetic_faces/small is not prepared in .*empty"):
-    cache.precompute(cfg, str(tmp_path))
+    precompute_lib.precompute(cfg, str(tmp_path))
