@@ -73,8 +73,10 @@ class _Preprocess:
   """The map step: one example through the pipe with its own seeded rng (picklable for workers)."""
 
   def __init__(self, pipeline: pp.Pipeline, seed: int, shard_index: int,
-               label_keys: Sequence[str], keep_maps: bool = True):
+               label_keys: Sequence[str], keep_maps: bool = True,
+               image_size: tuple[int, int] | None = None):
     self.pipeline = pipeline
+    self.image_size = None if image_size is None else tuple(int(s) for s in image_size)
     self.seed = seed
     self.shard_index = shard_index
     self.label_keys = tuple(label_keys)
@@ -87,6 +89,16 @@ class _Preprocess:
       example = self.pipeline(example, rng)
     except pp.BadExampleError as e:
       return Bad(e)
+    if self.image_size is not None:
+      # A pipe without a fixed-size op passes an odd-sized photo through; it would otherwise stop
+      # the batch ("all input arrays must have the same shape") naming no file.
+      shape = np.shape(example.get("image"))
+      if tuple(shape[-3:-1]) != self.image_size:
+        decoded = example.get("decoded_shape")
+        source = f"a {decoded[1]}x{decoded[0]} image " if decoded is not None else ""
+        return Bad(pp.BadExampleError(
+            example.get("id"), f"{source}gives an image of shape {tuple(shape)} after the pipe; "
+            f"the model takes {self.image_size[0]}x{self.image_size[1]}"))
     missing = [k for k in self.label_keys if k not in example]
     if missing:
       raise KeyError(f"example {to_str(example.get('id'))!r} has no {missing}; "
@@ -294,7 +306,7 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipeline, ba
                 shard_index: int | None = None, shard_count: int | None = None,
                 label_keys: Sequence[str] = DEFAULT_LABEL_KEYS, read_threads: int = 2,
                 worker_count: int = 0, chunk_size: int | None = None,
-                keep_maps: bool = True) -> Loader:
+                keep_maps: bool = True, image_size: tuple[int, int] | None = None) -> Loader:
   """Training loader (defaults: shuffled, repeated forever, incomplete last batch dropped).
 
   Args:
@@ -320,6 +332,9 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipeline, ba
       ``worker_count``, ``read_threads`` and ``chunk_size``.
     keep_maps: emit the saliency / fixation maps with the images; a classifier whose pipe has
       already reweighted the image by its map does not need them (less to copy and transfer).
+    image_size: (H, W) every example's image must have after the pipe (its last three axes are
+      H, W, 3; a ten-view pipe adds one in front); an example whose image differs is skipped and
+      counted with its id, its decoded size and the shape it got. None checks nothing.
   """
   pipeline = pipe if isinstance(pipe, pp.Pipeline) else pp.Pipeline(pipe)
   if batch_size < 1:
@@ -346,7 +361,8 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipeline, ba
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
   # Position p of this dataset is stream position p: its rng seed whatever process maps it.
-  ds = ds.map_with_index(_Preprocess(pipeline, seed, shard_index, label_keys, keep_maps))
+  ds = ds.map_with_index(_Preprocess(pipeline, seed, shard_index, label_keys, keep_maps,
+                                       image_size))
   return Loader(ds, batch_size=batch_size, drop_remainder=drop_remainder,
                 pad_remainder=pad_remainder, shard_size=shard_size, chunk_size=chunk_size,
                 read_threads=read_threads, worker_count=worker_count)
@@ -357,13 +373,14 @@ def make_eval_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipelin
                      shard_count: int | None = None,
                      label_keys: Sequence[str] = DEFAULT_LABEL_KEYS,
                      read_threads: int = 2, worker_count: int = 0,
-                     chunk_size: int | None = None, keep_maps: bool = True) -> Loader:
+                     chunk_size: int | None = None, keep_maps: bool = True,
+                     image_size: tuple[int, int] | None = None) -> Loader:
   """One unshuffled pass; the last batch is padded and masked so each example counts once."""
   return make_loader(source, pipe=pipe, batch_size=batch_size, seed=0, shuffle=False,
                      num_epochs=1, drop_remainder=False, pad_remainder=True,
                      shard_index=shard_index, shard_count=shard_count, label_keys=label_keys,
                      read_threads=read_threads, worker_count=worker_count,
-                     chunk_size=chunk_size, keep_maps=keep_maps)
+                     chunk_size=chunk_size, keep_maps=keep_maps, image_size=image_size)
 
 
 def _stack(values: Sequence[Any]) -> np.ndarray:

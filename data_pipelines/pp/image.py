@@ -43,6 +43,7 @@ class Decode(Op):
     else:
       raise BadExampleError(eid, f"no image (got {type(img).__name__})")
     example["image"] = img
+    example.setdefault("decoded_shape", img.shape)  # for the loader's size check's message
     for key in MAP_KEYS:
       m = example.get(key)
       if isinstance(m, (bytes, bytearray, memoryview, np.bytes_)):

@@ -357,3 +357,49 @@ def test_a_shard_of_only_bad_examples_raises_instead_of_spinning():
   with pytest.raises(loader.AllExamplesBadError, match="all 3 examples of this shard"):
     next(ld)
   ld.close()
+
+
+class _OddSizes:
+  """Wraps a source; records 3 and 11 hold a 1x1 and a 120x90 JPEG instead of their image."""
+
+  SIZES = {3: (1, 1), 11: (90, 120)}  # (H, W)
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    record = dict(self.source[i])
+    if i in self.SIZES:
+      import cv2  # pylint: disable=g-import-not-at-top
+      ok, buf = cv2.imencode(".jpg", np.full(self.SIZES[i] + (3,), 128, np.uint8))
+      assert ok
+      record["image"] = buf.tobytes()
+    return record
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_wrong_size_images_are_skipped_with_id_and_shape(source, workers):
+  # A pipe without a resize passes each photo at its own size: without image_size the batch
+  # fails to stack (naming no file); with it the two odd photos are skipped and named.
+  odd = _OddSizes(source)
+  size = np.shape(pp.Pipeline("decode")(dict(source[0]), np.random.default_rng(0))["image"])[:2]
+  with pytest.raises(ValueError, match="same shape"):
+    _take(loader.make_eval_loader(odd, pipe="decode", batch_size=16), 100)
+  ld = loader.make_eval_loader(odd, pipe="decode", batch_size=16, image_size=size,
+                               worker_count=workers)
+  batches = _take(ld, 100)
+  real = [i for b in batches for i, m in zip(b["id"], b["mask"]) if m]
+  assert len(real) == N_VAL - 2 and all(b["image"].shape[1:3] == size for b in batches)
+  ids = [source[i]["id"].decode() for i in (3, 11)]
+  assert ld.skipped.to_dict() == {"count": 2, "examples": [
+      {"id": ids[0], "reason": f"a 1x1 image gives an image of shape (1, 1, 3) after the pipe; "
+                               f"the model takes {size[0]}x{size[1]}"},
+      {"id": ids[1], "reason": f"a 120x90 image gives an image of shape (90, 120, 3) after the "
+                               f"pipe; the model takes {size[0]}x{size[1]}"}]}
+  # A pipe that resizes makes every photo fit: nothing is skipped.
+  ld = loader.make_eval_loader(odd, pipe=PIPE, batch_size=16, image_size=(64, 64))
+  assert len([m for b in _take(ld, 100) for m in b["mask"] if m]) == N_VAL
+  assert ld.skipped.count == 0
