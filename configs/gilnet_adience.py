@@ -84,4 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.lr_mult = ()
     if arg.r > 0:  # the cached maps are of the resized face, at the size apply_smoke gave it
       c.saliency.crop_pipe = "|".join(c.data.train_pipe.split("|")[:2])
+  if arg.r > 0:
+    # The evaluator's sample grid puts the cached 256 x 256 face beside the 227 x 227 view it
+    # classified and cannot stack tiles of two sizes yet: no grid for this reading.
+    c.eval.num_sample_images = 0
   return config_lib.finalize(c)

@@ -1,6 +1,7 @@
 """Config schema rules (jaxface.config_lib) and the paper settings the configs encode."""
 
 import glob
+import json
 import os
 
 import jax
@@ -178,3 +179,20 @@ def test_config_docstrings_cite_papers_not_files_outside_the_repository():
                "gilnet_adience", "demo"):
     with open(os.path.join(CONFIGS, f"{name}.py")) as f:
       assert "arXiv:1803.05719" in f.read(), name  # SAF-BAGE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["gilnet_adience.py:smoke,task=gender,r=0.3",
+                                  "adience_gender.py:smoke,model=vgg16",
+                                  "vegac.py:smoke,task=expression,frozen=keras"])
+def test_the_new_options_train_two_steps_and_evaluate(spec, tmp_path):
+  from jaxface import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = _load(spec)
+  with config.unlocked():
+    config.data.data_dir = str(tmp_path / "tfds")
+  summary = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["step"] == 2
+  with open(tmp_path / "run" / "eval" / "results.json") as f:
+    results = json.load(f)
+  for task in config.data.labels:
+    assert results[task]["n"] == 16 and 0.0 <= results[task]["accuracy"] <= 1.0
