@@ -5,7 +5,7 @@ Facial Soft-Biometric Classification - Age, Gender, and Facial Expression", WACV
 arXiv:1803.05719. Table 6 (AffectNet, 7 classes): reported accuracy 67.65 % with saliency
 (59.2 % without, i.e. ``:r=0``); Table 5 is its confusion matrix, Table 1 the split.
 
-Settings (paper sections 3.2, 3.3): AffectNet 7 classes with the paper's own split (the
+Settings (paper sections 3.1-3.3): AffectNet 7 classes with the paper's own split (the
 ``7class_saf_bage`` builder config: 80/20 seeded split of the training csv's 7-class rows, test =
 the official validation set, 500 per class); face crop with 30 % margin from the stored box, 224 x 224;
 ML-Net saliency (SALICON weights) with r = 0.3 from the saliency cache; ImageNet AlexNet with

@@ -5,7 +5,7 @@ Using Attentional Convolutional Network", arXiv:2010.03791, 2020. Table I: repor
 accuracy / gender accuracy / AABD) Attention CNN 0.742 / 0.552 / 0.33; ResNet 0.900 / 0.965 / 0.14;
 ensemble 0.913 / 0.965 / 0.11.
 
-Settings (paper sections III-IV): UTKFace aligned and cropped 200 x 200 chips, age in 10-year
+Settings (paper sections III-V): UTKFace aligned and cropped 200 x 200 chips, age in 10-year
 buckets; a shared trunk with a gender head and an age head, the predicted gender probabilities
 concatenated to the age head's features (``gender_age`` head); Residual Attention Network with three
 attention modules (Attention-56) or ResNet-18/50; 100 epochs, batch 16, Adam lr 0.005. The ensemble

@@ -5,7 +5,7 @@ Neural Networks", CVPR Workshops (ChaLearn LAP) 2016, doi:10.1109/CVPRW.2016.97.
 (general-to-specific ablation) and Table 3 (crop schemes), both on FotW validation: reported 91.66 %
 gender accuracy on FotW with crop scheme 3 and all steps (84.04 % without steps 1-3).
 
-Steps (paper sections 3.2, 3.4), each a run whose ``init_from`` is the previous step's workdir:
+Steps (paper sections 3.1, 3.4), each a run whose ``init_from`` is the previous step's workdir:
   step 1 = VGG-Face identification weights (imported: ``python -m jaxface.convert``);
   ``:step=2`` CelebA, all 40 attributes, multi-label sigmoid loss, base lr 0.001;
   ``:step=3`` CelebA, the single attribute Male, base lr 0.01;
