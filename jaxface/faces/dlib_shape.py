@@ -59,7 +59,7 @@ def intensity(image: np.ndarray) -> np.ndarray:
   if image.ndim == 2:
     return image.astype(np.float32)
   if image.ndim == 3 and image.shape[2] == 3:
-    return (image.astype(np.uint32).sum(2) // 3).astype(np.float32)
+    return (image.astype(np.uint32).sum(-1) // 3).astype(np.float32)
   raise ValueError(f"image must be (H, W) grey or (H, W, 3) RGB, got shape {image.shape}")
 
 
@@ -87,12 +87,14 @@ class ShapePredictor:
     return len(self.initial)
 
   def __call__(self, image: np.ndarray, rect) -> np.ndarray:
-    """(P, 2) float64 landmarks (x, y) of the face in ``rect`` = (left, top, right, bottom)."""
-    return self.predict(intensity(image), rect)
+    """(P, 2) float64 landmarks (x, y) of the face in ``rect`` = (left, top, right, bottom).
 
-  def predict(self, grey: np.ndarray, rect) -> np.ndarray:
-    """As ``__call__`` on a float32 intensity image (``intensity(image)``: reuse it per face)."""
-    h, w = grey.shape
+    ``image``: (H, W) grey or (H, W, 3) RGB; only the feature pixels' intensities are computed.
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+      raise ValueError(f"image must be (H, W) grey or (H, W, 3) RGB, got shape {image.shape}")
+    h, w = image.shape[:2]
     to_img = unnormalising(rect)
     shape = self.initial.copy()
     trees = np.arange(self.splits.shape[1])
@@ -102,7 +104,7 @@ class ShapePredictor:
       pix = round_points(unit.astype(np.float64) @ to_img[:, :2].T + to_img[:, 2]).astype(np.int64)
       inside = (pix[:, 0] >= 0) & (pix[:, 0] < w) & (pix[:, 1] >= 0) & (pix[:, 1] < h)
       f = np.zeros(len(pix), np.float32)
-      f[inside] = grey[pix[inside, 1], pix[inside, 0]]
+      f[inside] = intensity(image[pix[inside, 1], pix[inside, 0]][None])[0]
       node = np.zeros(len(trees), np.int64)
       for _ in range(self.depth):
         idx = self.splits[level, trees, node]
