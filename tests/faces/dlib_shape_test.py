@@ -105,3 +105,10 @@ def test_astronaut_points_from_mtcnn_match_dlibs_from_its_hog_rect():
   chip2, A2 = chips.dlib_chip(img, pts, 64, template=chips.DLIB_TEMPLATE_5)
   np.testing.assert_array_equal(A, A2)
   np.testing.assert_array_equal(chip, chip2)
+
+
+def test_dlib_points_need_five_landmarks_or_a_rect():
+  with pytest.raises(ValueError, match=r"\(5, 2\) landmarks or a rect, got None"):
+    chips.dlib_points(np.zeros((10, 10, 3), np.uint8))
+  with pytest.raises(ValueError, match=r"got \(4, 2\)"):
+    chips.dlib_points(np.zeros((10, 10, 3), np.uint8), np.zeros((4, 2)))
