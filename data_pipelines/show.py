@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 from typing import Any, Sequence
 
 import cv2
@@ -36,6 +35,7 @@ import tensorflow_datasets as tfds
 from data_pipelines import build
 from data_pipelines import pp
 from data_pipelines.datasets import sources
+from jaxface import cli
 
 GAP = 4  # pixels between cells and between an image and its map
 LINE_H = 14  # pixels per text line
@@ -320,4 +320,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxface import cli
 from jaxface import models
 
 
@@ -510,7 +511,7 @@ def main(argv=None) -> int:
   if argv and argv[0] in DELEGATED:
     import importlib  # pylint: disable=g-import-not-at-top
     return int(importlib.import_module(DELEGATED[argv[0]]).main(argv[1:]) or 0)
-  parser = argparse.ArgumentParser(
+  parser = cli.Parser(
       prog="python -m jaxface.bench", description=__doc__,
       epilog="also: " + ", ".join(f"{k} (python -m jaxface.bench {k} --help)" for k in DELEGATED))
   sub = parser.add_subparsers(dest="command", required=True)
@@ -566,4 +567,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

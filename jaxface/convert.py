@@ -13,18 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import jax
 import numpy as np
 
+from jaxface import cli
 from jaxface import weights
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxface.convert",
-                                   description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.Parser(prog="python -m jaxface.convert", description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("format", nargs="?", help="source format (see --list)")
   parser.add_argument("src", nargs="?", help="foreign weight file")
   parser.add_argument("dst", nargs="?", help="output .npz")
@@ -41,11 +40,7 @@ def main(argv=None) -> int:
     parser.error(f"unknown format {args.format!r}; choose one of {', '.join(weights.FORMATS)}")
   if not os.path.exists(args.src):
     parser.error(f"SRC not found: {args.src}")
-  try:
-    imported = weights.import_weights(args.format, args.src, arch=args.arch)
-  except (weights.WeightImportError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  imported = weights.import_weights(args.format, args.src, arch=args.arch)
   weights.save(args.dst, imported.variables, imported.meta)
   n = sum(int(np.prod(np.shape(p)))
           for p in jax.tree_util.tree_leaves(imported.variables.get("params", {})))
@@ -56,4 +51,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main, expected=(weights.WeightImportError, ValueError))

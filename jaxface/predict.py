@@ -51,6 +51,7 @@ import cv2
 import numpy as np
 
 from data_pipelines import pp
+from jaxface import cli
 from jaxface import predict_crops, pretrained
 from jaxface.faces import chips, crops, get_detector
 from jaxface.faces.image_io import ImageReadError, is_image_file, read_image, validate_rgb
@@ -87,7 +88,7 @@ class Run:
 
   @property
   def tasks(self):
-    return tuple(t for t in self.trained.tasks if t.kind in ("class", "attributes"))
+    return tuple(t for t in self.trained.tasks if t.labelled)
 
 
 def run_name(workdir: str) -> str:
@@ -104,8 +105,8 @@ def run_name(workdir: str) -> str:
 
 def load_run(workdir: str, name: str | None = None) -> Run:
   """A workdir as a :class:`Run`; ValueError / FileNotFoundError name what is wrong."""
-  import jaxface  # pylint: disable=g-import-not-at-top
-  trained = jaxface.load(workdir)
+  from jaxface import trained as trained_lib  # pylint: disable=g-import-not-at-top
+  trained = trained_lib.load(workdir)
   config = predict_crops.read_config(workdir)
   try:
     pipe = predict_crops.crop_pipe(config)
@@ -155,14 +156,7 @@ def ensemble_groups(runs: Sequence[Run]) -> dict[str, tuple[Any, list[str]]]:
 
 def run_task_record(task, probs: np.ndarray) -> dict[str, Any]:
   """A run's task entry: label and confidence (classes) or the attributes at >= 0.5, and probs."""
-  rec: dict[str, Any] = {}
-  if task.kind == "class":
-    k = int(np.argmax(probs))
-    rec = {"label": task.class_names[k], "confidence": round(float(probs[k]), 6)}
-  else:
-    rec = {"labels": [c for c, p in zip(task.class_names, probs) if p >= 0.5]}
-  rec["probs"] = {c: round(float(p), 6) for c, p in zip(task.class_names, probs)}
-  return rec
+  return task.record(probs)
 
 
 class Analyzer:
@@ -418,9 +412,9 @@ CSV_COLUMNS = ("image", "frame", "face", "x1", "y1", "x2", "y2", "score", "gende
 
 def run_columns(runs: Sequence[Run], ensemble: bool) -> list[str]:
   """Extra CSV columns: ``RUN:TASK`` (the label) per run's class task, ``ensemble:TASK``."""
-  cols = [f"{r.name}:{t.name}" for r in runs for t in r.tasks if t.kind == "class"]
+  cols = [f"{r.name}:{t.name}" for r in runs for t in r.tasks if t.single_label]
   if ensemble:
-    cols += sorted({f"ensemble:{t.name}" for r in runs for t in r.tasks if t.kind == "class"})
+    cols += sorted({f"ensemble:{t.name}" for r in runs for t in r.tasks if t.single_label})
   return cols
 
 
@@ -438,16 +432,9 @@ def csv_rows(image: str, frame: int | None, records: Sequence[dict],
            a["years"] if a else "", e["label"] if e else "", e["confidence"] if e else "", *more]
 
 
-class _Parser(argparse.ArgumentParser):
-  """Bad arguments: one line on stderr, exit status 2 (argparse prints the usage too)."""
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="python -m jaxface.predict", description=__doc__.split("\n\n")[0],
-              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  p = cli.Parser(prog="python -m jaxface.predict", description=__doc__.split("\n\n")[0],
+                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
   p.add_argument("inputs", nargs="+", metavar="INPUT", help="image, folder or video")
   p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
   p.add_argument("--detector", default="mtcnn", choices=["mtcnn", "haar"])
@@ -571,4 +558,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -28,23 +28,25 @@ import math
 import os
 import platform
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 import numpy as np
 
 from jaxface import checkpointing
+from jaxface import cli
 from jaxface import config_lib
 from jaxface import data as data_lib
+from jaxface import evaluator as evaluator_lib
 from jaxface import faults
 from jaxface import logging_lib
 from jaxface import optim
+from jaxface import parallel
+from jaxface import stages as stages_lib
 from jaxface import steps as steps_lib
 
 _FLAGS: dict[str, Any] = {}
@@ -56,19 +58,11 @@ def define_flags() -> None:
                                                      lock_config=True)
   _FLAGS["workdir"] = flags.DEFINE_string("workdir", None,
                                           "directory of checkpoints, logs and outputs")
-  _FLAGS["multihost"] = flags.DEFINE_bool("multihost", False,
-                                          "call jax.distributed.initialize() first")
+  _FLAGS["multihost"] = cli.define_multihost_flag()
 
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or Inf."""
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  # Auto axes: jit propagates the batch sharding (Flax layers such as dropout are not written
-  # for explicit-sharding mode, the default axis type of jax.make_mesh since JAX 0.9).
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def versions() -> dict[str, str]:
@@ -88,46 +82,11 @@ def versions() -> dict[str, str]:
   return out
 
 
-def to_device(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """Numeric arrays of this process' batch -> global arrays sharded along ``data``."""
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()
-          if v.dtype != object}
-
-
-def resolve_stage_refs(config, workdir_root: str):
-  """``"stage:NAME"`` in ``saliency.mlnet`` / ``init_from`` -> ``workdir_root/NAME``."""
-  with config.unlocked():
-    for holder, field in ((config.saliency, "mlnet"), (config, "init_from")):
-      v = holder[field]
-      if isinstance(v, str) and v.startswith("stage:"):
-        holder[field] = os.path.join(workdir_root, v[len("stage:"):])
-  return config
-
-
 def _write_json(path: str, obj: Any) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=2, default=str)
   os.replace(tmp, path)
-
-
-def make_prepare(config, mesh) -> Any:
-  """uint8 images -> network input on the device, with the saliency reweighting computed in the
-  step when ``config.saliency.mode == "online"``."""
-  name = config.model.preprocessing
-  steps_lib.normalize(jnp.zeros((1, 1, 1, 3), jnp.uint8), name)  # fail early on a bad name
-  if config.saliency.mode != "online":
-    return lambda images: steps_lib.normalize(images, name)
-  from jaxface.saliency import online  # pylint: disable=g-import-not-at-top
-  from jaxface.saliency import inference  # pylint: disable=g-import-not-at-top
-  apply_fn, variables = inference.load_mlnet(config.saliency.mlnet)
-  variables = jax.device_put(variables, NamedSharding(mesh, P()))
-  r, size = float(config.saliency.r), tuple(config.saliency.mlnet_input)
-
-  def prepare(images):
-    weighted = online.saliency_reweight_step(apply_fn, variables, images, r, size)
-    return steps_lib.normalize(weighted, name)
-  return prepare
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
@@ -157,69 +116,72 @@ def _train_and_evaluate_locked(config, workdir: str) -> dict[str, Any]:
     cache_lib.precompute(config, workdir)
   summary = Trainer(config, workdir).run()
   if config.eval.after_train:
-    from jaxface import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-    summary["test"] = evaluate_lib.evaluate(config, workdir)
-    check_expectations(config, summary["test"])
+    summary["test"] = evaluator_lib.evaluate(config, workdir)
+    stages_lib.check_expectations(config, summary["test"])
   return summary
 
 
-class BelowExpectation(RuntimeError):
-  """A test result below ``config.eval.expect``."""
-
-
-# The metric an ``expect`` entry named by the task alone checks, per kind of result.
-HEADLINE_METRICS = ("accuracy", "cc")
-
-
-def _expected_metric(results: dict[str, Any], key: str) -> tuple[str, float | None]:
-  """``("task/metric", value)`` of an expect key ``task`` (its headline metric) or ``task/metric``."""
-  task, _, metric = key.partition("/")
-  got = results.get(task, {})
-  if not metric:
-    metric = next((m for m in HEADLINE_METRICS if m in got), HEADLINE_METRICS[0])
-  value = got.get(metric)
-  return f"{task}/{metric}", None if value is None else float(value)
-
-
-def check_expectations(config, results: dict[str, Any]) -> None:
-  """Fails when a test result is below its ``config.eval.expect`` minimum.
-
-  Keys are a task (its accuracy, or CC for a saliency map) or ``task/metric`` (e.g.
-  ``saliency/nss``); KLD is a divergence and cannot be given a minimum.
-  """
-  expect = dict(config.eval.get("expect") or {})
-  low, reached = [], []
-  for key, minimum in expect.items():
-    name, got = _expected_metric(results, key)
-    if name.endswith("/kld"):
-      raise config_lib.ConfigError(f"config.eval.expect.{key}: KLD is lower-is-better; "
-                                   "give a minimum of cc, nss, auc_judd or sim instead")
-    if got is None or not got >= float(minimum):
-      low.append(f"{name}: {got if got is None else round(got, 4)} < {minimum}")
-    else:
-      reached.append(f"{name} {got:.3f} >= {minimum}")
-  if low:
-    raise BelowExpectation("test result below config.eval.expect: " + "; ".join(low))
-  if expect:
-    print("expected results reached: " + ", ".join(reached), flush=True)
-
-
 def _run_stages(config, workdir: str) -> dict[str, Any]:
-  from jaxface import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
   results = {}
-  order = list(config.stage_order) or sorted(config.stages)
-  if sorted(order) != sorted(config.stages):
-    raise config_lib.ConfigError(f"config.stage_order {order} must name each of config.stages "
-                                 f"({sorted(config.stages)}) once")
-  for name in order:
-    stage = resolve_stage_refs(config.stages[name], workdir)
-    sub = os.path.join(workdir, name)
+  for name, stage, sub in stages_lib.stages(config, workdir):
     print(f"=== stage {name}: {sub}", flush=True)
     summary = train_and_evaluate(stage, sub)
-    results[name] = summary.get("test") or evaluate_lib.evaluate(stage, sub)
+    results[name] = summary.get("test") or evaluator_lib.evaluate(stage, sub)
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, "results.json"), results)
   return results
+
+
+class TrainMetrics:
+  """The training step's metrics: fetched one step late, checked, summed between log lines.
+
+  ``push`` hands over a step's (device) metrics and fetches the previous step's, so the host
+  does not wait for the step it has just dispatched; a fetched loss, gradient norm or parameter
+  norm that is NaN or Inf raises ``TrainingDiverged`` naming ``last_good``, the step of the last
+  checkpoint (the loop keeps it current). ``means`` fetches the pending step and returns the
+  means of the (sum, count) metrics since the previous call as ``train/<name>``.
+  """
+
+  def __init__(self, directory: str, last_good: int | None):
+    self.directory = directory
+    self.last_good = last_good
+    self._pending = None  # (metrics, step) of the newest step, not fetched yet
+    self._sums: dict[str, list[float]] = {}
+
+  def push(self, metrics, step: int) -> None:
+    if self._pending is not None:
+      self._fetch(*self._pending)
+    self._pending = (metrics, step)
+
+  def means(self) -> dict[str, float]:
+    if self._pending is not None:
+      self._fetch(*self._pending)
+      self._pending = None
+    out = {f"train/{k}": s / n for k, (s, n) in self._sums.items() if n}
+    self._sums.clear()
+    return out
+
+  def _fetch(self, step_metrics, at_step: int) -> None:
+    host = jax.device_get(step_metrics)
+    scalars = {}
+    for k, v in host.items():
+      if isinstance(v, tuple):
+        s, n = float(v[0]), float(v[1])
+        acc = self._sums.setdefault(k, [0.0, 0.0])
+        acc[0] += s
+        acc[1] += n
+        scalars[k] = s / n if n else float("nan")
+      else:
+        scalars[k] = float(v)
+    losses = [v for k, v in scalars.items() if k.endswith("loss")]
+    if any(not math.isfinite(v) for v in losses + [scalars["grad_norm"],
+                                                    scalars["param_norm"]]):
+      raise TrainingDiverged(
+          f"loss, gradient or parameters not finite at step {at_step} ("
+          + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()
+                      if k.endswith("loss") or k.endswith("norm"))
+          + f"); stopping. The last good checkpoint is step {self.last_good} in "
+          f"{self.directory}")
 
 
 class Trainer:
@@ -228,9 +190,9 @@ class Trainer:
   def __init__(self, config, workdir: str):
     self.config = config
     self.workdir = workdir
-    self.mesh = make_mesh()
-    self.data_sharding = NamedSharding(self.mesh, P("data"))
-    self.replicated = NamedSharding(self.mesh, P())
+    self.mesh = parallel.make_mesh()
+    self.data_sharding = parallel.data_sharding(self.mesh)
+    self.replicated = parallel.replicated(self.mesh)
     n_dev, n_proc = jax.device_count(), jax.process_count()
     if config.batch_size % n_dev:
       raise config_lib.ConfigError(f"config.batch_size {config.batch_size} is not divisible by "
@@ -255,7 +217,7 @@ class Trainer:
       return {}
     out = {}
     for t in self.tasks:
-      if t.kind != "class":
+      if not t.class_weighted:
         continue
       counts = data_lib.label_counts(self.builder, self.config.data.train_split, t.name,
                                      t.num_classes)
@@ -275,6 +237,31 @@ class Trainer:
     state = steps_lib.create_state(variables, tx, c.seed)
     return jax.device_put(state, self.replicated), report
 
+  def _resume(self, ckpt, loader, state, main: bool):
+    """``(state, start_step, resumed_from, val_metrics)``: where this run starts, in this order:
+
+    1. the newest readable checkpoint of the workdir (the run was stopped; an unreadable newest
+       one is moved aside, as this run saves that step again), with its loader position;
+    2. else the latest checkpoint of ``config.resume`` (another run continued here), likewise;
+    3. else ``state`` as given: fresh, with ``config.init_from``'s weights merged in
+       (``_init_state``).
+    """
+    c = self.config
+    if ckpt.latest_step() is not None:
+      step, state, data_state, meta = ckpt.restore_readable("latest", state, move_aside=main)
+      loader.set_state(data_state["loader"])
+      # A finished run's summary keeps its validation.
+      return state, int(step), f"{self.workdir} step {step}", dict(meta.get("val") or {})
+    if c.resume:
+      other = checkpointing.Checkpointer(c.resume, read_only=True)
+      try:
+        step, state, data_state, _ = other.restore_readable("latest", state)
+      finally:
+        other.close()
+      loader.set_state(data_state["loader"])
+      return state, int(step), f"{c.resume} step {step}", {}
+    return state, 0, None, {}
+
   def run(self) -> dict[str, Any]:
     c, workdir = self.config, self.workdir
     main = jax.process_index() == 0
@@ -285,30 +272,15 @@ class Trainer:
                               self.total_steps)
     state, init_report = self._init_state(tx)
     class_weights = self._class_weights()
-    prepare = make_prepare(c, self.mesh)
+    prepare = evaluator_lib.make_prepare(c, self.mesh)
 
     ckpt = checkpointing.Checkpointer(workdir, keep=c.keep_checkpoints,
                                       best_metric=c.best_metric, best_mode=c.best_mode)
     loader = data_lib.train_loader(c, self.train_source, c.seed, self.local_batch)
-    start_step, resumed_from = 0, None
     kwargs, _, head_kwargs = steps_lib.model_kwargs(c, self.tasks)
     meta_model = {"name": c.model.name, "kwargs": kwargs, "head": c.model.head,
                   "head_kwargs": head_kwargs}
-    val_metrics: dict[str, float] = {}
-    if ckpt.latest_step() is not None:
-      # An unreadable newest checkpoint is moved aside (this run saves that step again).
-      step, state, data_state, meta = ckpt.restore_readable("latest", state, move_aside=main)
-      loader.set_state(data_state["loader"])
-      start_step, resumed_from = int(step), f"{workdir} step {step}"
-      val_metrics = dict(meta.get("val") or {})  # a finished run's summary keeps its validation
-    elif c.resume:
-      other = checkpointing.Checkpointer(c.resume, read_only=True)
-      try:
-        step, state, data_state, _ = other.restore_readable("latest", state)
-      finally:
-        other.close()
-      loader.set_state(data_state["loader"])
-      start_step, resumed_from = int(step), f"{c.resume} step {step}"
+    state, start_step, resumed_from, val_metrics = self._resume(ckpt, loader, state, main)
     if main and start_step:
       faults.drop_rows_after(os.path.join(workdir, "metrics.jsonl"), start_step)
 
@@ -335,67 +307,37 @@ class Trainer:
         steps_lib.make_train_step(self.model, tx, self.tasks, c, class_weights, schedule, prepare),
         in_shardings=(self.replicated, self.data_sharding),
         out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
-    from jaxface import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
-    evaluator = evaluate_lib.Evaluator(c, self.builder, self.tasks, self.model, prepare,
-                                       self.mesh, self.workdir)
+    evaluator = evaluator_lib.Evaluator(c, self.builder, self.tasks, self.model, prepare,
+                                        self.mesh, self.workdir)
     eval_every = config_lib.period_steps(c, "eval_every", self.steps_per_epoch)
     ckpt_every = config_lib.period_steps(c, "checkpoint_every", self.steps_per_epoch)
     log_every = config_lib.period_steps(c, "log_every", self.steps_per_epoch) or 10
     writer = logging_lib.MetricWriter(workdir)
     progress = logging_lib.Progress(self.total_steps, c.batch_size, start_step)
-    last_good = ckpt.latest_step()
-    pending = None  # metrics of the previous step, fetched one step late
-    sums: dict[str, list[float]] = {}
+    train_metrics = TrainMetrics(ckpt.directory, ckpt.latest_step())
     step = start_step
     stop_every = 1 if jax.process_count() == 1 else log_every
-    ckpt.previous_step = last_good
+    ckpt.previous_step = train_metrics.last_good
 
     def save(at_step, metrics_for_best=None):
       ckpt.save(at_step, state, {"loader": loader.get_state()},
                 {"model": meta_model, "step": at_step, "val": val_metrics,
                  "skipped": loader.skipped.to_dict()}, metrics_for_best)
 
-    def flush(step_metrics, at_step) -> dict[str, float]:
-      host = jax.device_get(step_metrics)
-      scalars = {}
-      for k, v in host.items():
-        if isinstance(v, tuple):
-          s, n = float(v[0]), float(v[1])
-          acc = sums.setdefault(k, [0.0, 0.0])
-          acc[0] += s
-          acc[1] += n
-          scalars[k] = s / n if n else float("nan")
-        else:
-          scalars[k] = float(v)
-      losses = [v for k, v in scalars.items() if k.endswith("loss")]
-      if any(not math.isfinite(v) for v in losses + [scalars["grad_norm"],
-                                                      scalars["param_norm"]]):
-        raise TrainingDiverged(
-            f"loss, gradient or parameters not finite at step {at_step} ("
-            + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()
-                        if k.endswith("loss") or k.endswith("norm"))
-            + f"); stopping. The last good checkpoint is step {last_good} in {ckpt.directory}")
-      return scalars
-
     signals = faults.StopSignals()
     try:
       signals.__enter__()
       while step < self.total_steps:
         batch = next(loader)
-        state, metrics = train_step(state, to_device(batch, self.data_sharding))
+        state, metrics = train_step(state, parallel.to_device(batch, self.data_sharding))
         step += 1
         ckpt.check_errors()  # a failed asynchronous save stops the run now, in one line
-        if pending is not None:
-          flush(*pending)
-        pending = (metrics, step)
+        train_metrics.push(metrics, step)
         due_log = step % log_every == 0 or step == self.total_steps
         due_eval = eval_every and (step % eval_every == 0 or step == self.total_steps)
         due_ckpt = (ckpt_every and step % ckpt_every == 0) or step == self.total_steps
         if due_log or due_eval or due_ckpt:
-          flush(*pending)
-          pending = None
-          train_scalars = {f"train/{k}": s / n for k, (s, n) in sums.items() if n}
-          sums.clear()
+          train_scalars = train_metrics.means()
           hp = jax.device_get({k: metrics[k] for k in ("lr", "grad_norm", "param_norm")})
           train_scalars.update({f"train/{k}": float(v) for k, v in hp.items()})
           train_scalars["train/img_per_s"] = progress.rate(step)
@@ -421,7 +363,7 @@ class Trainer:
             jax.process_count() > 1)
         if due_ckpt or stop:
           save(step, val_metrics if (c.best_metric and due_eval) else None)
-          last_good = step
+          train_metrics.last_good = step
         if stop:
           ckpt.wait()
           raise faults.Preempted(signals.signum, step, ckpt.directory)
@@ -463,88 +405,11 @@ def optim_report(optim_config, params) -> str:
   return "\n".join(lines)
 
 
-# Variables of a plain cluster (no Slurm / Open MPI for jax.distributed to detect).
-_ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
-_ENV_PROCESS_ID = "JAX_PROCESS_ID"
-_ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
-_ENV_LOCAL_DEVICES = "JAX_LOCAL_DEVICE_IDS"
-
-
-def distributed_args(multihost: bool, environ: Mapping[str, str]) -> dict[str, Any] | None:
-  """Keyword arguments of ``jax.distributed.initialize`` for this process; None: single process.
-
-  With JAX_NUM_PROCESSES / JAX_PROCESS_ID set, the coordinator, count, id (and
-  JAX_LOCAL_DEVICE_IDS) are passed explicitly and cluster detection is turned off, so a plain
-  launch inside a Slurm allocation is not mistaken for one task per GPU. Otherwise nothing is
-  passed: jax detects Slurm, Open MPI, Kubernetes and Cloud TPU itself (and reads
-  JAX_COORDINATOR_ADDRESS, e.g. to override Slurm's first-node address).
-  """
-  explicit = [k for k in (_ENV_NUM_PROCESSES, _ENV_PROCESS_ID) if environ.get(k)]
-  if not (multihost or environ.get(_ENV_COORDINATOR) or explicit):
-    return None
-  if not explicit:
-    return {}
-  missing = [k for k in (_ENV_COORDINATOR, _ENV_NUM_PROCESSES, _ENV_PROCESS_ID)
-             if not environ.get(k)]
-  if missing:
-    raise app.UsageError(f"multi-host: {', '.join(explicit)} set but {', '.join(missing)} not; "
-                         "a plain cluster needs all of JAX_COORDINATOR_ADDRESS (host:port of "
-                         "process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID")
-
-  def integer(key: str) -> int:
-    try:
-      return int(environ[key])
-    except ValueError:
-      raise app.UsageError(f"{key}={environ[key]!r} is not an integer") from None
-
-  n, i = integer(_ENV_NUM_PROCESSES), integer(_ENV_PROCESS_ID)
-  if n < 1 or not 0 <= i < n:
-    raise app.UsageError(f"{_ENV_PROCESS_ID}={i} must be in [0, {_ENV_NUM_PROCESSES}={n})")
-  address = environ[_ENV_COORDINATOR]
-  if not address.rpartition(":")[2].isdigit():
-    raise app.UsageError(f"{_ENV_COORDINATOR}={address!r} must be host:port")
-  args = {"coordinator_address": address, "num_processes": n, "process_id": i,
-          "cluster_detection_method": "deactivate"}
-  if environ.get(_ENV_LOCAL_DEVICES):
-    try:
-      args["local_device_ids"] = [int(d) for d in environ[_ENV_LOCAL_DEVICES].split(",")]
-    except ValueError:
-      raise app.UsageError(f"{_ENV_LOCAL_DEVICES}={environ[_ENV_LOCAL_DEVICES]!r} is not a "
-                           "comma-separated list of integers") from None
-  return args
-
-
-def init_distributed(multihost: bool) -> None:
-  """Calls ``jax.distributed.initialize`` when asked (before any other JAX call), then prints
-  this process' place: one line per process, so a launcher's log shows every host joined."""
-  args = distributed_args(multihost, os.environ)
-  if args is not None:
-    try:
-      jax.distributed.initialize(**args)
-    except ValueError as e:  # jax found no cluster to take the missing values from
-      raise app.UsageError(
-          f"jax.distributed.initialize: {e} No Slurm / Open MPI environment was detected: set "
-          "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID "
-          "(launch/multihost.sh does)") from None
-  print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} "
-        f"local / {jax.device_count()} global devices ({jax.default_backend()})", flush=True)
-
-
-def quiet_logs() -> None:
-  """Warnings only from libraries (Orbax logs every file it writes at INFO), progress from ours;
-  an explicit --verbosity wins."""
-  import logging as std_logging  # pylint: disable=g-import-not-at-top
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS["verbosity"].present:
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    std_logging.getLogger("jaxface").setLevel(std_logging.INFO)
-
-
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  quiet_logs()
-  init_distributed(_FLAGS["multihost"].value)
+  cli.quiet_logs()
+  cli.init_distributed(_FLAGS["multihost"].value)
   config = _FLAGS["config"].value
   if config is None:
     raise app.UsageError("--config is required")
@@ -555,14 +420,11 @@ def main(argv: Sequence[str]) -> int:
   except faults.Preempted as e:
     print(f"stopped: {e}", file=sys.stderr, flush=True)
     return 128 + e.signum
-  except (config_lib.ConfigError, TrainingDiverged, BelowExpectation, faults.WorkdirError,
-          faults.WorkdirBusy, checkpointing.CheckpointUnreadable,
-          checkpointing.SaveFailed) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2
   return 0
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags=define_flags,
+          expected=(TrainingDiverged, stages_lib.BelowExpectation, faults.WorkdirError,
+                    faults.WorkdirBusy, checkpointing.CheckpointUnreadable,
+                    checkpointing.SaveFailed))

@@ -25,7 +25,7 @@ import pytest
 
 from jaxface import checkpointing
 from jaxface import config_lib
-from jaxface import evaluate as evaluate_lib
+from jaxface import evaluator as evaluator_lib
 from jaxface import faults
 from jaxface import train as train_lib
 
@@ -187,14 +187,14 @@ def test_truncated_newest_checkpoint_falls_back_and_training_redoes_it(
   assert newest.is_dir()
   with pytest.raises(checkpointing.CheckpointUnreadable, match=f"checkpoint step {STEPS} "):
     checkpointing.load_model_variables(str(workdir), STEPS)  # an explicit step: no fallback
-  config = evaluate_lib.load_run_config(str(workdir))
+  config = evaluator_lib.load_run_config(str(workdir))
   with config.unlocked():
     config.eval.num_sample_images = 0
-  results = evaluate_lib.evaluate(config, str(workdir), "latest")
+  results = evaluator_lib.evaluate(config, str(workdir), "latest")
   assert results["_run"]["step"] == STEPS - 4
   assert f"checkpoint step {STEPS} ({newest}) unreadable: " in capsys.readouterr().err
   with pytest.raises(checkpointing.CheckpointUnreadable, match=f"checkpoint step {STEPS} "):
-    evaluate_lib.evaluate(config, str(workdir), str(STEPS))
+    evaluator_lib.evaluate(config, str(workdir), str(STEPS))
 
   # Training resumes from the previous step, keeps the bad one aside and ends as undisturbed.
   proc = _train(workdir, data_dir)

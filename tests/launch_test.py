@@ -13,7 +13,7 @@ from absl import app
 import numpy as np
 import pytest
 
-from jaxface import train as train_lib
+from jaxface import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
@@ -23,24 +23,24 @@ SCRIPTS = ("single_gpu.sh", "multi_gpu.sh", "multihost.sh", "slurm.sbatch")
 
 
 def test_single_process_calls_nothing():
-  assert train_lib.distributed_args(False, {}) is None
-  assert train_lib.distributed_args(False, {"JAX_LOCAL_DEVICE_IDS": "0"}) is None
+  assert cli.distributed_args(False, {}) is None
+  assert cli.distributed_args(False, {"JAX_LOCAL_DEVICE_IDS": "0"}) is None
 
 
 def test_managed_clusters_are_left_to_jax_detection():
   # --multihost alone (Slurm, Open MPI) or an address override: jax detects the rest.
-  assert train_lib.distributed_args(True, {"SLURM_JOB_ID": "7"}) == {}
-  assert train_lib.distributed_args(False, {"JAX_COORDINATOR_ADDRESS": "n1:1234"}) == {}
+  assert cli.distributed_args(True, {"SLURM_JOB_ID": "7"}) == {}
+  assert cli.distributed_args(False, {"JAX_COORDINATOR_ADDRESS": "n1:1234"}) == {}
 
 
 def test_plain_cluster_env_is_passed_explicitly():
   env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
          "JAX_PROCESS_ID": "3", "JAX_LOCAL_DEVICE_IDS": "0,2"}
-  assert train_lib.distributed_args(False, env) == {
+  assert cli.distributed_args(False, env) == {
       "coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3,
       "local_device_ids": [0, 2], "cluster_detection_method": "deactivate"}
   del env["JAX_LOCAL_DEVICE_IDS"]
-  assert "local_device_ids" not in train_lib.distributed_args(True, env)
+  assert "local_device_ids" not in cli.distributed_args(True, env)
 
 
 @pytest.mark.parametrize("env, message", [
@@ -57,7 +57,7 @@ def test_plain_cluster_env_is_passed_explicitly():
 ])
 def test_bad_plain_cluster_env_names_the_variable(env, message):
   with pytest.raises(app.UsageError, match=message):
-    train_lib.distributed_args(False, env)
+    cli.distributed_args(False, env)
 
 
 def test_installed_jax_detects_slurm_one_gpu_per_task(monkeypatch):
@@ -149,9 +149,9 @@ def main(argv):
       json.dump(fed, f)
   # The final parameters, restored the way evaluation does (into this run's sharded, replicated
   # target: an untargeted restore refuses a checkpoint of another device topology).
-  from jaxface import evaluate
-  _, state, _, _, _ = evaluate._restore(train._FLAGS["config"].value,
-                                        train._FLAGS["workdir"].value, "latest")
+  from jaxface import evaluator
+  _, state, _, _, _ = evaluator.restore(train._FLAGS["config"].value,
+                                         train._FLAGS["workdir"].value, "latest")
   leaves = jax.tree_util.tree_flatten_with_path(
       {"params": state["params"], "batch_stats": state["batch_stats"]})[0]
   if jax.process_index() == 0:

@@ -17,9 +17,10 @@ import pytest
 from jaxface import checkpointing
 from jaxface import config_lib
 from jaxface import evaluate as evaluate_lib
+from jaxface import stages as stages_lib
 from jaxface import steps as steps_lib
 from jaxface import train as train_lib
-from jaxface.data import Task
+from jaxface.tasks import Task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -385,22 +386,22 @@ def test_folds_and_ensemble_evaluation(data_dir, tmp_path):
 def test_expectations_fail_the_run_below_the_stated_accuracy():
   config = config_lib.base_config()
   config.eval.expect = {"age": 0.4, "gender": 0.8}
-  train_lib.check_expectations(config, {"age": {"accuracy": 0.41}, "gender": {"accuracy": 0.8}})
-  with pytest.raises(train_lib.BelowExpectation, match=r"gender/accuracy: 0.79 < 0.8"):
-    train_lib.check_expectations(config, {"age": {"accuracy": 0.5},
+  stages_lib.check_expectations(config, {"age": {"accuracy": 0.41}, "gender": {"accuracy": 0.8}})
+  with pytest.raises(stages_lib.BelowExpectation, match=r"gender/accuracy: 0.79 < 0.8"):
+    stages_lib.check_expectations(config, {"age": {"accuracy": 0.5},
                                           "gender": {"accuracy": 0.79}})
-  with pytest.raises(train_lib.BelowExpectation, match=r"age/accuracy: None < 0.4"):
-    train_lib.check_expectations(config, {"gender": {"accuracy": 0.9}})
+  with pytest.raises(stages_lib.BelowExpectation, match=r"age/accuracy: None < 0.4"):
+    stages_lib.check_expectations(config, {"gender": {"accuracy": 0.9}})
   # A saliency task's headline is its CC; other metrics by name; a NaN never passes.
   config.eval.expect = {"saliency": 0.4, "saliency/nss": 1.0}
-  train_lib.check_expectations(config, {"saliency": {"cc": 0.41, "nss": 1.2, "kld": 0.7}})
-  with pytest.raises(train_lib.BelowExpectation, match=r"saliency/cc: 0.0 < 0.4"):
-    train_lib.check_expectations(config, {"saliency": {"cc": 0.0, "nss": 1.2}})
-  with pytest.raises(train_lib.BelowExpectation, match=r"saliency/nss: nan < 1.0"):
-    train_lib.check_expectations(config, {"saliency": {"cc": 0.5, "nss": float("nan")}})
+  stages_lib.check_expectations(config, {"saliency": {"cc": 0.41, "nss": 1.2, "kld": 0.7}})
+  with pytest.raises(stages_lib.BelowExpectation, match=r"saliency/cc: 0.0 < 0.4"):
+    stages_lib.check_expectations(config, {"saliency": {"cc": 0.0, "nss": 1.2}})
+  with pytest.raises(stages_lib.BelowExpectation, match=r"saliency/nss: nan < 1.0"):
+    stages_lib.check_expectations(config, {"saliency": {"cc": 0.5, "nss": float("nan")}})
   config.eval.expect = {"saliency/kld": 0.5}
   with pytest.raises(config_lib.ConfigError, match=r"expect.saliency/kld: KLD is lower-is-better"):
-    train_lib.check_expectations(config, {"saliency": {"kld": 0.7}})
+    stages_lib.check_expectations(config, {"saliency": {"kld": 0.7}})
   demo = config_lib.load(os.path.join(CONFIGS, "demo.py"))
   floors = dict(demo.stages.classifier.eval.expect)
   chance = {"age": 1 / 8, "gender": 1 / 2, "expression": 1 / 7}

@@ -54,7 +54,7 @@ import numpy as np
 
 from jaxface.explain import core
 from jaxface.explain import occlusion as occlusion_lib
-from jaxface.faces.crops import ARCFACE_TEMPLATE_112, TEMPLATE_SIZE
+from jaxface.faces.crops import five_point_template
 
 Confidence = Callable[[Any, jax.Array], jax.Array]  # (variables, x_BHWC) -> (B,) confidences
 
@@ -154,12 +154,6 @@ def visible(vertices_xyz, image_shape, tolerance: float = 1.0, radius: int = 1) 
   out = np.zeros(len(v), bool)
   out[inside] = v[inside, 2] >= zbuf[y[inside], x[inside]] - tolerance
   return out
-
-
-def five_point_template(size: Sequence[int]) -> np.ndarray:
-  """The ArcFace five points (eyes, nose, mouth corners) scaled to an (H, W) canonical frame."""
-  h, w = size
-  return ARCFACE_TEMPLATE_112 / TEMPLATE_SIZE * np.array([w, h])
 
 
 def _frame_ring(size) -> np.ndarray:

@@ -9,7 +9,7 @@ The canonical 68-point template is not a table of numbers kept here: it is the p
 mean shape (the ``initial_shape`` that its cascade starts from, the mean of its training faces,
 read from the model file's header), placed in the canonical frame by the similarity that takes its
 five derived points (eye centres, nose tip 30, mouth corners 48 and 54) closest to the five-point
-template of :func:`jaxface.explain.canonical.five_point_template`. So the 5- and 68-point
+template of :func:`jaxface.faces.crops.five_point_template`. So the 5- and 68-point
 correspondences share one canonical frame, and a CMS made with one can be compared with the other.
 
 ``face_recognition_models`` is located without being imported: its ``__init__`` needs
@@ -25,6 +25,8 @@ import struct
 from typing import Sequence
 
 import numpy as np
+
+from jaxface.faces.crops import five_point_template
 
 _MODEL = "shape_predictor_68_face_landmarks.dat"
 EXTRA = "pip install 'jaxface[dlib]'"
@@ -108,7 +110,6 @@ def similarity_fit(src, dst) -> np.ndarray:
 def template_from_mean_shape(mean_shape, size: Sequence[int]) -> np.ndarray:
   """A 68-point mean shape placed in an (H, W) frame by its five points' best similarity to the
   five-point template."""
-  from jaxface.explain.canonical import five_point_template  # pylint: disable=g-import-not-at-top
   m = np.asarray(mean_shape, np.float64)
   a = similarity_fit(five_of_68(m), five_point_template(size))
   return m @ a[:, :2].T + a[:, 2]

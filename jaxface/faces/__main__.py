@@ -26,6 +26,7 @@ import time
 import cv2
 import numpy as np
 
+from jaxface import cli
 from jaxface.faces import crops, get_detector
 from jaxface.faces.draw import annotate
 from jaxface.faces.image_io import ImageReadError, find_images, read_image
@@ -108,8 +109,8 @@ def cmd_detect(args, parser) -> int:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxface.faces",
-                                   description=__doc__.split("\n\n")[0],
+  parser = cli.Parser(prog="python -m jaxface.faces",
+                      description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("detect", help="detect faces, write JSON / crops / annotated images",
@@ -137,4 +138,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -37,6 +37,12 @@ ARCFACE_TEMPLATE_112 = np.array([
 ], np.float64)
 TEMPLATE_SIZE = 112
 
+
+def five_point_template(size: Sequence[int]) -> np.ndarray:
+  """The ArcFace five points (eyes, nose, mouth corners) scaled to an (H, W) canonical frame."""
+  h, w = size
+  return ARCFACE_TEMPLATE_112 / TEMPLATE_SIZE * np.array([w, h])
+
 POLICIES = ("all", "largest", "central", "score")
 
 # One-line descriptions of the task-aware schemes (Zhang et al., Fig. 3 b-f / Table 3).

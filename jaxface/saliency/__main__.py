@@ -46,9 +46,9 @@ def cmd_precompute(args, parser) -> int:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m jaxface.saliency",
-                                   description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  from jaxface import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.Parser(prog="python -m jaxface.saliency", description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("precompute", help="compute and store ML-Net maps of a dataset's crops",
                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,4 +66,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from jaxface import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)
