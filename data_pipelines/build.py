@@ -1,5 +1,9 @@
 """Prepares a dataset: ``python -m data_pipelines.build NAME [--config CFG] [--manual_dir DIR]
-[--data_dir DIR] [--overwrite] [--layout]``.
+[--data_dir DIR] [--overwrite] [--layout] [--detect mtcnn|haar|none]``.
+
+``--detect`` builds the config's detected variant (``faces_age`` -> ``faces_age_mtcnn``): the
+detector runs once per image and the records store box, score and five landmarks
+(``data_pipelines.datasets.detect``; ``--detect_select``, ``--detect_no_face``: its policies).
 
 Without ``--config`` the builder's default config is built, unless the builder picks one from what
 the manual directory holds (``config_for_manual_dir``, e.g. utkface: ``crop_part1/``). ``--layout``
@@ -144,16 +148,40 @@ def choose_config(cls: type[tfds.core.DatasetBuilder], config: str | None,
   return config
 
 
+def detected_config(cls: type[tfds.core.DatasetBuilder], config: str | None, detect: str | None,
+                    select: str | None = None, no_face: str | None = None) -> str | None:
+  """The builder config holding ``config``'s records with faces detected by ``detect`` at build
+  time (``data_pipelines.datasets.detect``); ``config`` itself for ``detect`` None / "none"."""
+  from data_pipelines.datasets import detect as detect_lib  # pylint: disable=g-import-not-at-top
+  if not detect or detect == "none":
+    return config
+  allowed = getattr(cls, "DETECTORS", ())
+  if detect not in allowed:
+    raise BuildError(f"--detect {detect}: dataset {cls.name!r} " + (
+        f"detects with {', '.join(allowed)} (or none)" if allowed else "has no detection pass "
+        "(its records hold the face box or need none)"))
+  try:
+    return detect_lib.config_name(config, detect, select or detect_lib.DEFAULT_SELECT,
+                                  no_face or detect_lib.DEFAULT_NO_FACE)
+  except ValueError as e:
+    raise BuildError(str(e)) from None
+
+
 def build(name: str, config: str | None = None, data_dir: str | None = None,
-          manual_dir: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+          manual_dir: str | None = None, overwrite: bool = False, detect: str | None = None,
+          detect_select: str | None = None, detect_no_face: str | None = None) -> dict[str, Any]:
   """Prepares ``name/config`` (unless already there), writes and returns its summary.
+
+  ``detect`` ("mtcnn" | "haar" | "none"): build the config's detected variant instead
+  (``detected_config``: ``faces_age`` -> ``faces_age_mtcnn``), a detector run once per image.
 
   ``BuildError`` (one line) for an unknown dataset or config and for manual data that is not
   where the builder looks: it names what was looked for and what the manual directory holds.
   """
   cls = builder_class(name)
   known = [c.name for c in cls.BUILDER_CONFIGS]
-  config = choose_config(cls, config, manual_dir)
+  config = detected_config(cls, choose_config(cls, config, manual_dir), detect, detect_select,
+                           detect_no_face)
   if known and config not in known:
     raise BuildError(f"unknown config {config!r} of dataset {name!r}; known: {', '.join(known)}")
   data_dir = os.path.expanduser(data_dir or default_data_dir())
@@ -221,6 +249,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  {e['split']} {e['id']}: {e['reason']}")
   if skipped["count"] > SHOW_SKIPPED:
     lines.append(f"  ... {skipped['count'] - SHOW_SKIPPED} more in summary.json")
+  detection = s.get("detection")
+  if detection:
+    counts = " ".join(f"{k}:{v}" for k, v in detection.get("counts", {}).items())
+    lines.append(f"detection ({detection['detector']}, one face: {detection['select']}, no face: "
+                 f"{detection['no_face']}): {counts or 'no image'}")
   repaired = s.get("repaired")
   if repaired is not None:
     lines.append(f"repaired: {repaired['count']}")
@@ -240,6 +273,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--data_dir", help="output root (default: $TFDS_DATA_DIR or "
                       "~/tensorflow_datasets)")
   parser.add_argument("--overwrite", action="store_true", help="rebuild even if prepared")
+  parser.add_argument("--detect", choices=("mtcnn", "haar", "none"), default="none",
+                      help="detect the faces once at build time and store box, score and five "
+                      "landmarks (builds the config's <config>_<detector> variant)")
+  parser.add_argument("--detect_select", choices=("largest_nearest_centre", "largest",
+                                                  "nearest_centre"),
+                      help="which face of a multi-face image (default largest_nearest_centre)")
+  parser.add_argument("--detect_no_face", choices=("skip", "whole_image"),
+                      help="an image without a face: skipped and counted (default) or kept "
+                      "with the whole image as its box")
   parser.add_argument("--layout", action="store_true",
                       help="print the manual directory layout the builder reads, and exit")
   args = parser.parse_args(argv)
@@ -249,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) or
             f"{args.name} needs no manual data.")
       return 0
-    summary = build(args.name, args.config, args.data_dir, args.manual_dir, args.overwrite)
+    summary = build(args.name, args.config, args.data_dir, args.manual_dir, args.overwrite,
+                    args.detect, args.detect_select, args.detect_no_face)
   except ManualDataError as e:
     parser.error(e.line)
   except (BuildError, ValueError, OSError) as e:

@@ -24,6 +24,16 @@ Features (all TF-free):
     in the ORIGINAL Flickr photo; the stored image is already a crop, so it is no box in the image.
   tilt_ang, fiducial_yaw_angle, fiducial_score: float32, as in the fold file.
   id: Text, "<user_id>/<face_id>.<original_image>" (also the example key).
+  box, score, landmarks (detected configs ``<config>_<detector>[_<select>][_whole_image]``, e.g.
+    ``faces_age_mtcnn``): the face a detector found in the stored image, once at build time
+    (``data_pipelines.datasets.detect``: box float32 [x1, y1, x2, y2], score, five landmarks, NaN
+    for Haar). The papers (SAF-BAGE, VEGAC) detect the face in each image and enlarge its box by
+    30 %; the undetected configs have no box in the image, so ``face_crop`` skips every example.
+    Each image is a crop around one person, so one face is kept: by default the one nearest the
+    image centre among the largest (``_largest``, ``_nearest_centre``: the other policies); an
+    image where none is found is skipped and counted ("no face found"), or with ``_whole_image``
+    kept with the whole image as its box. ``python -m data_pipelines.build adience --config
+    faces_age --detect mtcnn`` builds ``faces_age_mtcnn``; the summary counts the detections.
 
 Label conventions. Gender configs keep the rows with gender "m" or "f"; "u" (unknown), empty and any
 other code are skipped and counted. Age configs keep the rows with a usable age under the config's
@@ -49,6 +59,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipelines.datasets import detect as detect_lib
 from data_pipelines.datasets import tfds_compat
 
 NUM_FOLDS = 5
@@ -194,6 +205,7 @@ class AdienceConfig(tfds.core.BuilderConfig):
   tree: str = "faces"
   task: str = "age"
   age_policy: str = "drop"
+  detect: detect_lib.Settings | None = None  # None: no detection (no box in the image)
 
   def __post_init__(self):
     if self.tree not in TREES:
@@ -216,7 +228,13 @@ def _configs() -> list[AdienceConfig]:
     configs.append(AdienceConfig(
         name=f"{tree}_age_map", tree=tree, task="age", age_policy="map",
         description=f"{tree}/ crops, age label, irregular ages mapped to a group where one fits"))
-  return configs
+  detected = []
+  for base in configs:
+    for settings in detect_lib.all_settings():
+      detected.append(dataclasses.replace(
+          base, name=base.name + settings.suffix, detect=settings,
+          description=f"{base.description}; {settings.describe()}"))
+  return configs + detected
 
 
 class Adience(tfds_compat.ManualBuilderMixin, tfds.core.GeneratorBasedBuilder):
@@ -226,6 +244,7 @@ class Adience(tfds_compat.ManualBuilderMixin, tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = _configs()
+  DETECTORS = detect_lib.DETECTORS  # --detect of data_pipelines.build
   DEFAULT_CONFIG_NAME = "faces_age"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download the Adience benchmark (faces and aligned archives plus the fold files) from the Open
@@ -261,9 +280,17 @@ some copies) are ignored.
             "fiducial_yaw_angle": tfds.features.Scalar(dtype=np.float32),
             "fiducial_score": tfds.features.Scalar(dtype=np.float32),
             "id": tfds.features.Text(),
+            **(detect_lib.features() if cfg.detect else {}),
         }),
         homepage="https://talhassner.github.io/home/projects/Adience/Adience-data.html",
     )
+
+  def summary_extra(self) -> dict[str, Any]:
+    """The detection counts of a detected config (a reused build keeps its first summary's)."""
+    if not self.builder_config.detect:
+      return {}
+    detection = getattr(self, "_detection", None)
+    return {"detection": detection.summary() if detection is not None else {}}
 
   def _fold_path(self, dl_manager: tfds.download.DownloadManager, k: int) -> str:
     try:
@@ -282,6 +309,7 @@ some copies) are ignored.
     for k in range(NUM_FOLDS):
       folds[k] = parse_fold_file(self._fold_path(dl_manager, k))
     _check_subject_exclusive(folds)
+    self._detection = detect_lib.Pass(cfg.detect) if cfg.detect else None
     return {f"fold{k}": self._generate_examples(f"fold{k}", fold_file_name(k), rows, tree)
             for k, rows in folds.items()}
 
@@ -312,8 +340,15 @@ some copies) are ignored.
       if reason:
         self.skip(split, eid, f"{fold_file} line {row.line}: {reason}")
         continue
+      found = {}
+      if self._detection is not None:
+        found, reason = self._detection.find(data)
+        if reason:
+          self.skip(split, eid, f"{fold_file} line {row.line}: {reason}")
+          continue
       first_line[eid] = row.line
       yield eid, {
+          **found,
           "image": data,
           cfg.task: label,
           "age_raw": row.age,

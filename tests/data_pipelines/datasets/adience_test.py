@@ -320,9 +320,14 @@ def test_age_policies(age, drop, mapped):
 
 
 def test_configs():
-  assert build.config_names("adience") == [
+  assert build.config_names("adience")[:6] == [
       "faces_age", "faces_gender", "faces_age_map", "aligned_age", "aligned_gender",
       "aligned_age_map"]
+  # Each config again per detector x multi-face policy x no-face policy (defaults unnamed).
+  names = build.config_names("adience")
+  assert len(names) == 6 * (1 + 2 * 3 * 2) and len(set(names)) == len(names)
+  assert {"faces_age_mtcnn", "faces_gender_haar", "aligned_age_map_mtcnn_largest",
+          "faces_age_mtcnn_nearest_centre_whole_image"} <= set(names)
   assert adience.Adience.DEFAULT_CONFIG_NAME == "faces_age"
   assert adience.AGE_NAMES == ("0-2", "4-6", "8-12", "15-20", "25-32", "38-43", "48-53",
                                "60-100")
@@ -338,3 +343,117 @@ def test_a_fold_without_usable_example_is_a_clear_error(tmp_path):
                      r"image file missing: "):
     build.build("adience", "faces_gender", data_dir=str(tmp_path / "tfds"),
                 manual_dir=str(tmp_path))
+
+
+# --- Build-time face detection (configs <config>_<detector>): real faces in the fixture images.
+
+NO_FACE_IMAGE = "faces/10@N00/coarse_tilt_aligned_face.2.p10b.jpg"  # mid-grey: no face
+
+
+def write_face_tree(root: str) -> None:
+  """The fixture's layout and fold files with LFW faces (160 x 160, as ``helpers.lfw_photo``) in
+  the faces/ tree, one mid-grey image without a face, the corrupt and the missing file."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  lfw = skimage.data.lfw_subset()
+  _write_folds(root, FOLDS)
+  for i, (user, face, image) in enumerate(FACES):
+    path = os.path.join(root, "faces", user, f"coarse_tilt_aligned_face.{face}.{image}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rgb = helpers.lfw_photo(lfw[i])
+    if path.endswith(NO_FACE_IMAGE):
+      rgb = np.full_like(rgb, 128)
+    cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+  with open(os.path.join(root, CORRUPT), "wb") as f:
+    f.write(b"\xff\xd8\xff\xe0 not a jpeg at all" * 4)
+
+
+@pytest.fixture(scope="module")
+def face_manual_dir(tmp_path_factory) -> str:
+  root = str(tmp_path_factory.mktemp("adience_faces"))
+  write_face_tree(root)
+  return root
+
+
+def test_detection_stores_box_score_landmarks_and_counts_no_face(face_manual_dir, tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  summary = build.build("adience", "faces_gender", data_dir=data_dir,
+                        manual_dir=face_manual_dir, detect="mtcnn")
+  assert summary["config"] == "faces_gender_mtcnn"
+  no_face = ("fold0", "10@N00/2.p10b.jpg", "fold_0_data.txt line 3: no face found by mtcnn")
+  got_skips = sorted((s["split"], s["id"], s["reason"]) for s in summary["skipped"]["examples"])
+  assert got_skips == sorted(COMMON_SKIPS + GENDER_SKIPS +
+                             [_image_skip("faces", face_manual_dir), no_face])
+  sizes = [summary["splits"][f"fold{k}"]["num_examples"] for k in range(5)]
+  assert sizes == [1, 2, 5, 3, 3]  # faces_gender's [2, 2, 5, 3, 3] less the grey image
+  assert summary["detection"] == {"detector": "mtcnn", "select": "largest_nearest_centre",
+                                  "no_face": "skip",
+                                  "counts": {"detected": 14, "no face found": 1}}
+  text = build.format_summary(summary)
+  assert ("detection (mtcnn, one face: largest_nearest_centre, no face: skip): detected:14 "
+          "no face found:1") in text
+  n = 0
+  for k in range(5):
+    for r in _records(data_dir, "faces_gender_mtcnn", f"fold{k}"):
+      box, lm = r["box"], r["landmarks"]
+      assert box.dtype == np.float32 and lm.shape == (5, 2) and np.isfinite(lm).all()
+      # The LFW face fills the 100 px middle of the 160 px photo.
+      assert 10 < box[0] < 60 and 10 < box[1] < 60 and 100 < box[2] < 150 and 100 < box[3] < 150
+      assert ((lm[:, 0] > box[0]) & (lm[:, 0] < box[2]) & (lm[:, 1] > box[1]) &
+              (lm[:, 1] < box[3])).all()
+      assert lm[0, 0] < lm[1, 0] and lm[2, 1] < lm[3, 1]  # eyes left to right, nose above mouth
+      assert r["score"] > 0.9
+      n += 1
+  assert n == 14
+  # A second build reuses the files and keeps the detection counts of the first.
+  again = build.build("adience", "faces_gender_mtcnn", data_dir=data_dir,
+                      manual_dir=face_manual_dir)
+  assert again["reused"] and again["detection"] == summary["detection"]
+  # The undetected config of the same data has no box in the image (the reason detection exists).
+  assert "box" not in tfds.builder("adience/faces_gender", data_dir=data_dir).info.features
+
+
+def test_whole_image_policy_keeps_the_faceless_image(face_manual_dir, tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  summary = build.build("adience", "faces_gender", data_dir=data_dir,
+                        manual_dir=face_manual_dir, detect="mtcnn", detect_no_face="whole_image")
+  assert summary["config"] == "faces_gender_mtcnn_whole_image"
+  assert summary["detection"]["counts"] == {"detected": 14,
+                                            "no face found: whole image as the box": 1}
+  assert summary["splits"]["fold0"]["num_examples"] == 2
+  (r,) = [r for r in _records(data_dir, "faces_gender_mtcnn_whole_image", "fold0")
+          if r["id"] == b"10@N00/2.p10b.jpg"]
+  np.testing.assert_array_equal(r["box"], [-0.5, -0.5, 159.5, 159.5])
+  assert r["score"] == 0 and np.isnan(r["landmarks"]).all()
+
+
+def test_select_policies():
+  from data_pipelines.datasets import detect  # pylint: disable=g-import-not-at-top
+  from jaxface.faces import Face  # pylint: disable=g-import-not-at-top
+
+  def face(x1, y1, x2, y2):
+    return Face(box=np.array([x1, y1, x2, y2], np.float32), score=0.99)
+
+  big_corner = face(0, 0, 60, 60)        # area 3600, far from the centre of 101 x 101
+  central = face(27, 27, 77, 77)         # area 2500 (>= half the largest), near the centre
+  small_central = face(45, 45, 55, 55)   # tiny, exactly central
+  found = [big_corner, central, small_central]
+  assert detect.select(found, "largest_nearest_centre", (101, 101)) is central
+  assert detect.select(found, "largest", (101, 101)) is big_corner
+  assert detect.select(found, "nearest_centre", (101, 101)) is small_central
+  assert detect.select([], "largest", (101, 101)) is None
+  with pytest.raises(ValueError, match="detect select must be one of"):
+    detect.Settings("mtcnn", "biggest")
+
+
+def test_detect_option_errors(tmp_path, capsys):
+  with pytest.raises(build.BuildError, match="--detect dlib: dataset 'adience' detects with "
+                     "mtcnn, haar"):
+    build.build("adience", "faces_age", data_dir=str(tmp_path), detect="dlib")
+  with pytest.raises(build.BuildError, match="dataset 'utkface' has no detection pass"):
+    build.build("utkface", None, data_dir=str(tmp_path), detect="mtcnn")
+  with pytest.raises(SystemExit) as e:
+    build.main(["fotw", "--detect", "haar", "--data_dir", str(tmp_path)])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "--detect haar: dataset 'fotw' detects with mtcnn" in err
