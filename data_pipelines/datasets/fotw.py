@@ -25,6 +25,12 @@ Features (TF-free):
   gender: ClassLabel ["m", "f"] (``with_other``: ["m", "f", "other"]).
   smile: ClassLabel ["no", "yes"] (``with_other``: ["no", "yes", "other"]).
   id: Text, the image path relative to the manual directory (``train/img_0001.jpg``); the key.
+  score, landmarks (configs ``default_mtcnn``, ``with_other_mtcnn``): the records' box is kept and
+    MTCNN, run once at build time (``data_pipelines.datasets.detect``), adds the five landmarks
+    and score of the detection whose box overlaps it most, so the crops that need landmarks
+    (Zhang et al.'s SNet crops 1 and 5, GNet crop 3) work without a ``detect`` op at train time.
+    An image with no detection overlapping its box is skipped and counted ("no face found");
+    ``*_mtcnn_whole_image`` keeps it with the box and NaN landmarks instead.
 
 Skipped (``builder.skipped``), with the CSV file and line: a row with the wrong number of cells
 (the header's count, or fewer than the highest column index without a header), an empty file
@@ -45,6 +51,7 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipelines.datasets import detect as detect_lib
 from data_pipelines.datasets import tfds_compat
 
 DEFAULT_SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fotw_schema.json")
@@ -153,6 +160,7 @@ class FotwConfig(tfds.core.BuilderConfig):
   """Schema file and "other"-code policy of a ``fotw`` config."""
   schema: str = DEFAULT_SCHEMA
   other: str = "skip"
+  detect: detect_lib.Settings | None = None  # None: the box only, no landmarks
 
   def class_names(self, task: str) -> list[str]:
     if self.other not in OTHER_POLICIES:
@@ -172,6 +180,14 @@ class Fotw(tfds_compat.ManualBuilderMixin, tfds.core.GeneratorBasedBuilder):
       FotwConfig(name="with_other", other="class",
                  description="'other' kept as a third class of gender and smile."),
   ]
+  # Landmarks for the stored box: only MTCNN gives them, and the box picks the face (no select).
+  BUILDER_CONFIGS += [
+      dataclasses.replace(base, name=base.name + s.suffix, detect=s,
+                          description=f"{base.description} Landmarks from MTCNN at build time.")
+      for base in list(BUILDER_CONFIGS)
+      for s in detect_lib.all_settings(detectors=("mtcnn",))
+      if s.select == detect_lib.DEFAULT_SELECT]
+  DETECTORS = ("mtcnn",)  # --detect of data_pipelines.build
   DEFAULT_CONFIG_NAME = "default"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Place the ChaLearn LAP 2016 FotW Track 3 (smile and gender) files in the manual directory in the
@@ -194,13 +210,23 @@ FotwConfig(schema=<path, absolute or relative to the manual directory>).
             "gender": tfds.features.ClassLabel(names=cfg.class_names("gender")),
             "smile": tfds.features.ClassLabel(names=cfg.class_names("smile")),
             "id": tfds.features.Text(),
+            **(detect_lib.features() if cfg.detect else {}),
         }),
         homepage="https://chalearnlap.cvc.uab.cat/",
     )
 
+  def summary_extra(self) -> dict[str, Any]:
+    """The detection counts of a detected config (a reused build keeps its first summary's)."""
+    if not self.builder_config.detect:
+      return {}
+    detection = getattr(self, "_detection", None)
+    return {"detection": detection.summary() if detection is not None else {}}
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual = os.fspath(dl_manager.manual_dir)
     schema = load_schema(os.path.join(manual, self.builder_config.schema))
+    detect = self.builder_config.detect
+    self._detection = detect_lib.Pass(detect) if detect else None
     generators = {}
     for split, entry in schema.splits.items():
       labels = self.manual_path(dl_manager, entry["labels"])
@@ -284,6 +310,12 @@ FotwConfig(schema=<path, absolute or relative to the manual directory>).
       if reason:
         self.skip(split, example_id, f"{name} line {number}: {reason}")
         continue
+      if self._detection is not None:
+        found, reason = self._detection.landmarks_for(data, parsed["box"])
+        if reason:
+          self.skip(split, example_id, f"{name} line {number}: {reason}")
+          continue
+        parsed.update(found)
       yield file, {"image": data, **parsed, "id": example_id}
 
 

@@ -276,3 +276,81 @@ def test_missing_manual_dir_label_file_and_bad_policy(tmp_path):
     build.build("fotw", "default", data_dir=str(tmp_path / "b"), manual_dir=str(manual))
   with pytest.raises(ValueError, match="FotwConfig.other must be one of skip, class"):
     fotw.FotwConfig(name="x", other="drop").class_names("gender")
+
+
+# --- Landmarks from a build-time MTCNN pass (configs *_mtcnn): LFW faces in the fixture images.
+
+FACE_TRAIN_CSV = """\
+img_0001.jpg,35,25,77,100,0,1
+img_0002.jpg,36,28,76,98,1,0
+img_0003.jpg,35,25,77,100,0,0
+img_0004.jpg,0,140,20,20,1,1
+"""
+FACE_VAL_CSV = "v_0001.jpg,35,25,77,100,1,1\n"
+FACE_TEST_CSV = "t_0001.jpg,35,25,77,100,0,0\n"
+
+
+def write_face_tree(root: str) -> dict[str, bytes]:
+  """The shipped schema's layout with LFW faces (160 x 160): img_0003 is mid-grey (no face) and
+  img_0004's box lies away from its face."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  lfw = skimage.data.lfw_subset()
+  names = ["train/img_0001.jpg", "train/img_0002.jpg", "train/img_0003.jpg",
+           "train/img_0004.jpg", "val/v_0001.jpg", "test/t_0001.jpg"]
+  files = {}
+  for i, rel in enumerate(names):
+    rgb = helpers.lfw_photo(lfw[i])
+    if rel.endswith("img_0003.jpg"):
+      rgb = np.full_like(rgb, 128)
+    files[rel] = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+    _write(root, rel, files[rel])
+  _write(root, "train.csv", FACE_TRAIN_CSV)
+  _write(root, "val.csv", FACE_VAL_CSV)
+  _write(root, "test.csv", FACE_TEST_CSV)
+  return files
+
+
+def test_detection_adds_landmarks_to_the_stored_box(tmp_path):
+  manual = str(tmp_path / "manual")
+  files = write_face_tree(manual)
+  data_dir = str(tmp_path / "tfds")
+  summary = build.build("fotw", "default", data_dir=data_dir, manual_dir=manual, detect="mtcnn")
+  assert summary["config"] == "default_mtcnn"
+  assert {s: i["num_examples"] for s, i in summary["splits"].items()} == {
+      "train": 2, "validation": 1, "test": 1}
+  assert _skipped(summary) == collections.Counter([
+      ("train", "train/img_0003.jpg",
+       "train.csv line 3: no face found by mtcnn overlapping the box [35.0, 25.0, 112.0, 125.0] "
+       "(0 elsewhere)"),
+      ("train", "train/img_0004.jpg",
+       "train.csv line 4: no face found by mtcnn overlapping the box [0.0, 140.0, 20.0, 160.0] "
+       "(1 elsewhere)"),
+  ])
+  assert summary["detection"]["counts"] == {"detected": 4, "no face found": 2}
+  builder = tfds.builder("fotw/default_mtcnn", data_dir=data_dir)
+  for split in ("train", "validation", "test"):
+    for example_id, r in _records(builder, split).items():
+      assert r["image"] == files[example_id]
+      box = np.array([35, 25, 112, 125], np.float32) if example_id != "train/img_0002.jpg" else \
+          np.array([36, 28, 112, 126], np.float32)
+      np.testing.assert_array_equal(r["box"], box)  # the annotation's box is kept
+      lm = r["landmarks"]
+      assert lm.shape == (5, 2) and np.isfinite(lm).all() and r["score"] > 0.9
+      assert ((lm[:, 0] > box[0]) & (lm[:, 0] < box[2]) & (lm[:, 1] > box[1]) &
+              (lm[:, 1] < box[3])).all()
+  # Zhang et al.'s SNet crop 1 needs the landmarks: it now runs on the records (no detect op).
+  from data_pipelines import pp  # pylint: disable=g-import-not-at-top
+  r = _records(builder, "train")["train/img_0001.jpg"]
+  out = pp.Pipeline("decode|task_crop(1, 32)")(
+      {"image": r["image"], "box": r["box"], "landmarks": r["landmarks"], "id": "x"},
+      np.random.default_rng(0))
+  assert out["image"].shape == (32, 32, 3)
+
+
+def test_landmark_detection_is_mtcnn_only(tmp_path):
+  with pytest.raises(build.BuildError, match="--detect haar: dataset 'fotw' detects with mtcnn"):
+    build.build("fotw", "default", data_dir=str(tmp_path), detect="haar")
+  assert build.config_names("fotw") == [
+      "default", "with_other", "default_mtcnn", "default_mtcnn_whole_image", "with_other_mtcnn",
+      "with_other_mtcnn_whole_image"]
