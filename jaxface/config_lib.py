@@ -25,7 +25,7 @@ import ml_collections
 ConfigDict = ml_collections.ConfigDict
 
 PERIODS = ("train", "eval_every", "checkpoint_every", "log_every")
-TASK_KINDS = ("classify", "attributes", "saliency")
+TASK_KINDS = ("class", "attributes", "saliency")
 SALIENCY_MODES = ("none", "cache", "online", "dataset")
 SALIENCY_LOSSES = ("mlnet", "kld")  # config.task.saliency_loss (jaxface.tasks.saliency)
 
@@ -67,7 +67,7 @@ def base_config() -> ConfigDict:
       preprocessing="imagenet",
   ))
   c.task = ConfigDict(dict(
-      kind="classify",
+      kind="class",
       class_weights="none",  # none | inverse | balanced (from the training split's labels)
       label_smoothing=0.0,
       loss_weights=ConfigDict({}, type_safe=False),  # task name -> weight (multi-task)

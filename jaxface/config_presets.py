@@ -147,7 +147,7 @@ def zhang_general_to_specific(attribute: str, step: int, crop: int, init_from: s
     c.data.train_pipe = c.data.train_pipe.replace("detect(detector='mtcnn')|", "")
     c.data.eval_pipe = c.data.eval_pipe.replace("detect(detector='mtcnn')|", "")
     if step == 2:
-      c.task.kind, c.model.head = "classify", ""
+      c.task.kind, c.model.head = "class", ""
       c.optim.lr_mult = ((r"conv\d_\d/", 0.1), (r"fc7/", 0.5), ("fc8/", 1.0))
     c.best_metric = f"val/{c.data.labels[0]}/accuracy"
   return c

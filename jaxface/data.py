@@ -6,7 +6,6 @@ Shared by ``jaxface.train``, ``jaxface.evaluate`` and ``jaxface.saliency``: all 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Sequence
 
@@ -19,19 +18,8 @@ from data_pipelines import loader as loader_lib
 from data_pipelines import pp
 from data_pipelines.datasets import sources
 from jaxface import config_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """One label a run predicts: its record key, classes and kind."""
-  name: str  # the record key, e.g. "age"
-  kind: str  # "class" (softmax), "attributes" (sigmoid, multi-label) or "saliency" (a map)
-  class_names: tuple[str, ...] = ()
-  ordinal: bool = False
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
+from jaxface import tasks as tasks_lib
+from jaxface.tasks import Task
 
 
 def data_dir(config) -> str:
@@ -45,33 +33,8 @@ def prepare(config) -> Any:
 
 
 def tasks(config, builder) -> list[Task]:
-  """The tasks of ``config.data.labels`` with class names read from the dataset's features."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  features = builder.info.features
-  if config.task.kind == "saliency":
-    return [Task("saliency", "saliency")]
-  out = []
-  for key in config.data.labels:
-    if key not in features:
-      raise config_lib.ConfigError(
-          f"config.data.labels: {key!r} is not a feature of {config.data.name}; features: "
-          f"{', '.join(sorted(features))}")
-    f = features[key]
-    if isinstance(f, tfds.features.ClassLabel):
-      out.append(Task(key, "class", tuple(f.names), key in tuple(config.task.ordinal)))
-    elif config.task.kind == "attributes":
-      n = int(np.prod(f.shape)) if f.shape else 1
-      metadata = builder.info.metadata or {}
-      names = tuple(metadata.get(key) or metadata.get("attributes") or
-                    tuple(f"attr{i}" for i in range(n)))
-      if len(names) != n:
-        raise config_lib.ConfigError(f"config.data.labels: {key!r} has {n} entries but the "
-                                     f"dataset names {len(names)} attributes")
-      out.append(Task(key, "attributes", names))
-    else:
-      raise config_lib.ConfigError(
-          f"config.data.labels: {key!r} is not a class label (ClassLabel) of {config.data.name}")
-  return out
+  """The tasks of the config's kind, with class names read from the dataset's features."""
+  return tasks_lib.for_config(config).from_dataset(config, builder)
 
 
 def source(config, builder, split: str, with_saliency: bool = True,
@@ -94,13 +57,11 @@ def source(config, builder, split: str, with_saliency: bool = True,
 
 def keep_maps(config) -> bool:
   """Only a saliency model trains on the maps; a classifier's pipe has already applied them."""
-  return config.task.kind == "saliency"
+  return tasks_lib.for_config(config).dense
 
 
 def label_keys(config) -> tuple[str, ...]:
-  if config.task.kind == "saliency":
-    return ()
-  return tuple(config.data.labels)
+  return tasks_lib.for_config(config).label_keys(config)
 
 
 def pipeline(config, pipe: str):

@@ -18,10 +18,8 @@ import numpy as np
 import optax
 
 from jaxface import config_lib
-from jaxface import models
-from jaxface.data import Task
-from jaxface.tasks import classification
-from jaxface.tasks import saliency as saliency_loss
+from jaxface import tasks as tasks_lib
+from jaxface.tasks import Task
 from jaxface.weights import common as weights_common
 
 PyTree = Any
@@ -32,7 +30,6 @@ PREPROCESSING = {
     "vggface": weights_common.VGGFACE_BGR,
     "unit": weights_common.Preprocessing("RGB", 1.0 / 255.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def normalize(images_uint8: jax.Array, name: str) -> jax.Array:
@@ -44,49 +41,6 @@ def normalize(images_uint8: jax.Array, name: str) -> jax.Array:
   x = images_uint8[..., ::-1] if p.channel_order == "BGR" else images_uint8
   x = x.astype(jnp.float32) * p.scale
   return (x - jnp.asarray(p.mean, jnp.float32)) / jnp.asarray(p.std, jnp.float32)
-
-
-def model_kwargs(config, tasks: Sequence[Task]) -> tuple[dict[str, Any], str | None, dict]:
-  """``(kwargs, head, head_kwargs)`` for ``models.get`` from the config and the tasks."""
-  kwargs = dict(config.model.kwargs.to_dict() if hasattr(config.model.kwargs, "to_dict")
-                else config.model.kwargs)
-  if config.model.dtype != "float32":
-    kwargs["dtype"] = config.model.dtype
-  head = config.model.head or None
-  head_kwargs = dict(config.model.head_kwargs.to_dict()
-                     if hasattr(config.model.head_kwargs, "to_dict") else config.model.head_kwargs)
-  kind = config.task.kind
-  if kind == "saliency":
-    return kwargs, None, {}
-  by_name = {t.name: t for t in tasks}
-  if head == "gender_age":
-    if set(by_name) != {"gender", "age"}:
-      raise config_lib.ConfigError("config.model.head 'gender_age' needs config.data.labels = "
-                                   f"('gender', 'age'), got {tuple(by_name)}")
-    head_kwargs.setdefault("num_age_classes", by_name["age"].num_classes)
-    head_kwargs.setdefault("num_gender_classes", by_name["gender"].num_classes)
-  elif head == "attributes":
-    head_kwargs.setdefault("num_attributes", tasks[0].num_classes)
-  elif head == "multi_softmax":
-    head_kwargs["tasks"] = tuple((t.name, t.num_classes) for t in tasks)
-  else:
-    if len(tasks) != 1:
-      raise config_lib.ConfigError(
-          f"config.data.labels: {len(tasks)} tasks need a multi-task head (config.model.head)")
-    kwargs["num_classes"] = tasks[0].num_classes
-  return kwargs, head, head_kwargs
-
-
-def build_model(config, tasks: Sequence[Task]):
-  kwargs, head, head_kwargs = model_kwargs(config, tasks)
-  if "dtype" in kwargs:
-    kwargs["dtype"] = DTYPES[kwargs["dtype"]]
-  try:
-    return models.get(config.model.name, head=head, head_kwargs=head_kwargs, **kwargs)
-  except KeyError as e:
-    raise config_lib.ConfigError(f"config.model.name: {e.args[0]}") from None
-  except TypeError as e:
-    raise config_lib.ConfigError(f"config.model.kwargs: {e}") from None
 
 
 def outputs_by_task(out: Any, tasks: Sequence[Task]) -> dict[str, jax.Array]:
@@ -102,36 +56,8 @@ def outputs_by_task(out: Any, tasks: Sequence[Task]) -> dict[str, jax.Array]:
 def loss_and_metrics(out: Any, batch: dict[str, jax.Array], params: PyTree, tasks: Sequence[Task],
                      config, class_weights: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
   """Total loss and summed metrics (``{name: (sum, count)}``) of one (micro-)batch."""
-  mask = batch["mask"].astype(jnp.float32)
-  outputs = outputs_by_task(out, tasks)
-  total = jnp.zeros((), jnp.float32)
-  metrics = {}
-  weights = dict(config.task.loss_weights) if config.task.loss_weights else {}
-  for t in tasks:
-    o = outputs[t.name].astype(jnp.float32)
-    w = float(weights.get(t.name, 1.0))
-    if t.kind == "saliency":
-      gt = batch["saliency"].astype(jnp.float32) / 255.0
-      gt = jax.image.resize(gt[..., None], o.shape, "linear", antialias=True)
-      loss = saliency_loss.mlnet_total_loss(
-          o, jnp.clip(gt, 0.0, 1.0), params,
-          loss=config.task.saliency_loss)
-      metrics["saliency/loss"] = (loss * mask.sum(), mask.sum())
-    elif t.kind == "attributes":
-      labels = batch[t.name]
-      loss, count = classification.sigmoid_attributes_loss(o, labels, mask)
-      hits, known = classification.attribute_accuracy_counts(o, labels, mask)
-      metrics[f"{t.name}/loss"] = (loss * count, count)
-      metrics[f"{t.name}/accuracy"] = (hits.sum(), known.sum())
-    else:
-      labels = batch[t.name].astype(jnp.int32)
-      loss, count = classification.cross_entropy(
-          o, labels, mask=mask, class_weights=class_weights.get(t.name),
-          label_smoothing=config.task.label_smoothing)
-      metrics[f"{t.name}/loss"] = (loss * count, count)
-      metrics[f"{t.name}/accuracy"] = classification.accuracy_counts(o, labels, mask)
-    total = total + w * loss
-  return total, metrics
+  return tasks_lib.loss_and_metrics(tasks, outputs_by_task(out, tasks), batch, params, config,
+                                    class_weights)
 
 
 # ----------------------------------------------------------------------------- state
@@ -278,10 +204,12 @@ def make_train_step(model, tx: optax.GradientTransformation, tasks: Sequence[Tas
 
 
 def make_eval_step(model, tasks: Sequence[Task], config, prepare: Callable[[jax.Array], jax.Array]):
-  """``eval_step(state, batch) -> {task: probabilities or maps, "loss/<task>": ...}``.
+  """``eval_step(state, batch) -> {task: predictions, "metrics": {name: (sum, count)}}``.
 
-  A batch of GilNet's ten views (images (B, 10, H, W, 3)) is averaged over the views' softmax
-  probabilities (SPEC 4.2).
+  The predictions are each task's :meth:`~jaxface.tasks.Task.predict` (probabilities or maps);
+  the metrics are the training loss and metrics plus each task's evaluation sums (a saliency
+  task's CC, NSS, AUC-Judd, shuffled AUC, KLD and SIM). A batch of GilNet's ten views (images
+  (B, 10, H, W, 3)) is averaged over the views' probabilities and has no "metrics".
   """
   def eval_step(state, batch):
     variables = {"params": state["params"]}
@@ -295,23 +223,12 @@ def make_eval_step(model, tasks: Sequence[Task], config, prepare: Callable[[jax.
     outputs = outputs_by_task(out, tasks)
     result = {}
     for t in tasks:
-      o = outputs[t.name].astype(jnp.float32)
-      if t.kind == "class":
-        p = jax.nn.softmax(o, -1)
-      elif t.kind == "attributes":
-        p = jax.nn.sigmoid(o)
-      else:
-        p = o
-      if views:
-        p = p.reshape(-1, views, *p.shape[1:]).mean(1)
-      result[t.name] = p
+      p = t.predict(outputs[t.name].astype(jnp.float32))
+      result[t.name] = tasks_lib.average_views(p, views) if views else p
     if not views:
-      mb = dict(batch)
-      _, metrics = loss_and_metrics(out, mb, state["params"], tasks, config, {})
+      _, metrics = tasks_lib.loss_and_metrics(tasks, outputs, batch, state["params"], config, {})
       for t in tasks:
-        if t.kind == "saliency":  # CC, NSS, AUC-Judd, KLD, SIM against the true maps
-          metrics.update(saliency_loss.map_metrics(outputs[t.name], batch["saliency"],
-                                                   batch["mask"]))
+        metrics.update(t.eval_metrics(outputs[t.name], batch))
       result["metrics"] = metrics
     return result
 

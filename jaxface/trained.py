@@ -29,7 +29,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from jaxface.data import Task
+from jaxface.tasks import Task
 from jaxface.weights import common as weights_common
 
 PRETRAINED_PREFIX = "pretrained:"
@@ -98,8 +98,7 @@ class Trained:
       result = {}
       for t in self.tasks:
         o = outputs[t.name].astype(jnp.float32)
-        result[t.name] = (jax.nn.softmax(o, -1) if t.kind == "class" else
-                          jax.nn.sigmoid(o) if t.kind == "attributes" else o)
+        result[t.name] = t.predict(o)
       return result
 
     return jax.jit(step)
@@ -197,6 +196,7 @@ def _read_json(path: str) -> dict[str, Any]:
 def _load_workdir(workdir: str, checkpoint: str | int | None) -> Trained:
   import ml_collections  # pylint: disable=g-import-not-at-top
   from jaxface import checkpointing, steps  # pylint: disable=g-import-not-at-top
+  from jaxface.models import from_config  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
   if config.get("stages"):
@@ -209,7 +209,7 @@ def _load_workdir(workdir: str, checkpoint: str | int | None) -> Trained:
     raise ValueError(f"{workdir}/run.json lists no tasks")
   step = _resolve_step(workdir, config, checkpoint)
   variables, _, _ = checkpointing.load_model_variables(workdir, step)
-  model = steps.build_model(config, tasks)
+  model = from_config.build_model(config, tasks)
   name = config.model.preprocessing
   if name not in steps.PREPROCESSING:
     raise ValueError(f"{workdir}/config.json: unknown model.preprocessing {name!r}")

@@ -24,8 +24,11 @@ AUCs; any nonzero pixel is a fixated location). Resize the prediction to the gro
   positive outscores a negative with ties counted one half (the Mann-Whitney statistic), instead
   of the benchmark's 0.1-spaced thresholds.
 
-CC, NSS, KLD and SIM are jnp functions (jit/vmap-able, batched with :func:`batched`); the AUCs
-sort and count, and take numpy arrays.
+CC, NSS, KLD and SIM are jnp functions (jit/vmap-able, batched with :func:`batched`). Each AUC
+has one implementation, run in float64 numpy by :func:`auc_judd`, :func:`roc_auc`,
+:func:`auc_shuffled` and :func:`auc_borji` (host side, inputs checked) and in float32 jnp by
+:func:`auc_judd_jnp` and :func:`auc_shuffled_jnp` (what the evaluation step of a saliency run
+reports, see :func:`jaxface.tasks.saliency.map_metrics`).
 """
 
 from __future__ import annotations
@@ -89,7 +92,48 @@ def batched(metric: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
   return jax.vmap(metric)
 
 
-# ----------------------------------------------------------------------------- AUCs (numpy)
+# ----------------------------------------------------------------------------- AUCs
+#
+# One implementation of each AUC, written over the array module ``xp``: numpy (float64, on the
+# host, for ``auc_judd`` / ``roc_auc`` / ``auc_shuffled``, which check their inputs and return a
+# float) or jax.numpy (float32, fixed shapes, inside a jitted step: ``auc_judd_jnp`` /
+# ``auc_shuffled_jnp``, where a map without fixations or negatives scores 0.5 instead of raising).
+
+
+def _auc_judd(xp, s, fixated):
+  """AUC-Judd of the map ``s`` and the boolean fixation map ``fixated`` in the array module ``xp``.
+
+  The thresholds are the fixated pixels' values, sorted in decreasing order, in an array as long
+  as the map (fixed shapes): the unused slots collapse onto the (1, 1) end point and add no area.
+  """
+  v = s.ravel()
+  f = fixated.ravel()
+  lo, hi = xp.min(v), xp.max(v)
+  v = xp.where(hi > lo, (v - lo) / xp.where(hi > lo, hi - lo, 1.0), 0.0)
+  n_pix = v.size
+  n_fix = xp.sum(f)
+  thresholds = -xp.sort(-xp.where(f, v, -xp.inf))
+  above = n_pix - xp.searchsorted(xp.sort(v), thresholds, side="left")  # #pixels >= threshold
+  k = xp.arange(1, n_pix + 1)
+  valid = k <= n_fix
+  tp = xp.where(valid, k / xp.maximum(n_fix, 1), 1.0)
+  fp = xp.where(valid, (above - k) / xp.maximum(n_pix - n_fix, 1), 1.0)
+  tp = xp.concatenate([xp.zeros(1), tp, xp.ones(1)])
+  fp = xp.concatenate([xp.zeros(1), fp, xp.ones(1)])
+  return xp.sum((fp[1:] - fp[:-1]) * (tp[1:] + tp[:-1]) / 2)
+
+
+def _roc_auc(xp, values, positive, negative):
+  """P(pos > neg) + P(pos == neg) / 2 of the ``values`` marked ``positive`` against those marked
+  ``negative`` (boolean masks of the same shape; a value may be both), in ``xp``."""
+  v = values.ravel()
+  pos, neg = positive.ravel(), negative.ravel()
+  ascending = xp.sort(xp.where(neg, v, xp.inf))  # the negatives, then +inf: never below a value
+  below = xp.searchsorted(ascending, v, side="left")
+  ties = xp.searchsorted(ascending, v, side="right") - below
+  n_pos, n_neg = xp.sum(pos), xp.sum(neg)
+  total = xp.sum(xp.where(pos, below + 0.5 * ties, 0.0))
+  return total / xp.maximum(n_pos * n_neg, 1)
 
 
 def _fixation_mask(s: np.ndarray, fixations) -> np.ndarray:
@@ -104,30 +148,28 @@ def auc_judd(s, fixations) -> float:
   """AUC-Judd (see the module docstring); 0.5 is chance, 1 perfect."""
   s = np.asarray(s, np.float64)
   f = _fixation_mask(s, fixations)
-  lo, hi = s.min(), s.max()
-  s = (s - lo) / (hi - lo) if hi > lo else np.zeros_like(s)
-  values = s.ravel()
-  thresholds = np.sort(s[f])[::-1]
-  n_fix, n_pix = thresholds.size, values.size
-  if n_fix == n_pix:
+  if f.all():
     raise ValueError("every pixel is fixated: AUC-Judd needs non-fixated pixels")
-  ascending = np.sort(values)
-  above = n_pix - np.searchsorted(ascending, thresholds, side="left")  # #pixels >= threshold
-  k = np.arange(1, n_fix + 1)
-  tp = np.concatenate([[0.0], k / n_fix, [1.0]])
-  fp = np.concatenate([[0.0], (above - k) / (n_pix - n_fix), [1.0]])
-  return float(np.sum((fp[1:] - fp[:-1]) * (tp[1:] + tp[:-1]) / 2))
+  return float(_auc_judd(np, s, f))
+
+
+def auc_judd_jnp(s: jax.Array, fixations: jax.Array) -> jax.Array:
+  """:func:`auc_judd` in float32 jnp (jit/vmap-able); 0.5 when no pixel is fixated."""
+  s = jnp.asarray(s, jnp.float32)
+  f = jnp.asarray(fixations) != 0
+  _check_pair(s, f, "fixation map")
+  return _auc_judd(jnp, s, f)
 
 
 def roc_auc(positives, negatives) -> float:
   """Area under the ROC curve separating two samples: P(pos > neg) + P(pos == neg) / 2."""
   pos = np.asarray(positives, np.float64).ravel()
-  neg = np.sort(np.asarray(negatives, np.float64).ravel())
+  neg = np.asarray(negatives, np.float64).ravel()
   if pos.size == 0 or neg.size == 0:
     raise ValueError(f"roc_auc needs positives and negatives, got {pos.size} and {neg.size}")
-  below = np.searchsorted(neg, pos, side="left")
-  ties = np.searchsorted(neg, pos, side="right") - below
-  return float(np.sum(below + 0.5 * ties) / (pos.size * neg.size))
+  values = np.concatenate([pos, neg])
+  is_pos = np.arange(values.size) < pos.size
+  return float(_roc_auc(np, values, is_pos, ~is_pos))
 
 
 def auc_shuffled(s, fixations, other_fixations) -> float:
@@ -142,7 +184,17 @@ def auc_shuffled(s, fixations, other_fixations) -> float:
   _check_pair(s, other, "other-fixation map")
   if not other.any():
     raise ValueError("other-fixation map has no fixated pixel")
-  return roc_auc(s[f], s[other])
+  return float(_roc_auc(np, s, f, other))
+
+
+def auc_shuffled_jnp(s: jax.Array, fixations: jax.Array, other_fixations: jax.Array) -> jax.Array:
+  """:func:`auc_shuffled` in float32 jnp (jit/vmap-able); 0.5 without positives or negatives."""
+  s = jnp.asarray(s, jnp.float32)
+  f = jnp.asarray(fixations) != 0
+  other = jnp.asarray(other_fixations) != 0
+  _check_pair(s, f, "fixation map")
+  _check_pair(s, other, "other-fixation map")
+  return jnp.where(jnp.any(f) & jnp.any(other), _roc_auc(jnp, s, f, other), 0.5)
 
 
 def auc_borji(s, fixations, n_splits: int = 100, seed: int = 0) -> float:

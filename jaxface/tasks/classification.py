@@ -1,4 +1,5 @@
-"""Classification losses and batch metric sums (softmax, multi-label sigmoid, multi-task).
+"""The classification kinds (softmax classes, sigmoid attributes): losses, batch metric sums,
+reports.
 
 Conventions shared by every function here, so a trainer can call them inside ``jax.jit``:
 
@@ -17,17 +18,22 @@ Conventions shared by every function here, so a trainer can call them inside ``j
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Mapping, Sequence
+import os
+from typing import Any, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxface import config_lib
+from jaxface.tasks import metrics as metrics_lib
+from jaxface.tasks.task import Task
+
 NORMALIZE_CE = ("count", "weights")
 NORMALIZE_ATTRIBUTES = ("entries", "examples")
 WEIGHT_SCHEMES = ("none", "inverse", "balanced")
-LOSS_KINDS = ("softmax", "sigmoid")
 
 
 def _valid(labels: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -141,55 +147,6 @@ def sigmoid_attributes_loss(logits: jax.Array, targets01: jax.Array,
   return _safe_div(total, count), count
 
 
-def multitask_loss(outputs: Mapping[str, jax.Array], labels: Mapping[str, jax.Array],
-                   weights: Mapping[str, float], mask: jax.Array | None = None,
-                   kinds: Mapping[str, str] | None = None,
-                   class_weights: Mapping[str, jax.Array | Sequence[float]] | None = None,
-                   label_smoothing: float | Mapping[str, float] = 0.0,
-                   ) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
-  """Weighted sum of per-task losses: ``sum_t weights[t] * loss_t``.
-
-  Each task in ``weights`` needs logits in ``outputs`` and labels in ``labels``. ``kinds[t]`` is
-  ``"softmax"`` (default; :func:`cross_entropy`) or ``"sigmoid"`` (:func:`sigmoid_attributes_loss`).
-  A task whose batch holds no labelled example adds 0 (each loss is a mean over its own labelled
-  examples, so an example labelled for one task only still trains that task at full strength).
-
-  Returns:
-    ``(total, per_task)`` with ``per_task[t] = (loss_t, count_t)`` unweighted, for logging.
-  """
-  kinds = dict(kinds or {})
-  class_weights = dict(class_weights or {})
-  for name, table in (("kinds", kinds), ("class_weights", class_weights)):
-    extra = sorted(set(table) - set(weights))
-    if extra:
-      raise ValueError(f"{name} names tasks {extra} that are not in weights {sorted(weights)}")
-  if not weights:
-    raise ValueError("weights must name at least one task")
-  total = jnp.zeros((), jnp.float32)
-  per_task = {}
-  for task, w in weights.items():
-    if task not in outputs:
-      raise ValueError(f"task {task!r} has no logits in outputs (have {sorted(outputs)})")
-    if task not in labels:
-      raise ValueError(f"task {task!r} has no labels (have {sorted(labels)})")
-    kind = kinds.get(task, "softmax")
-    if kind == "softmax":
-      smoothing = (label_smoothing.get(task, 0.0) if isinstance(label_smoothing, Mapping)
-                   else label_smoothing)
-      loss, count = cross_entropy(outputs[task], labels[task], mask,
-                                  class_weights=class_weights.get(task),
-                                  label_smoothing=smoothing)
-    elif kind == "sigmoid":
-      if task in class_weights:
-        raise ValueError(f"class_weights for task {task!r}: sigmoid tasks take no class weights")
-      loss, count = sigmoid_attributes_loss(outputs[task], labels[task], mask)
-    else:
-      raise ValueError(f"kinds[{task!r}] must be one of {LOSS_KINDS}, got {kind!r}")
-    per_task[task] = (loss, count)
-    total = total + w * loss
-  return total, per_task
-
-
 def class_weights_from_counts(counts: Sequence[int] | np.ndarray,
                               scheme: str = "inverse") -> np.ndarray:
   """Per-class loss weights from training-set class counts (host side, numpy float32).
@@ -275,3 +232,106 @@ def attribute_accuracy_counts(logits: jax.Array, targets01: jax.Array,
   valid = _valid(targets, mask)
   hit = ((logits > 0) == (targets > 0)).astype(jnp.float32)
   return jnp.sum(valid * hit, axis=0), jnp.sum(valid, axis=0)
+
+
+# ----------------------------------------------------------------------------- the kinds
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification(Task):
+  """Softmax over ``class_names``: one label per example (``-1``: none), one task of a single- or
+  multi-task head; ``ordinal`` classes (age buckets) add one-off accuracy and AABD to the report."""
+  kind: str = "class"
+  KIND: ClassVar[str] = "class"
+  labelled: ClassVar[bool] = True
+  single_label: ClassVar[bool] = True
+  class_weighted: ClassVar[bool] = True
+
+  @classmethod
+  def from_feature(cls, key: str, feature, config, builder) -> Task:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    if not isinstance(feature, tfds.features.ClassLabel):
+      raise config_lib.ConfigError(
+          f"config.data.labels: {key!r} is not a class label (ClassLabel) of {config.data.name}")
+    return cls(key, class_names=tuple(feature.names), ordinal=key in tuple(config.task.ordinal))
+
+  def predict(self, output: jax.Array) -> jax.Array:
+    return jax.nn.softmax(output, -1)
+
+  def loss_and_metrics(self, output, batch, mask, params, config, class_weights):
+    labels = batch[self.name].astype(jnp.int32)
+    loss, count = cross_entropy(output, labels, mask=mask,
+                                class_weights=class_weights.get(self.name),
+                                label_smoothing=config.task.label_smoothing)
+    return loss, {f"{self.name}/loss": (loss * count, count),
+                  f"{self.name}/accuracy": accuracy_counts(output, labels, mask)}
+
+  def report(self, probs, labels, sums, n):
+    return metrics_lib.classification_report(probs, labels, list(self.class_names),
+                                             ordinal=self.ordinal)
+
+  def write_outputs(self, out_dir: str, report: dict) -> list[str]:
+    """The text report, ``confusion_<task>.csv`` and ``.png`` (rows true, columns predicted)."""
+    from jaxface import plots  # pylint: disable=g-import-not-at-top
+    cm = np.asarray(report["confusion"])
+    np.savetxt(os.path.join(out_dir, f"confusion_{self.name}.csv"), cm, fmt="%d", delimiter=",",
+               header=",".join(self.class_names), comments="")
+    plots.confusion_matrix_png(
+        cm, list(self.class_names), os.path.join(out_dir, f"confusion_{self.name}.png"),
+        title=f"{self.name} (n={report['n']}, accuracy {report['accuracy']:.3f})")
+    return [f"== {self.name}", metrics_lib.format_report(report)]
+
+  def record(self, probs: np.ndarray) -> dict[str, Any]:
+    """The most probable class and its probability, and every class's probability."""
+    k = int(np.argmax(probs))
+    return {"label": self.class_names[k], "confidence": round(float(probs[k]), 6),
+            "probs": _rounded(self.class_names, probs)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Attributes(Task):
+  """One sigmoid per name of ``class_names`` (CelebA's 40 attributes); an entry < 0 is unknown.
+
+  Under ``config.task.kind = "attributes"`` a label key that is a ClassLabel is still a
+  :class:`Classification` task (e.g. attributes and a gender class in one run).
+  """
+  kind: str = "attributes"
+  KIND: ClassVar[str] = "attributes"
+  labelled: ClassVar[bool] = True
+
+  @classmethod
+  def from_feature(cls, key: str, feature, config, builder) -> Task:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    if isinstance(feature, tfds.features.ClassLabel):
+      return Classification.from_feature(key, feature, config, builder)
+    n = int(np.prod(feature.shape)) if feature.shape else 1
+    metadata = builder.info.metadata or {}
+    names = tuple(metadata.get(key) or metadata.get("attributes") or
+                  tuple(f"attr{i}" for i in range(n)))
+    if len(names) != n:
+      raise config_lib.ConfigError(f"config.data.labels: {key!r} has {n} entries but the "
+                                   f"dataset names {len(names)} attributes")
+    return cls(key, class_names=names)
+
+  def predict(self, output: jax.Array) -> jax.Array:
+    return jax.nn.sigmoid(output)
+
+  def loss_and_metrics(self, output, batch, mask, params, config, class_weights):
+    labels = batch[self.name]
+    loss, count = sigmoid_attributes_loss(output, labels, mask)
+    hits, known = attribute_accuracy_counts(output, labels, mask)
+    return loss, {f"{self.name}/loss": (loss * count, count),
+                  f"{self.name}/accuracy": (hits.sum(), known.sum())}
+
+  def report(self, probs, labels, sums, n):
+    r = metrics_lib.attribute_accuracy(probs, labels, list(self.class_names))
+    return {"accuracy": r["mean"], "n": int(len(labels)), **r}
+
+  def record(self, probs: np.ndarray) -> dict[str, Any]:
+    """The attributes at probability >= 0.5, and every attribute's probability."""
+    return {"labels": [c for c, p in zip(self.class_names, probs) if p >= 0.5],
+            "probs": _rounded(self.class_names, probs)}
+
+
+def _rounded(names: Sequence[str], probs: np.ndarray) -> dict[str, float]:
+  return {c: round(float(p), 6) for c, p in zip(names, probs)}

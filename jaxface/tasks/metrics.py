@@ -134,24 +134,6 @@ def ensemble_probs(per_model: Sequence[Any]) -> np.ndarray:
   return np.mean(arrays, axis=0)
 
 
-def oversample_probs(probs: Any, num_views: int = 10) -> np.ndarray:
-  """Average each image's views (GilNet over-sampling: 4 corners + centre, and mirrors).
-
-  ``probs`` is (N, V, K), or (N * V, K) with each image's ``V`` views contiguous (the Caffe deploy
-  batch of 10 is one image's views). Returns (N, K).
-  """
-  p = np.asarray(probs, np.float64)
-  if num_views < 1:
-    raise ValueError(f"num_views must be >= 1, got {num_views}")
-  if p.ndim == 2:
-    if p.shape[0] % num_views:
-      raise ValueError(f"probs has {p.shape[0]} rows, not a multiple of num_views={num_views}")
-    p = p.reshape(-1, num_views, p.shape[1])
-  elif p.ndim != 3 or p.shape[1] != num_views:
-    raise ValueError(f"probs must be (N, {num_views}, K) or (N*{num_views}, K), got {p.shape}")
-  return p.mean(axis=1)
-
-
 def attribute_accuracy(scores: Any, targets01: Any, names: Sequence[str] | None = None,
                        threshold: float = 0.5) -> dict[str, Any]:
   """Multi-label accuracy: ``{"per_attribute": {name: acc}, "mean": mean of those}``.

@@ -1,11 +1,17 @@
-"""ML-Net training loss (SPEC section 1.5) and the learned-prior regulariser (section 1.4)."""
+"""The saliency kind: ML-Net's training loss and learned-prior regulariser (Cornia et al., "A Deep
+Multi-Level Network for Saliency Prediction", ICPR 2016, arXiv:1609.01064) and the evaluation
+metrics of a batch of maps (:mod:`jaxface.saliency.metrics`)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+from typing import Any, ClassVar, Mapping
 
 import jax
 import jax.numpy as jnp
+
+from jaxface.saliency import metrics
+from jaxface.tasks.task import Task
 
 
 def mlnet_loss(pred_BHW1: jax.Array, gt_BHW1: jax.Array, alpha: float = 1.1,
@@ -88,7 +94,7 @@ def mlnet_total_loss(pred_BHW1: jax.Array, gt_BHW1: jax.Array, params: Mapping[s
 # ----------------------------------------------------------------------------- evaluation metrics
 
 # Metrics every saliency evaluation reports (sums over images, divided by the count at the end).
-MAP_METRICS = ("cc", "nss", "auc_judd", "kld", "sim")
+MAP_METRICS = ("cc", "nss", "auc_judd", "auc_shuffled", "kld", "sim")
 
 
 def fixation_points(gt_HW: jax.Array, min_fraction: float = 0.1) -> jax.Array:
@@ -103,41 +109,17 @@ def fixation_points(gt_HW: jax.Array, min_fraction: float = 0.1) -> jax.Array:
   return (g >= neighbourhood) & (g >= min_fraction * jnp.max(g)) & (g > 0)
 
 
-def auc_judd(s_HW: jax.Array, fix_HW: jax.Array) -> jax.Array:
-  """AUC-Judd as :func:`jaxface.saliency.metrics.auc_judd`, in jnp (jit-able, fixed shapes).
-
-  The thresholds are the fixated pixels' values, sorted in decreasing order; the unused slots of
-  the fixed-size threshold array collapse onto the (1, 1) end point and add no area.
-  """
-  v = s_HW.astype(jnp.float32).ravel()
-  f = fix_HW.ravel()
-  lo, hi = jnp.min(v), jnp.max(v)
-  v = jnp.where(hi > lo, (v - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.0)
-  n_pix = v.size
-  n_fix = jnp.sum(f)
-  thresholds = -jnp.sort(-jnp.where(f, v, -jnp.inf))
-  above = n_pix - jnp.searchsorted(jnp.sort(v), thresholds, side="left")
-  k = jnp.arange(1, n_pix + 1)
-  valid = k <= n_fix
-  tp = jnp.where(valid, k / jnp.maximum(n_fix, 1), 1.0)
-  fp = jnp.where(valid, (above - k) / jnp.maximum(n_pix - n_fix, 1), 1.0)
-  tp = jnp.concatenate([jnp.zeros(1), tp, jnp.ones(1)])
-  fp = jnp.concatenate([jnp.zeros(1), fp, jnp.ones(1)])
-  return jnp.sum((fp[1:] - fp[:-1]) * (tp[1:] + tp[:-1]) / 2)
-
-
-def _image_metrics(s: jax.Array, g: jax.Array) -> dict[str, jax.Array]:
-  """The MIT-benchmark metrics of one predicted map ``s`` against a density ``g`` (both (H, W)).
+def _image_metrics(s: jax.Array, g: jax.Array, fix: jax.Array, other: jax.Array
+                   ) -> dict[str, jax.Array]:
+  """The MIT-benchmark metrics of one predicted map ``s`` against a density ``g`` (both (H, W)),
+  its fixations ``fix`` and the other images' fixations ``other`` (shuffled AUC's negatives).
 
   A constant prediction (e.g. ML-Net's all-zero dead optimum) is scored as the uniform map it
-  carries no more information than: CC 0, NSS 0, KLD and SIM of the uniform distribution
-  (the benchmark's formulas divide by its zero spread and give NaN).
+  carries no more information than: CC 0, NSS 0, the AUCs 0.5, KLD and SIM of the uniform
+  distribution (the benchmark's formulas divide by its zero spread and give NaN).
   """
-  # pylint: disable=g-import-not-at-top
-  from jaxface.saliency import metrics
   constant = jnp.max(s) - jnp.min(s) <= 0
   s_safe = jnp.where(constant, jnp.arange(s.size, dtype=jnp.float32).reshape(s.shape), s)
-  fix = fixation_points(g)
   uniform = jnp.full(s.shape, 1.0 / s.size)
   g_min, g_max = jnp.min(g), jnp.max(g)
   g_dist = (g - g_min) / jnp.maximum(g_max - g_min, 1e-12)
@@ -145,7 +127,8 @@ def _image_metrics(s: jax.Array, g: jax.Array) -> dict[str, jax.Array]:
   return {
       "cc": jnp.where(constant, 0.0, metrics.cc(s_safe, g)),
       "nss": jnp.where(constant, 0.0, metrics.nss(s_safe, fix)),
-      "auc_judd": jnp.where(constant, 0.5, auc_judd(s_safe, fix)),
+      "auc_judd": jnp.where(constant, 0.5, metrics.auc_judd_jnp(s_safe, fix)),
+      "auc_shuffled": jnp.where(constant, 0.5, metrics.auc_shuffled_jnp(s_safe, fix, other)),
       "kld": jnp.where(constant, metrics.kld(uniform, g), metrics.kld(s_safe, g)),
       "sim": jnp.where(constant, jnp.sum(jnp.minimum(uniform, g_dist)), metrics.sim(s_safe, g)),
   }
@@ -156,11 +139,56 @@ def map_metrics(pred_BHW1: jax.Array, gt_BHW: jax.Array, mask_B: jax.Array
   """``{"saliency/<metric>": (sum, count)}`` over the masked images of a batch.
 
   The prediction is resized (bilinear) to the ground truth's size first, as the benchmark
-  prescribes; ``gt_BHW`` may be uint8 (0-255) or float. AUC-Judd of a constant map is 0.5.
+  prescribes; ``gt_BHW`` may be uint8 (0-255) or float. The fixations are the local maxima of
+  each density (:func:`fixation_points`). Shuffled AUC takes as negatives the pixels fixated in
+  the batch's other (unmasked) images, so it depends on the evaluation batch: an image alone in
+  its batch has no negatives and is left out of its count.
   """
   g = gt_BHW.astype(jnp.float32)
   s = jax.image.resize(pred_BHW1.astype(jnp.float32)[..., 0], g.shape, "linear")
-  per_image = jax.vmap(_image_metrics)(s, g)
   m = mask_B.astype(jnp.float32)
-  return {f"saliency/{k}": (jnp.sum(jnp.where(m > 0, v, 0.0)), jnp.sum(m))
-          for k, v in per_image.items()}
+  fix = jax.vmap(fixation_points)(g)
+  real_fix = fix & (m > 0)[:, None, None]
+  fixated_in = jnp.sum(real_fix.astype(jnp.int32), axis=0)  # (H, W) images fixating each pixel
+  other = (fixated_in[None] - real_fix.astype(jnp.int32)) > 0
+  per_image = jax.vmap(_image_metrics)(s, g, fix, other)
+  out = {f"saliency/{k}": (jnp.sum(jnp.where(m > 0, v, 0.0)), jnp.sum(m))
+         for k, v in per_image.items()}
+  scored = jnp.where((m > 0) & jnp.any(other, axis=(1, 2)) & jnp.any(fix, axis=(1, 2)), 1.0, 0.0)
+  out["saliency/auc_shuffled"] = (jnp.sum(scored * per_image["auc_shuffled"]), jnp.sum(scored))
+  return out
+
+
+# ----------------------------------------------------------------------------- the kind
+
+
+@dataclasses.dataclass(frozen=True)
+class Saliency(Task):
+  """ML-Net's map (``batch["saliency"]`` the dataset's fixation density, uint8): trained with
+  ``config.task.saliency_loss`` plus the prior regulariser, scored with :data:`MAP_METRICS`."""
+  kind: str = "saliency"
+  KIND: ClassVar[str] = "saliency"
+  dense: ClassVar[bool] = True
+
+  @classmethod
+  def from_dataset(cls, config, builder) -> list[Task]:
+    return [cls("saliency")]
+
+  def loss_and_metrics(self, output, batch, mask, params, config, class_weights):
+    gt = batch["saliency"].astype(jnp.float32) / 255.0
+    gt = jax.image.resize(gt[..., None], output.shape, "linear", antialias=True)
+    loss = mlnet_total_loss(output, jnp.clip(gt, 0.0, 1.0), params, loss=config.task.saliency_loss)
+    return loss, {f"{self.name}/loss": (loss * mask.sum(), mask.sum())}
+
+  def eval_metrics(self, output, batch):
+    return map_metrics(output, batch["saliency"], batch["mask"])
+
+  def report(self, probs, labels, sums, n):
+    """The means of the evaluation's ``saliency/<metric>`` sums (and the loss), and ``n``."""
+    if sums is None:
+      return None
+    prefix = f"{self.name}/"
+    out = {k[len(prefix):]: total / count for k, (total, count) in sums.items()
+           if k.startswith(prefix) and count}
+    out["n"] = int(n)
+    return out

@@ -95,26 +95,6 @@ def test_sigmoid_attributes_loss():
     cls.sigmoid_attributes_loss(logits, targets[:, :1])
 
 
-def test_multitask_loss():
-  outputs = {"age": LOGITS, "gender": jnp.log(jnp.array([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]])),
-             "attrs": jnp.array([[0.0], [0.0], [0.0]])}
-  labels = {"age": jnp.array([0, -1, 1]), "gender": jnp.array([1, 1, -1]),
-            "attrs": jnp.array([[1], [0], [1]])}
-  total, per = cls.multitask_loss(outputs, labels, {"age": 1.0, "gender": 0.5, "attrs": 2.0},
-                                  kinds={"attrs": "sigmoid"})
-  age = -(math.log(0.5) + math.log(0.3)) / 2
-  gender = -(math.log(0.1) + math.log(0.6)) / 2
-  attrs = math.log(2.0)
-  np.testing.assert_allclose(per["age"][0], age, rtol=1e-6)
-  np.testing.assert_allclose(per["gender"][0], gender, rtol=1e-6)
-  assert float(per["gender"][1]) == 2
-  np.testing.assert_allclose(total, age + 0.5 * gender + 2 * attrs, rtol=1e-6)
-  with pytest.raises(ValueError, match="'expr'"):
-    cls.multitask_loss(outputs, labels, {"expr": 1.0})
-  with pytest.raises(ValueError, match="kinds"):
-    cls.multitask_loss(outputs, labels, {"age": 1.0}, kinds={"age": "hinge"})
-
-
 def test_class_weights_from_counts():
   counts = [10, 20, 40]
   np.testing.assert_allclose(cls.class_weights_from_counts(counts, "inverse"), [4, 2, 1])

@@ -60,22 +60,12 @@ def test_mean_std_over_folds():
     metrics.mean_std(folds, ddof=2)
 
 
-def test_ensemble_and_oversampling():
+def test_ensemble():
   a = np.array([[0.2, 0.8], [0.6, 0.4]])
   b = np.array([[0.6, 0.4], [1.0, 0.0]])
   np.testing.assert_allclose(metrics.ensemble_probs([a, b]), [[0.4, 0.6], [0.8, 0.2]])
   with pytest.raises(ValueError, match=r"per_model\[1\]"):
     metrics.ensemble_probs([a, b[:1]])
-  # Two images x 2 views, flat with views contiguous, and the (N, V, K) form.
-  flat = np.array([[0.2, 0.8], [0.4, 0.6], [0.9, 0.1], [0.5, 0.5]])
-  want = [[0.3, 0.7], [0.7, 0.3]]
-  np.testing.assert_allclose(metrics.oversample_probs(flat, num_views=2), want)
-  np.testing.assert_allclose(metrics.oversample_probs(flat.reshape(2, 2, 2), num_views=2), want)
-  ten = np.repeat(np.array([[0.1, 0.9]]), 10, axis=0)
-  ten[0] = [0.9, 0.1]
-  np.testing.assert_allclose(metrics.oversample_probs(ten), [[0.18, 0.82]])
-  with pytest.raises(ValueError, match="multiple of num_views"):
-    metrics.oversample_probs(flat[:3], num_views=2)
 
 
 def test_attribute_accuracy():

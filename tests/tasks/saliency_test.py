@@ -85,15 +85,15 @@ def test_fixation_points_are_the_local_maxima_of_a_density():
   assert sorted(zip(*np.nonzero(got))) == [(2, 2), (6, 5)]
 
 
-def test_jnp_auc_judd_equals_the_numpy_reference():
+def test_auc_judd_in_float32_jnp_equals_the_float64_numpy_reference():
   s, g = _maps(0)
   s[0][s[0] < 0.5] = 0  # ties at zero
   for i in range(len(s)):
     fix = np.asarray(saliency.fixation_points(jnp.asarray(g[i])))
-    # Same arithmetic in float32 vs float64: the counts are exact, each rate rounds once and the
+    # One implementation, in float32 jnp vs float64 numpy: the counts are exact, each rate rounds once and the
     # trapezoids (areas summing to <= 1) add over <= n = 192 thresholds: (n + 2) * 2^-24 at worst.
     # Another tie rule moves the area by ~1 / (number of fixations) ~ 1e-1.
-    np.testing.assert_allclose(float(saliency.auc_judd(jnp.asarray(s[i]), jnp.asarray(fix))),
+    np.testing.assert_allclose(float(metrics.auc_judd_jnp(jnp.asarray(s[i]), jnp.asarray(fix))),
                                metrics.auc_judd(s[i], fix), rtol=0, atol=(s[i].size + 2) * 2.0**-24)
 
 
@@ -123,11 +123,51 @@ def test_map_metrics_average_the_benchmark_metrics_over_unmasked_images():
                              rtol=0, atol=(n + 2) * 2.0**-24)  # as in the test above
 
 
+def test_map_metrics_shuffled_auc_takes_the_other_unmasked_images_fixations_as_negatives():
+  s, g = _maps(3, n=4)
+  mask = jnp.asarray([1.0, 1.0, 1.0, 0.0])  # the padded fourth image is nobody's negative
+  got = saliency.map_metrics(jnp.asarray(s)[..., None], jnp.asarray(g), mask)
+  fix = [np.asarray(saliency.fixation_points(jnp.asarray(g[i]))) for i in range(4)]
+  want = [metrics.auc_shuffled(s[i], fix[i], np.any([fix[j] for j in range(3) if j != i], 0))
+          for i in range(3)]
+  total, count = got["saliency/auc_shuffled"]
+  assert float(count) == 3.0
+  # Sums of <= n = 192 half-counts per positive, exact in float32; one rounding per division.
+  np.testing.assert_allclose(float(total) / 3, np.mean(want), rtol=0, atol=8 * 2.0**-24)
+  # An image alone in its batch has no negatives: no shuffled AUC (count 0), the rest still count.
+  alone = saliency.map_metrics(jnp.asarray(s)[..., None], jnp.asarray(g), jnp.asarray([0, 1, 0, 0]))
+  assert float(alone["saliency/auc_shuffled"][1]) == 0.0
+  assert float(alone["saliency/cc"][1]) == 1.0
+
+
+def test_shuffled_auc_discounts_a_centre_bias_that_auc_judd_rewards():
+  # Every image is fixated at the centre and at one image-specific point; a centre blob predicts
+  # the shared fixations well (high AUC-Judd) but cannot tell them from other images' (the
+  # centre is fixated everywhere): shuffled AUC near chance. A map of each image's own point
+  # scores near 1 on both.
+  yy, xx = np.mgrid[:24, :24]
+  blob = lambda y, x: np.exp(-((yy - y)**2 + (xx - x)**2) / 4.0).astype(np.float32)
+  own = [(4, 4), (4, 19), (19, 4), (19, 19)]
+  g = np.stack([blob(12, 12) + blob(*p) for p in own])
+  centre = np.stack([blob(12, 12)] * 4)
+  specific = np.stack([blob(*p) + 0.5 * blob(12, 12) for p in own])
+  values = {}
+  for name, pred in (("centre", centre), ("specific", specific)):
+    got = saliency.map_metrics(jnp.asarray(pred)[..., None], jnp.asarray(g), jnp.ones(4))
+    values[name] = {k.split("/")[1]: float(t) / float(n) for k, (t, n) in got.items()}
+  # Centre map: the shared centre ties with the negatives' centre (1/2) and beats their three
+  # other points; the image's own point loses to their centre: about (3.5 + 1.5) / 8 = 0.625.
+  assert values["centre"]["auc_judd"] > 0.8
+  assert values["centre"]["auc_shuffled"] < values["centre"]["auc_judd"] - 0.15
+  assert values["specific"]["auc_shuffled"] > 0.9
+
+
 def test_map_metrics_score_a_dead_all_zero_map_as_uninformative_not_nan():
   _, g = _maps(2, n=2)
   got = saliency.map_metrics(jnp.zeros((2, 12, 16, 1)), jnp.asarray(g), jnp.ones(2))
   values = {k.split("/")[1]: float(t) / float(n) for k, (t, n) in got.items()}
   assert values["cc"] == 0.0 and values["nss"] == 0.0 and values["auc_judd"] == 0.5
+  assert values["auc_shuffled"] == 0.5
   uniform = np.full(g[0].shape, 1.0 / g[0].size, np.float32)
   want = np.mean([float(metrics.kld(uniform, gi)) for gi in g])
   np.testing.assert_allclose(values["kld"], want, rtol=0,
