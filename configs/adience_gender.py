@@ -13,7 +13,8 @@ AMBIGUOUS (see the preset): random flips and angles per pass instead of the pape
 copies (``:copies=4`` trains the paper's number of updates); SGD momentum 0.9 (no optimiser named).
 
 Commands (fold k = 0..4; then the mean and std over the folds):
-  python -m data_pipelines.build adience --config faces_gender --manual_dir ~/data/adience
+  python -m data_pipelines.build adience --config faces_gender --detect mtcnn \
+      --manual_dir ~/data/adience
   for k in 0 1 2 3 4; do python -m jaxface.train \
       --config configs/adience_gender.py:fold=$k,init_from=/tmp/alexnet.npz,mlnet=/tmp/mlnet.npz \
       --workdir /tmp/adience_gender/fold$k; done
@@ -34,4 +35,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              mlnet="")
   c = config_presets.saf_bage_adience("gender", arg.fold, arg.r, arg.init_from, arg.mlnet,
                                       arg.smoke, arg.model, arg.copies)
+  if not arg.smoke:  # the face detected once at build time (data_pipelines.datasets.detect)
+    c.data.config += "_mtcnn"
   return config_lib.finalize(c)

@@ -29,6 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise config_lib.ConfigError(f"config argument r={arg.r}: the ablation uses {RATIOS}")
   c = config_presets.saf_bage_adience("gender", arg.fold, arg.r, arg.init_from, arg.mlnet,
                                       arg.smoke)
+  if not arg.smoke:  # the face detected once at build time (data_pipelines.datasets.detect)
+    c.data.config += "_mtcnn"
   with c.unlocked():
     c.name = f"saf_bage/ratio_ablation/r{arg.r}/fold{arg.fold}"
   return config_lib.finalize(c)

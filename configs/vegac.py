@@ -38,8 +38,9 @@ FROZEN = {  # argument frozen -> the VGG-16 layers kept at their ImageNet weight
     "keras": ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3"),
 }
 DATA = {  # task -> (dataset, config, splits (train, validation, test), label)
-    "age": ("adience", "faces_age", ("fold0+fold1+fold2", "fold3", "fold4"), "age"),
-    "gender": ("adience", "faces_gender", ("fold0+fold1+fold2", "fold3", "fold4"), "gender"),
+    # Adience: the face detected once at build time (data_pipelines.datasets.detect)
+    "age": ("adience", "faces_age_mtcnn", ("fold0+fold1+fold2", "fold3", "fold4"), "age"),
+    "gender": ("adience", "faces_gender_mtcnn", ("fold0+fold1+fold2", "fold3", "fold4"), "gender"),
     "expression": ("affectnet", "7class_vegac", ("train", "validation", "test"), "expression"),
 }
 

@@ -34,4 +34,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, step=4, crop=3, init_from="")
   c = config_presets.zhang_general_to_specific("gender", arg.step, arg.crop, arg.init_from,
                                                arg.smoke)
+  if arg.step == 4 and not arg.smoke:  # FotW's box with MTCNN landmarks found at build time
+    c.data.config += "_mtcnn"
   return config_lib.finalize(c)

@@ -31,4 +31,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise config_lib.ConfigError(f"config argument crop={arg.crop}: the SNets use crops 1 and 5")
   c = config_presets.zhang_general_to_specific("smile", arg.step, arg.crop, arg.init_from,
                                                arg.smoke)
+  if arg.step == 4 and not arg.smoke:  # FotW's box with MTCNN landmarks found at build time
+    c.data.config += "_mtcnn"
   return config_lib.finalize(c)

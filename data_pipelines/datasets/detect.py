@@ -15,14 +15,14 @@ crops that need landmarks (``align``, ``task_crop`` 1 / 3 / 5) then skip the exa
 
 Multi-face policy (``select``; the papers detect one face per Adience image, which is already a crop
 around one person, and their 30 % margin box is of that face):
-  * ``largest_nearest_centre`` (default): among the faces at least ``LARGE_FRACTION`` of the largest
-    face's area, the one whose box centre is nearest the image centre (a large face of a bystander at
-    the border loses to the centred subject; a small background face never wins).
-  * ``largest``: the face with the largest box.  * ``nearest_centre``: the box centre nearest the
-    image centre, whatever its size.
-No-face policy (``no_face``): ``skip`` (default) leaves the example out and counts it with the reason
-``NO_FACE`` in the build summary; ``whole_image`` keeps it with the whole image as its box (score 0,
-no landmarks) and counts it too.
+  * ``largest_nearest_centre`` (default): among the faces of at least ``LARGE_FRACTION`` of the
+    largest face's area, the one whose box centre is nearest the image centre (a large face of a
+    bystander at the border loses to the centred subject; a small background face never wins).
+  * ``largest``: the face with the largest box.
+  * ``nearest_centre``: the box centre nearest the image centre, whatever its size.
+No-face policy (``no_face``): ``skip`` (default) leaves the example out and counts it with the
+reason ``NO_FACE`` in the build summary; ``whole_image`` keeps it with the whole image as its box
+(score 0, no landmarks) and counts it too.
 """
 
 from __future__ import annotations
