@@ -457,3 +457,20 @@ def test_detect_option_errors(tmp_path, capsys):
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "--detect haar: dataset 'fotw' detects with mtcnn" in err
+
+
+def test_haar_detection_stores_boxes_without_landmarks(face_manual_dir, tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  summary = build.build("adience", "faces_gender", data_dir=data_dir,
+                        manual_dir=face_manual_dir, detect="haar")
+  assert summary["config"] == "faces_gender_haar"
+  counts = summary["detection"]["counts"]
+  # 15 images reach detection (labels and files usable); the grey one has no face for Haar either.
+  assert sum(counts.values()) == 15 and counts["detected"] >= 12
+  assert ("fold0", "10@N00/2.p10b.jpg", "fold_0_data.txt line 3: no face found by haar") in {
+      (s["split"], s["id"], s["reason"]) for s in summary["skipped"]["examples"]}
+  records = [r for k in range(5) for r in _records(data_dir, "faces_gender_haar", f"fold{k}")]
+  assert len(records) == counts["detected"]
+  for r in records:
+    assert np.isnan(r["landmarks"]).all() and np.isfinite(r["box"]).all()
+    assert r["box"][2] - r["box"][0] > 40  # the 100 px LFW face, not a speck

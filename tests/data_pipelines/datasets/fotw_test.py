@@ -354,3 +354,20 @@ def test_landmark_detection_is_mtcnn_only(tmp_path):
   assert build.config_names("fotw") == [
       "default", "with_other", "default_mtcnn", "default_mtcnn_whole_image", "with_other_mtcnn",
       "with_other_mtcnn_whole_image"]
+
+
+def test_whole_image_policy_keeps_the_box_without_landmarks(tmp_path):
+  manual = str(tmp_path / "manual")
+  write_face_tree(manual)
+  data_dir = str(tmp_path / "tfds")
+  summary = build.build("fotw", "default", data_dir=data_dir, manual_dir=manual, detect="mtcnn",
+                        detect_no_face="whole_image")
+  assert summary["config"] == "default_mtcnn_whole_image"
+  assert summary["skipped"]["count"] == 0
+  assert summary["detection"]["counts"] == {"detected": 4,
+                                            "no face found: box kept without landmarks": 2}
+  records = _records(tfds.builder("fotw/default_mtcnn_whole_image", data_dir=data_dir), "train")
+  r = records["train/img_0004.jpg"]
+  np.testing.assert_array_equal(r["box"], [0, 140, 20, 160])
+  assert r["score"] == 0 and np.isnan(r["landmarks"]).all()
+  assert np.isfinite(records["train/img_0001.jpg"]["landmarks"]).all()
