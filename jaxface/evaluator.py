@@ -28,6 +28,8 @@ from jaxface import data as data_lib
 from jaxface import parallel
 from jaxface import steps as steps_lib
 from jaxface import tasks as tasks_lib
+from jaxface.models import from_config as model_config
+
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
@@ -154,7 +156,7 @@ def restore(config, workdir: str, checkpoint):
   mesh = parallel.make_mesh()
   builder = data_lib.prepare(config)
   tasks = data_lib.tasks(config, builder)
-  model = steps_lib.build_model(config, tasks)
+  model = model_config.build_model(config, tasks)
   ckpt = checkpointing.Checkpointer(workdir, read_only=True, best_metric=config.best_metric,
                                     best_mode=config.best_mode)
   which = checkpoint or config.eval.checkpoint

@@ -48,6 +48,7 @@ from jaxface import optim
 from jaxface import parallel
 from jaxface import stages as stages_lib
 from jaxface import steps as steps_lib
+from jaxface.models import from_config as model_config
 
 _FLAGS: dict[str, Any] = {}
 
@@ -209,7 +210,7 @@ class Trainer:
                                         workdir=workdir)
     self.steps_per_epoch = max(1, len(self.train_source) // config.batch_size)
     self.total_steps = config_lib.period_steps(config, "train", self.steps_per_epoch)
-    self.model = steps_lib.build_model(config, self.tasks)
+    self.model = model_config.build_model(config, self.tasks)
 
   def _class_weights(self) -> dict[str, jax.Array]:
     scheme = self.config.task.class_weights
@@ -263,6 +264,8 @@ class Trainer:
     return state, 0, None, {}
 
   def run(self) -> dict[str, Any]:
+    # -- setup: the optimiser, class weights and input preparation (the data and the model
+    # were built in __init__).
     c, workdir = self.config, self.workdir
     main = jax.process_index() == 0
     schedule = optim.make_schedule(c.optim, self.steps_per_epoch, self.total_steps)
@@ -270,14 +273,15 @@ class Trainer:
         lambda: steps_lib.init_variables(self.model, tuple(c.model.input_size), c.seed))
     tx = optim.make_optimizer(c.optim, variables_shape["params"], self.steps_per_epoch,
                               self.total_steps)
-    state, init_report = self._init_state(tx)
     class_weights = self._class_weights()
     prepare = evaluator_lib.make_prepare(c, self.mesh)
 
+    # -- state: fresh (with init_from's weights), then resumed (``_resume``) and recorded.
+    state, init_report = self._init_state(tx)
     ckpt = checkpointing.Checkpointer(workdir, keep=c.keep_checkpoints,
                                       best_metric=c.best_metric, best_mode=c.best_mode)
     loader = data_lib.train_loader(c, self.train_source, c.seed, self.local_batch)
-    kwargs, _, head_kwargs = steps_lib.model_kwargs(c, self.tasks)
+    kwargs, _, head_kwargs = model_config.model_kwargs(c, self.tasks)
     meta_model = {"name": c.model.name, "kwargs": kwargs, "head": c.model.head,
                   "head_kwargs": head_kwargs}
     state, start_step, resumed_from, val_metrics = self._resume(ckpt, loader, state, main)
@@ -303,12 +307,16 @@ class Trainer:
       if resumed_from:
         print(f"resumed from {resumed_from}", flush=True)
 
+    # -- step: one jitted program, batch sharded along ``data``, state replicated and donated.
     train_step = jax.jit(
         steps_lib.make_train_step(self.model, tx, self.tasks, c, class_weights, schedule, prepare),
         in_shardings=(self.replicated, self.data_sharding),
         out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+    # -- evaluator: validation on config.data.eval_split.
     evaluator = evaluator_lib.Evaluator(c, self.builder, self.tasks, self.model, prepare,
                                         self.mesh, self.workdir)
+
+    # -- loop: step, log, validate, checkpoint; a stop signal saves and exits.
     eval_every = config_lib.period_steps(c, "eval_every", self.steps_per_epoch)
     ckpt_every = config_lib.period_steps(c, "checkpoint_every", self.steps_per_epoch)
     log_every = config_lib.period_steps(c, "log_every", self.steps_per_epoch) or 10
@@ -374,6 +382,7 @@ class Trainer:
       finally:
         writer.close()
         loader.close()
+    # -- summary
     summary = {"step": step, "val": val_metrics, "skipped": loader.skipped.to_dict(),
                "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step()}
     if main:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import pp
-from jaxface import bench
+from jaxface.tools import bench
 from jaxface.faces import crops
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from jaxface import bench, models
+from jaxface import models
 from jaxface.models import alexnet
-from jaxface.tools import torch_refs, train_bench
+from jaxface.tools import bench, torch_refs, train_bench
 
 
 def _alexnet_macs(width: float, size: int) -> int:

@@ -12,6 +12,7 @@ import jaxface
 from jaxface import checkpointing, config_lib, models, pretrained, steps
 from jaxface import train as train_lib
 from jaxface import trained as trained_lib
+from jaxface.models import from_config
 from jaxface.saliency import inference, online
 from jaxface.weights import common as weights_common
 
@@ -43,7 +44,7 @@ def test_workdir_predict_equals_the_model_on_the_checkpoint(workdir):
   got = m.predict(x, batch_size=2)  # two full batches and a padded one
   variables, name, kwargs = checkpointing.load_model_variables(workdir, "latest")
   config = config_lib.ConfigDict(trained_lib._read_json(os.path.join(workdir, "config.json")))
-  net = steps.build_model(config, m.tasks)
+  net = from_config.build_model(config, m.tasks)
   logits, _ = net.apply(variables, steps.normalize(jnp.asarray(x), config.model.preprocessing))
   want = np.asarray(jax.nn.softmax(logits, -1))
   # Same program up to batch padding: XLA may pick other kernels per batch shape, so rounding of
