@@ -258,7 +258,8 @@ it out as follows in the manual directory:
   aligned/<user_id>/landmark_aligned_face.<face_id>.<original_image>      (configs aligned_*)
 
 Only the tree of the chosen config is needed. fold_frontal_<k>_data.txt files (the frontal subset in
-some copies) are ignored.
+some copies) are ignored. The images hold no face box: build with --detect mtcnn (configs
+<config>_mtcnn) for the face crops of SAF-BAGE and VEGAC.
 """
 
   def _info(self) -> tfds.core.DatasetInfo:
