@@ -24,15 +24,16 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib
+import io
 import json
 import os
-import sys
 import time
 from typing import Any, Sequence
 
 import data_pipelines  # noqa: F401  (the importlib_resources shim, before tfds builds)
 from data_pipelines.datasets import tfds_compat
 import tensorflow_datasets as tfds
+from jaxface import cli
 
 # Dataset name -> "module:class"; modules are imported only when their dataset is built.
 BUILDERS = {
@@ -48,6 +49,7 @@ BUILDERS = {
     "image_folder": "data_pipelines.datasets.image_folder:ImageFolder",
 }
 SHOW_SKIPPED = 10  # skipped examples printed (summary.json holds them all)
+SHOW_SIZES = 8  # most common image sizes listed per split; the rest are counted together
 SHOW_ENTRIES = 8  # manual directory entries named in a one-line error
 
 
@@ -111,12 +113,37 @@ def _histograms(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, dict
   features = builder.info.features
   labels = {k: f for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)}
   counts = {k: collections.Counter() for k in labels}
+  sizes = collections.Counter()
   source = builder.as_data_source(split, decoders=tfds_compat.skip_image_decoding(features))
   for i in range(len(source)):
     record = source[i]
     for k in labels:
       counts[k][int(record[k])] += 1
-  return {k: {f.int2str(c): counts[k][c] for c in range(f.num_classes)} for k, f in labels.items()}
+    if "image" in record:
+      sizes[_image_size(record["image"])] += 1
+  return ({k: {f.int2str(c): counts[k][c] for c in range(f.num_classes)}
+           for k, f in labels.items()}, _size_histogram(sizes))
+
+
+def _image_size(data) -> str:
+  """"WxH" of encoded image bytes, read from the file header alone (no decode)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top  (matplotlib's dependency)
+  try:
+    with Image.open(io.BytesIO(bytes(data))) as im:
+      return f"{im.size[0]}x{im.size[1]}"
+  except Exception:  # pylint: disable=broad-except  (the loader's decode skips and names it)
+    return "unreadable"
+
+
+def _size_histogram(sizes: collections.Counter) -> dict[str, int]:
+  """The ``SHOW_SIZES`` most common sizes (most frequent first, ties by name), the rest as "other sizes": a
+  photo of an odd size among fixed-size chips (a 1x1 file among UTKFace's 200x200) shows here."""
+  common = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:SHOW_SIZES]  # ties by name
+  out = dict(common)
+  rest = sum(sizes.values()) - sum(n for _, n in common)
+  if rest:
+    out["other sizes"] = rest
+  return out
 
 
 def summarize(builder: tfds.core.DatasetBuilder, skipped: Sequence[tfds_compat.Skipped],
@@ -124,8 +151,9 @@ def summarize(builder: tfds.core.DatasetBuilder, skipped: Sequence[tfds_compat.S
   """The JSON-ready summary of a prepared dataset."""
   splits = {}
   for split, info in builder.info.splits.items():
-    splits[split] = {"num_examples": int(info.num_examples),
-                     "histograms": _histograms(builder, split)}
+    histograms, sizes = _histograms(builder, split)
+    splits[split] = {"num_examples": int(info.num_examples), "histograms": histograms,
+                     "image_sizes": sizes}
   return {
       "dataset": builder.name,
       "config": builder.builder_config.name if builder.builder_config else None,
@@ -243,6 +271,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     for label, hist in info["histograms"].items():
       counts = " ".join(f"{k}:{v}" for k, v in hist.items())
       lines.append(f"{split:<12}{label:<12}{counts}")
+  for split, info in s["splits"].items():
+    if info.get("image_sizes"):  # absent in summaries written before the field existed
+      sizes = " ".join(f"{k}:{v}" for k, v in info["image_sizes"].items())
+      lines.append(f"{split:<12}{'image size':<12}{sizes}")
   skipped = s["skipped"]
   lines.append(f"skipped: {skipped['count']}")
   for e in skipped["examples"][:SHOW_SKIPPED]:
@@ -304,4 +336,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -75,7 +75,8 @@ def train_loader(config, src, seed: int, local_batch: int) -> loader_lib.Loader:
       src, pipe=pipeline(config, config.data.train_pipe), batch_size=local_batch, seed=seed,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       label_keys=label_keys(config), read_threads=config.data.read_threads,
-      worker_count=int(config.data.worker_count), keep_maps=keep_maps(config))
+      worker_count=int(config.data.worker_count), keep_maps=keep_maps(config),
+      image_size=tuple(config.model.input_size))
 
 
 def eval_loader(config, src, local_batch: int, pipe: str | None = None) -> loader_lib.Loader:
@@ -83,7 +84,8 @@ def eval_loader(config, src, local_batch: int, pipe: str | None = None) -> loade
       src, pipe=pipeline(config, pipe or config.data.eval_pipe), batch_size=local_batch,
       shard_index=jax.process_index(), shard_count=jax.process_count(),
       label_keys=label_keys(config), read_threads=config.data.read_threads,
-      worker_count=int(config.data.worker_count), keep_maps=keep_maps(config))
+      worker_count=int(config.data.worker_count), keep_maps=keep_maps(config),
+      image_size=tuple(config.model.input_size))
 
 
 def label_counts(builder, split: str, key: str, num_classes: int) -> np.ndarray:
