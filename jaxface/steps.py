@@ -18,7 +18,6 @@ import numpy as np
 import optax
 
 from jaxface import config_lib
-from jaxface import models
 from jaxface import tasks as tasks_lib
 from jaxface.tasks import Task
 from jaxface.weights import common as weights_common
@@ -31,7 +30,6 @@ PREPROCESSING = {
     "vggface": weights_common.VGGFACE_BGR,
     "unit": weights_common.Preprocessing("RGB", 1.0 / 255.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def normalize(images_uint8: jax.Array, name: str) -> jax.Array:
@@ -43,48 +41,6 @@ def normalize(images_uint8: jax.Array, name: str) -> jax.Array:
   x = images_uint8[..., ::-1] if p.channel_order == "BGR" else images_uint8
   x = x.astype(jnp.float32) * p.scale
   return (x - jnp.asarray(p.mean, jnp.float32)) / jnp.asarray(p.std, jnp.float32)
-
-
-def model_kwargs(config, tasks: Sequence[Task]) -> tuple[dict[str, Any], str | None, dict]:
-  """``(kwargs, head, head_kwargs)`` for ``models.get`` from the config and the tasks."""
-  kwargs = dict(config.model.kwargs.to_dict() if hasattr(config.model.kwargs, "to_dict")
-                else config.model.kwargs)
-  if config.model.dtype != "float32":
-    kwargs["dtype"] = config.model.dtype
-  head = config.model.head or None
-  head_kwargs = dict(config.model.head_kwargs.to_dict()
-                     if hasattr(config.model.head_kwargs, "to_dict") else config.model.head_kwargs)
-  if any(t.dense for t in tasks):  # a map: the model's own output, no classifier head
-    return kwargs, None, {}
-  by_name = {t.name: t for t in tasks}
-  if head == "gender_age":
-    if set(by_name) != {"gender", "age"}:
-      raise config_lib.ConfigError("config.model.head 'gender_age' needs config.data.labels = "
-                                   f"('gender', 'age'), got {tuple(by_name)}")
-    head_kwargs.setdefault("num_age_classes", by_name["age"].num_classes)
-    head_kwargs.setdefault("num_gender_classes", by_name["gender"].num_classes)
-  elif head == "attributes":
-    head_kwargs.setdefault("num_attributes", tasks[0].num_classes)
-  elif head == "multi_softmax":
-    head_kwargs["tasks"] = tuple((t.name, t.num_classes) for t in tasks)
-  else:
-    if len(tasks) != 1:
-      raise config_lib.ConfigError(
-          f"config.data.labels: {len(tasks)} tasks need a multi-task head (config.model.head)")
-    kwargs["num_classes"] = tasks[0].num_classes
-  return kwargs, head, head_kwargs
-
-
-def build_model(config, tasks: Sequence[Task]):
-  kwargs, head, head_kwargs = model_kwargs(config, tasks)
-  if "dtype" in kwargs:
-    kwargs["dtype"] = DTYPES[kwargs["dtype"]]
-  try:
-    return models.get(config.model.name, head=head, head_kwargs=head_kwargs, **kwargs)
-  except KeyError as e:
-    raise config_lib.ConfigError(f"config.model.name: {e.args[0]}") from None
-  except TypeError as e:
-    raise config_lib.ConfigError(f"config.model.kwargs: {e}") from None
 
 
 def outputs_by_task(out: Any, tasks: Sequence[Task]) -> dict[str, jax.Array]:
