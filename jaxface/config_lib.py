@@ -408,4 +408,8 @@ def _resize_pipe(pipe: str, size: int) -> str:
   if "random_crop" not in pipe and "center_crop" not in pipe and "oversample10" not in pipe:
     pipe = pipe.replace(f"resize({big})", f"resize({size})").replace(f"size={big}",
                                                                    f"size={size}")
+  if pipe and not re.search(r"resize\(|crop\(|oversample10\(|size=", pipe):
+    # A pipe that feeds the photos at their stored size (UTKFace's 200x200 chips): the smoke
+    # data are 256 px, so they are resized right after decoding to the smoke model's input.
+    pipe = re.sub(r"^(\s*decode\s*)(\||$)", rf"\1|resize({size})\2", pipe, count=1)
   return pipe
