@@ -9,7 +9,8 @@ batches, and stores the maps as uint8 in the cache directory (``config.saliency.
 ``<data_dir>/<name>/<config>/saliency_cache/<key>``). A split already cached with the same key is
 reused. Records the cache in ``DIR/saliency_cache.json`` (where training and evaluation in DIR
 read it) and draws ``DIR/saliency_cache.png``; prints the cache directory on the last line.
-Exit status 0 on success, 1 on an error, 2 for bad arguments.
+Exit status 0 on success, 2 for bad input (an argument, a missing file, a config field or a
+cache that does not match), each answered in one line.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def cmd_precompute(args, parser) -> int:
     cache_dir = precompute.precompute(config, args.workdir, splits)
   except (FileNotFoundError, ValueError, KeyError) as e:  # CacheError is a ValueError
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return 2
   with open(os.path.join(args.workdir, precompute.SUMMARY_FILE)) as f:
     summary = json.load(f)
   for split, info in summary["splits"].items():

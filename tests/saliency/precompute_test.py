@@ -317,7 +317,7 @@ def test_command_line(setup, tmp_path):
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     rc = cli.main(["precompute", "--config", str(tmp_path / "missing.py"), "--workdir",
                    str(tmp_path)])
-  assert rc == 1 and "missing.py" in err.getvalue()
+  assert rc == 2 and "missing.py" in err.getvalue()
 
 
 def test_writer_lock_makes_a_second_writer_wait(tmp_path):
