@@ -3,8 +3,8 @@
 Paper: A. Gurnani, K. Shah, V. Gajjar, V. Mavani, Y. Khandhediya, "SAF-BAGE: Salient Approach for
 Facial Soft-Biometric Classification - Age, Gender, and Facial Expression", WACV 2019,
 arXiv:1803.05719. Table 2 (Adience age): reported 62.11 +- 3.2 % exact (52.2 % without saliency,
-`:r=0`), "mean accuracy +- standard error" over the five folds (the standard error is the sample std
-that ``jaxface.evaluate --folds`` reports divided by sqrt(5)).
+`:r=0`), "mean accuracy +- standard error" over the five folds (``jaxface.evaluate --folds``
+reports it as ``stderr`` beside the sample ``std``).
 
 Settings (jaxface.config_presets.saf_bage_adience, paper section 3): Adience faces/ crops, face
 crop with 30 % margin, 224 x 224, ML-Net saliency r = 0.3 (cached), ImageNet AlexNet with fc6-fc8

@@ -6,7 +6,7 @@ one-off) and 86.8 +- 1.4 % gender with over-sampling (``:r=0``, the default). A.
 "SAF-BAGE: Salient Approach for Facial Soft-Biometric Classification - Age, Gender, and Facial
 Expression", WACV 2019, arXiv:1803.05719, section 4.3: GilNet inside SAF-BAGE's saliency pipeline,
 89.8 +- 1.3 % on Adience gender (``:r=0.3,mlnet=...``). Both report mean +- standard error over
-the five folds (``jaxface.evaluate --folds`` gives the sample std; divide by sqrt(5)).
+the five folds (``jaxface.evaluate --folds`` gives it as ``stderr``, with the sample ``std``).
 
 Settings (the authors' Caffe train_val prototxt and solver, GilLevi/AgeGenderDeepLearning):
 Adience aligned/ faces resized to 256 x 256 (aspect ignored); random 227 crop and mirror; Caffe

@@ -51,7 +51,7 @@ def define_flags() -> None:
 
 
 def evaluate_folds(workdirs: Sequence[str], out_dir: str, checkpoint=None) -> dict[str, Any]:
-  """Evaluates each fold's run; mean and sample std (ddof=1) of each task's metrics."""
+  """Evaluates each fold's run; mean, sample std (ddof=1) and standard error of each metric."""
   per_fold = []
   for w in workdirs:
     per_fold.append(evaluator_lib.evaluate(evaluator_lib.load_run_config(w), w, checkpoint))
@@ -69,8 +69,9 @@ def evaluate_folds(workdirs: Sequence[str], out_dir: str, checkpoint=None) -> di
   with open(os.path.join(out_dir, "folds.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2, default=checkpointing.json_default)
   for task, s in summary.items():
-    print(f"{task}: " + ", ".join(f"{m} {v['mean']:.4f} +- {v['std']:.4f}"
-                                  for m, v in s.items() if isinstance(v, dict)), flush=True)
+    print(f"{task}: " + ", ".join(f"{m} {v['mean']:.4f} (std {v['std']:.4f}, standard error "
+                                  f"{v['stderr']:.4f})" for m, v in s.items()
+                                  if isinstance(v, dict)), flush=True)
   return result
 
 

@@ -116,10 +116,16 @@ def mean_std(values: Sequence[float], ddof: int = 1) -> tuple[float, float]:
 
 
 def fold_summary(per_fold: Sequence[float], ddof: int = 1) -> dict[str, Any]:
-  """JSON-ready ``{"mean", "std", "ddof", "n_folds", "values"}`` of one metric over folds."""
+  """JSON-ready ``{"mean", "std", "stderr", "ddof", "n_folds", "values"}`` of one metric.
+
+  ``std`` is the sample standard deviation over the folds (``ddof=1``); ``stderr`` the standard
+  error of the mean, ``std / sqrt(n_folds)``, which is what Levi & Hassner and SAF-BAGE report as
+  "+-" over Adience's five folds (the README and the configs quote both).
+  """
   mean, std = mean_std(per_fold, ddof)
   values = [float(v) for v in np.asarray(per_fold, np.float64).reshape(-1)]
-  return {"mean": mean, "std": std, "ddof": ddof, "n_folds": len(values), "values": values}
+  return {"mean": mean, "std": std, "stderr": std / float(np.sqrt(len(values))), "ddof": ddof,
+          "n_folds": len(values), "values": values}
 
 
 def ensemble_probs(per_model: Sequence[Any]) -> np.ndarray:

@@ -54,6 +54,7 @@ def test_mean_std_over_folds():
   summary = metrics.fold_summary(folds)
   assert summary["n_folds"] == 5 and summary["ddof"] == 1
   assert summary["std"] == pytest.approx(math.sqrt(0.001))
+  assert summary["stderr"] == pytest.approx(math.sqrt(0.001) / math.sqrt(5))  # std / sqrt(folds)
   with pytest.raises(ValueError, match="ddof=1"):
     metrics.mean_std([0.5])
   with pytest.raises(ValueError, match="ddof must be"):
