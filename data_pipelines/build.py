@@ -293,6 +293,12 @@ def format_summary(summary: dict[str, Any]) -> str:
       lines.append(f"  {e['split']} {e['id']}: {e['repair']}")
     if repaired["count"] > SHOW_SKIPPED:
       lines.append(f"  ... {repaired['count'] - SHOW_SKIPPED} more in summary.json")
+  ignored = s.get("ignored")
+  if ignored is not None:
+    lines.append(f"ignored (not examples): {ignored['count']}")
+    lines.extend(f"  {p}" for p in ignored["paths"][:SHOW_SKIPPED])
+    if ignored["count"] > SHOW_SKIPPED:
+      lines.append(f"  ... {ignored['count'] - SHOW_SKIPPED} more in summary.json")
   return "\n".join(lines)
 
 

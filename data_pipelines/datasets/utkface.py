@@ -275,10 +275,12 @@ the config (UTKFace/ wins when both are there; --config crop_part1 reads the oth
         f"{inside}){hint}\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
 
   def summary_extra(self) -> dict[str, Any]:
-    """What ``build.py`` adds to the summary: the folder read, its file count, the repairs."""
+    """What ``build.py`` adds to the summary: the folder read, its file count, the repairs and
+    the entries that are not examples (a README, a subfolder)."""
     return {"source": self.source, "files": self.num_files,
             "repaired": {"count": len(self.repaired),
-                         "examples": [r._asdict() for r in self.repaired]}}
+                         "examples": [r._asdict() for r in self.repaired]},
+            "ignored": {"count": len(self.ignored), "paths": list(self.ignored)}}
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config

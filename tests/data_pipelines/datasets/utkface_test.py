@@ -166,6 +166,11 @@ def test_skips_with_reasons(built, manual_dir, config):
   skipped = summaries[config]["skipped"]
   assert sorted((s["split"], s["id"], s["reason"]) for s in skipped["examples"]) == sorted(want)
   assert skipped["count"] == (8 if config == "aligned" else 7)
+  # The entries that are not examples are listed too, in summary.json and in the printed summary.
+  ignored = [f"{folder}/extra", f"{folder}/readme.txt"]
+  assert summaries[config]["ignored"] == {"count": 2, "paths": ignored}
+  printed = build.format_summary(summaries[config])
+  assert "ignored (not examples): 2\n  " + "\n  ".join(ignored) in printed
 
 
 def test_histograms_and_class_names(built):
