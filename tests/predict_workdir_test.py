@@ -12,22 +12,13 @@ import skimage.data
 import jaxface
 from data_pipelines import pp
 from jaxface import config_lib, predict, predict_crops
-from jaxface import train as train_lib
 from jaxface.faces.types import LANDMARK_NAMES
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A two-step smoke run (AlexNet, expression), trained once for the module (as trained_test)."""
-  config = config_lib.load(os.path.join(CONFIGS, "affectnet.py:smoke,r=0"))
-  root = tmp_path_factory.mktemp("trained")
-  with config.unlocked():
-    config.data.data_dir = str(root / "tfds")
-  wd = str(root / "run")
-  train_lib.train_and_evaluate(config, wd)
-  return wd
+def workdir(smoke_run_workdir):
+  return smoke_run_workdir  # tests/conftest.py: AlexNet on affectnet.py:smoke,r=0, trained once
 
 
 @pytest.fixture(scope="module")

@@ -10,25 +10,16 @@ import pytest
 
 import jaxface
 from jaxface import checkpointing, config_lib, models, pretrained, steps
-from jaxface import train as train_lib
 from jaxface import trained as trained_lib
 from jaxface.models import from_config
 from jaxface.saliency import inference, online
 from jaxface.weights import common as weights_common
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A two-step smoke run (AlexNet, two tasks), trained once for the module."""
-  config = config_lib.load(os.path.join(CONFIGS, "affectnet.py:smoke,r=0"))
-  root = tmp_path_factory.mktemp("trained")
-  with config.unlocked():
-    config.data.data_dir = str(root / "tfds")
-  wd = str(root / "run")
-  train_lib.train_and_evaluate(config, wd)
-  return wd
+def workdir(smoke_run_workdir):
+  return smoke_run_workdir  # tests/conftest.py: AlexNet on affectnet.py:smoke,r=0, trained once
 
 
 def _crops(n, size, seed=0):
