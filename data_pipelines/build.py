@@ -255,6 +255,14 @@ def build(name: str, config: str | None = None, data_dir: str | None = None,
   return summary
 
 
+def _listing(title: str, count: int, items: Sequence[str]) -> list[str]:
+  """``title: count`` and the first ``SHOW_SKIPPED`` items, the rest counted."""
+  lines = [f"{title}: {count}"] + [f"  {item}" for item in items[:SHOW_SKIPPED]]
+  if count > SHOW_SKIPPED:
+    lines.append(f"  ... {count - SHOW_SKIPPED} more in summary.json")
+  return lines
+
+
 def format_summary(summary: dict[str, Any]) -> str:
   """Human-readable summary: sizes, histograms per split, skipped examples."""
   s = summary
@@ -276,11 +284,8 @@ def format_summary(summary: dict[str, Any]) -> str:
       sizes = " ".join(f"{k}:{v}" for k, v in info["image_sizes"].items())
       lines.append(f"{split:<12}{'image size':<12}{sizes}")
   skipped = s["skipped"]
-  lines.append(f"skipped: {skipped['count']}")
-  for e in skipped["examples"][:SHOW_SKIPPED]:
-    lines.append(f"  {e['split']} {e['id']}: {e['reason']}")
-  if skipped["count"] > SHOW_SKIPPED:
-    lines.append(f"  ... {skipped['count'] - SHOW_SKIPPED} more in summary.json")
+  lines += _listing("skipped", skipped["count"],
+                    [f"{e['split']} {e['id']}: {e['reason']}" for e in skipped["examples"]])
   detection = s.get("detection")
   if detection:
     counts = " ".join(f"{k}:{v}" for k, v in detection.get("counts", {}).items())
@@ -288,17 +293,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                  f"{detection['no_face']}): {counts or 'no image'}")
   repaired = s.get("repaired")
   if repaired is not None:
-    lines.append(f"repaired: {repaired['count']}")
-    for e in repaired["examples"][:SHOW_SKIPPED]:
-      lines.append(f"  {e['split']} {e['id']}: {e['repair']}")
-    if repaired["count"] > SHOW_SKIPPED:
-      lines.append(f"  ... {repaired['count'] - SHOW_SKIPPED} more in summary.json")
+    lines += _listing("repaired", repaired["count"],
+                      [f"{e['split']} {e['id']}: {e['repair']}" for e in repaired["examples"]])
   ignored = s.get("ignored")
   if ignored is not None:
-    lines.append(f"ignored (not examples): {ignored['count']}")
-    lines.extend(f"  {p}" for p in ignored["paths"][:SHOW_SKIPPED])
-    if ignored["count"] > SHOW_SKIPPED:
-      lines.append(f"  ... {ignored['count'] - SHOW_SKIPPED} more in summary.json")
+    lines += _listing("ignored (not examples)", ignored["count"], ignored["paths"])
   return "\n".join(lines)
 
 
