@@ -5,8 +5,7 @@
 * ``metrics``: CC, NSS, AUC-Judd, shuffled AUC, AUC-Borji, KLD, SIM.
 * ``precompute``: ``precompute(config, workdir, splits)`` and ``python -m jaxface.saliency precompute``
   (the cache's format, key and reader: ``data_pipelines.saliency_cache``).
-"""
 
-from jaxface.saliency.inference import (MLNetWeights, load_mlnet, make_predict_fn,  # noqa: F401
-                                        postprocess, predict, preprocess)
-from jaxface.saliency.online import reweight, saliency_reweight_step  # noqa: F401
+Import the submodule you need (``from jaxface.saliency import inference``): the package itself
+imports nothing, so the map metrics a training step uses do not load ML-Net.
+"""
