@@ -139,42 +139,23 @@ def reports(tasks, probs: dict[str, np.ndarray], labels: dict[str, np.ndarray],
   return tasks_lib.reports(tasks, probs, labels, sums, n)
 
 
-def abstract_state(config, model, mesh):
-  """The train state's shapes, dtypes and (replicated) shardings, without computing anything."""
-  from jaxface import optim  # pylint: disable=g-import-not-at-top
-  replicated = NamedSharding(mesh, P())
-  size = tuple(config.model.input_size)
-  variables = jax.eval_shape(lambda: steps_lib.init_variables(model, size, config.seed))
-  tx = optim.make_optimizer(config.optim, variables["params"], 1, 1)
-  shapes = jax.eval_shape(lambda v: steps_lib.create_state(v, tx, config.seed), variables)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                      shapes)
-
-
 def restore(config, workdir: str, checkpoint):
-  """``(evaluator, state, step, builder, tasks)`` of a run."""
+  """``(evaluator, variables, step, builder, tasks)`` of a run, through ``jaxface.load``.
+
+  The run's model and variables are ``trained.load(workdir, checkpoint, config, mesh)``: restored
+  replicated onto this process' mesh (whatever mesh saved them), falling back from an unreadable
+  latest / best checkpoint; the evaluator's tasks come from the dataset as in training.
+  """
+  from jaxface import trained as trained_lib  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
   builder = data_lib.prepare(config)
   tasks = data_lib.tasks(config, builder)
-  model = model_config.build_model(config, tasks)
-  ckpt = checkpointing.Checkpointer(workdir, read_only=True, best_metric=config.best_metric,
-                                    best_mode=config.best_mode)
-  which = checkpoint or config.eval.checkpoint
-  try:
-    try:
-      checkpointing.resolve_step(ckpt, which)
-    except ValueError:
-      if which != "best":
-        raise
-      which = "latest"  # no validation ran: the last one
-    # Orbax lists only finalized steps (a save in progress is a *.orbax-checkpoint-tmp
-    # directory), so a workdir in use is read safely; an unreadable latest/best falls back.
-    step, state, _, _ = ckpt.restore_readable(which, abstract_state(config, model, mesh))
-  finally:
-    ckpt.close()
+  m = trained_lib.load(workdir, checkpoint or config.eval.checkpoint, config=config, mesh=mesh)
+  variables = {"params": m.variables["params"],
+               "batch_stats": m.variables.get("batch_stats", {})}  # what the eval step reads
   prepare = make_prepare(config, mesh)
-  return (Evaluator(config, builder, tasks, model, prepare, mesh, workdir), state, step, builder,
-          tasks)
+  return (Evaluator(config, builder, tasks, m.model, prepare, mesh, workdir), variables, m.step,
+          builder, tasks)
 
 
 def evaluate(config, workdir: str, checkpoint: str | int | None = None,

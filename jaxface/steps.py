@@ -233,3 +233,15 @@ def make_eval_step(model, tasks: Sequence[Task], config, prepare: Callable[[jax.
     return result
 
   return eval_step
+
+
+def abstract_state(config, model, mesh):
+  """The train state's shapes, dtypes and (replicated) shardings, without computing anything."""
+  from jaxface import optim  # pylint: disable=g-import-not-at-top
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  size = tuple(config.model.input_size)
+  variables = jax.eval_shape(lambda: init_variables(model, size, config.seed))
+  tx = optim.make_optimizer(config.optim, variables["params"], 1, 1)
+  shapes = jax.eval_shape(lambda v: create_state(v, tx, config.seed), variables)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                      shapes)

@@ -15,7 +15,7 @@ A run that trained on saliency-reweighted crops (``config.saliency.mode`` "cache
 gets the same reweighting ``x * ((1 - r) + r * S)`` here, with ML-Net's map computed on the device
 from the run's ML-Net (the cache stores those maps at ``cache_size`` and quantised to 8 bits, so
 the two paths differ by that rounding). Workdirs are restored onto whatever devices are present,
-whatever mesh saved them (``checkpointing.load_model_variables``).
+whatever mesh saved them (restored replicated onto the present mesh; see ``load``).
 """
 
 from __future__ import annotations
@@ -136,18 +136,23 @@ def _saliency_reweight(s: Saliency):
                                                       s.mlnet_input)
 
 
-def load(source: str | os.PathLike, checkpoint: str | int | None = "best") -> Trained:
+def load(source: str | os.PathLike, checkpoint: str | int | None = "best", *, config=None,
+         mesh=None) -> Trained:
   """A training workdir, a converted ``.npz`` (``python -m jaxface.convert``) or
   ``"pretrained:NAME"`` (``jaxface.pretrained``) as a :class:`Trained`.
 
-  ``checkpoint``: "best" (the best validation step; the latest when the run kept none),
-  "latest" or a step number; workdirs only.
+  Workdirs only: ``checkpoint`` is "best" (the best validation step; the latest when the run kept
+  none), "latest" or a step number; "best" and "latest" fall back from an unreadable checkpoint to
+  the newest readable one (one line on stderr each), an explicit step does not. ``config``
+  replaces the run's saved ``config.json`` (``jaxface.evaluate`` passes its overridden one);
+  ``mesh`` (default ``parallel.make_mesh()``: every device of every process) is where the
+  variables are placed, replicated, so a run saved on one mesh restores onto any other.
   """
   src = os.fspath(source)
   if src.startswith(PRETRAINED_PREFIX):
     return _load_pretrained(src[len(PRETRAINED_PREFIX):])
   if os.path.isdir(src):
-    return _load_workdir(src, checkpoint)
+    return _load_workdir(src, checkpoint, config, mesh)
   if src.endswith(".npz") and os.path.isfile(src):
     return _load_npz(src)
   if not os.path.exists(src):
@@ -193,12 +198,13 @@ def _read_json(path: str) -> dict[str, Any]:
     raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def _load_workdir(workdir: str, checkpoint: str | int | None) -> Trained:
+def _load_workdir(workdir: str, checkpoint: str | int | None, config=None, mesh=None) -> Trained:
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from jaxface import checkpointing, steps  # pylint: disable=g-import-not-at-top
+  from jaxface import parallel, steps  # pylint: disable=g-import-not-at-top
   from jaxface.models import from_config  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
-  config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
+  if config is None:
+    config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
   if config.get("stages"):
     raise ValueError(f"{workdir} is a chain of stages: load one stage's workdir "
                      f"({', '.join(sorted(config.stages))})")
@@ -207,9 +213,12 @@ def _load_workdir(workdir: str, checkpoint: str | int | None) -> Trained:
                      bool(t.get("ordinal", False))) for t in run.get("tasks", ()))
   if not tasks:
     raise ValueError(f"{workdir}/run.json lists no tasks")
-  step = _resolve_step(workdir, config, checkpoint)
-  variables, _, _ = checkpointing.load_model_variables(workdir, step)
   model = from_config.build_model(config, tasks)
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  step, state = _restore(workdir, config, checkpoint, steps.abstract_state(config, model, mesh))
+  variables = {"params": state["params"]}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = state["batch_stats"]
   name = config.model.preprocessing
   if name not in steps.PREPROCESSING:
     raise ValueError(f"{workdir}/config.json: unknown model.preprocessing {name!r}")
@@ -217,23 +226,27 @@ def _load_workdir(workdir: str, checkpoint: str | int | None) -> Trained:
   if config.saliency.mode in ("cache", "online") and float(config.saliency.r) > 0:
     saliency = Saliency(float(config.saliency.r), str(config.saliency.mlnet),
                         tuple(int(v) for v in config.saliency.mlnet_input))
-  import jax  # pylint: disable=g-import-not-at-top
   size = tuple(int(v) for v in config.model.input_size)
-  return Trained(model, jax.device_put(variables), steps.PREPROCESSING[name], size, 3, tasks,
-                 workdir, saliency, step=step)
+  return Trained(model, variables, steps.PREPROCESSING[name], size, 3, tasks, workdir, saliency,
+                 step=step)
 
 
-def _resolve_step(workdir: str, config, checkpoint: str | int | None) -> int:
+def _restore(workdir: str, config, checkpoint: str | int | None, target) -> tuple[int, Any]:
+  """``(step, state)`` of the checkpoint ``checkpoint`` names, restored into ``target``."""
   from jaxface import checkpointing  # pylint: disable=g-import-not-at-top
   ckpt = checkpointing.Checkpointer(workdir, read_only=True, best_metric=config.best_metric,
                                     best_mode=config.best_mode)
   try:
-    try:
-      return checkpointing.resolve_step(ckpt, checkpoint)
-    except ValueError:
-      if checkpoint != "best":
-        raise
-      return checkpointing.resolve_step(ckpt, "latest")  # no validation ran: the last one
+    which = checkpoint
+    if which == "best":
+      try:
+        checkpointing.resolve_step(ckpt, "best")
+      except ValueError:
+        which = "latest"  # no validation ran: the last one
+    # Orbax lists only finalized steps (a save in progress is a *.orbax-checkpoint-tmp
+    # directory), so a workdir in use is read safely; an unreadable latest/best falls back.
+    step, state, _, _ = ckpt.restore_readable(which, target)
+    return step, state
   finally:
     ckpt.close()
 
