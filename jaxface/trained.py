@@ -215,10 +215,21 @@ def _load_workdir(workdir: str, checkpoint: str | int | None, config=None, mesh=
     raise ValueError(f"{workdir}/run.json lists no tasks")
   model = from_config.build_model(config, tasks)
   mesh = mesh if mesh is not None else parallel.make_mesh()
-  step, state = _restore(workdir, config, checkpoint, steps.abstract_state(config, model, mesh))
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    # Several processes: each restores its shards of the replicated state onto the global mesh
+    # (an untargeted restore refuses a checkpoint written by another process topology).
+    step, state = _restore(workdir, config, checkpoint, steps.abstract_state(config, model, mesh))
+  else:
+    # One process: the arrays as saved (any device count, and a checkpoint holding only the
+    # model's variables), then replicated onto this process' devices.
+    step, state = _restore(workdir, config, checkpoint, None)
   variables = {"params": state["params"]}
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]
+  if jax.process_count() == 1:
+    variables = jax.device_put(variables, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
   name = config.model.preprocessing
   if name not in steps.PREPROCESSING:
     raise ValueError(f"{workdir}/config.json: unknown model.preprocessing {name!r}")
@@ -232,7 +243,8 @@ def _load_workdir(workdir: str, checkpoint: str | int | None, config=None, mesh=
 
 
 def _restore(workdir: str, config, checkpoint: str | int | None, target) -> tuple[int, Any]:
-  """``(step, state)`` of the checkpoint ``checkpoint`` names, restored into ``target``."""
+  """``(step, state)`` of the checkpoint ``checkpoint`` names, restored into ``target`` (None:
+  as saved)."""
   from jaxface import checkpointing  # pylint: disable=g-import-not-at-top
   ckpt = checkpointing.Checkpointer(workdir, read_only=True, best_metric=config.best_metric,
                                     best_mode=config.best_mode)
