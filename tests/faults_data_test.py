@@ -52,7 +52,8 @@ def test_odd_sized_chips_are_listed_by_the_build_and_skipped_by_the_run(tmp_path
   assert summary["splits"]["test"]["image_sizes"] == {"200x200": 3}
   assert "train       image size  200x200:6 120x90:1 1x1:1" in build.format_summary(summary)
 
-  config = config_lib.load(os.path.join(REPO, "configs", "utkface.py") + ":model=resnet18")
+  config = config_lib.load(os.path.join(REPO, "configs", "utkface.py")
+                           + ":model=resnet18,subset=aligned")
   with config.unlocked():
     config.data.data_dir, config.data.manual_dir = data_dir, str(tmp_path / "manual")
     config.model.kwargs.width = 0.125
