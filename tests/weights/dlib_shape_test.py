@@ -88,7 +88,7 @@ def test_import_and_convert_entry(tmp_path):
   imported = import_weights("dlib_shape", str(src))
   assert imported.meta["model"] == "dlib_shape_predictor"
   assert imported.meta["model_kwargs"]["landmarks"] == 2
-  from jaxface import convert  # pylint: disable=g-import-not-at-top
+  from jaxface.tools import convert  # pylint: disable=g-import-not-at-top
   dst = tmp_path / "tiny.npz"
   assert convert.main(["dlib_shape", str(src), str(dst)]) == 0
   back = load(dst).variables["params"]
