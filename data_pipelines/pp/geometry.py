@@ -341,11 +341,14 @@ SHRINK_PREFILTER = 2.0
 
 def fused_steps(op_list: Sequence[Op]) -> list[list[Op]]:
   """Groups the ops: runs of geometric ops (with map sources inside) that hold two or more
-  geometric ops become one fused step; every other op is a step of its own."""
+  geometric ops become one fused step; every other op is a step of its own. A ``decode`` that
+  defers (``decode(reduced=True)``) joins the run right after it, which then needs only one
+  geometric op (it decides the scale the image is decoded at)."""
   steps, run = [], []
 
   def flush():
-    if sum(isinstance(op, GeometricOp) for op in run) >= 2:
+    geometric = sum(isinstance(op, GeometricOp) for op in run)
+    if geometric >= 2 or (geometric and _defers(run[0])):
       steps.append(list(run))
     else:
       steps.extend([op] for op in run)
@@ -356,18 +359,72 @@ def fused_steps(op_list: Sequence[Op]) -> list[list[Op]]:
       run.append(op)
     else:
       flush()
-      steps.append([op])
+      if _defers(op):
+        run.append(op)
+      else:
+        steps.append([op])
   flush()
   return steps
 
 
+def _defers(op: Op) -> bool:
+  return bool(getattr(op, "reduced", False)) and hasattr(op, "defer")
+
+
+def check_deferred_decodes(op_list: Sequence[Op], fuse: bool) -> None:
+  """Raises ``ValueError`` for a ``decode(reduced=True)`` that could not reduce anything (it
+  would silently decode in full): without fused geometry, or not followed by a geometric op."""
+  for i, op in enumerate(op_list):
+    if not _defers(op):
+      continue
+    if not fuse:
+      raise ValueError(f"{op}: decoding at a reduced scale needs fused geometry "
+                       "(Pipeline(fuse=True), config.data.fuse_geometry=True)")
+    after = next((o for o in op_list[i + 1:] if not isinstance(o, MapSourceOp)), None)
+    if not isinstance(after, GeometricOp):
+      raise ValueError(f"{op}: must come right before the geometric ops that shrink the image "
+                       f"(it is followed by {after or 'nothing'})")
+
+
+def reduction_scale(A: np.ndarray, hw: tuple[int, int]) -> int:
+  """The largest of 1, 2, 4, 8 that is at most the shrink factor (input pixels per output pixel)
+  of output -> input affine ``A`` along both axes: decoding at 1/scale then never drops below the
+  output's sampling rate (the warp after it shrinks by less than 2 more, or block-averages)."""
+  (a, b, _), (d, e, _) = np.asarray(A, np.float64).reshape(2, 3).tolist()
+  k = min(math.hypot(a, b), math.hypot(d, e))
+  scale = 1
+  while scale < 8 and k >= 2 * scale and min(hw) >= 2 * scale:
+    scale *= 2
+  return scale
+
+
+def reduced_affine(scale: int) -> np.ndarray:
+  """Full-resolution pixel coordinates -> those of the 1/``scale`` decode: libjpeg's scaled IDCT
+  turns each 8x8 block into (8/scale)^2 samples at the centres of scale x scale pixel groups, so
+  reduced pixel i sits at full-resolution x = scale * i + (scale - 1) / 2."""
+  return np.array([[1.0 / scale, 0.0, -(scale - 1) / (2.0 * scale)],
+                   [0.0, 1.0 / scale, -(scale - 1) / (2.0 * scale)]])
+
+
 def run_fused(run: Sequence[Op], example: Example, rng: np.random.Generator | None) -> Example:
-  """Applies a run of geometric ops (and map sources) with one resampling per array."""
+  """Applies a run of geometric ops (and map sources) with one resampling per array; a deferring
+  ``decode`` at the run's head decodes the image only once the run's affine is known."""
   example = dict(example)
-  img = get_image(example, run[0].name)
-  hw = img.shape[:2]
+  decoder, hw = None, None
+  if _defers(run[0]):
+    decoder, run = run[0], run[1:]
+    hw = decoder.defer(example)  # None: decoded in full already
+    if hw is None:
+      decoder = None
+  layers: dict[str, list] = {}
+  if decoder is None:
+    img = get_image(example, run[0].name)
+    hw = img.shape[:2]
+    layers["image"] = [img, None]
+  else:
+    layers["image"] = [None, None]  # the bytes, decoded below at the scale the affine allows
+  full_hw = hw
   # Each array with the affine from the current frame to its own pixels (None: the identity).
-  layers: dict[str, list] = {"image": [img, None]}
   for key, m in raw_maps(example, run[0].name).items():
     layers[key] = [m, None if m.shape == hw else _scale_affine(m.shape, hw)]
   for op in run:
@@ -384,6 +441,12 @@ def run_fused(run: Sequence[Op], example: Example, rng: np.random.Generator | No
       for layer in layers.values():
         layer[1] = A if layer[1] is None else crops.compose_affine(layer[1], A)
     hw = tuple(out_hw)
+  if decoder is not None:
+    A = layers["image"][1]
+    scale = 1 if A is None else reduction_scale(A, full_hw)
+    layers["image"][0] = decoder.finish(example, full_hw, scale)
+    if scale > 1:
+      layers["image"][1] = crops.compose_affine(reduced_affine(scale), A)
   for key, (a, A) in layers.items():
     if A is None and a.shape[:2] == hw:
       example[key] = a

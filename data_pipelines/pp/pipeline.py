@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data_pipelines.pp.geometry import fused_steps, run_fused
+from data_pipelines.pp.geometry import check_deferred_decodes, fused_steps, run_fused
 from data_pipelines.pp.registry import Example, MAP_KEYS, Op, parse
 
 
@@ -19,6 +19,8 @@ class Pipeline:
   numbers and move the box and landmarks exactly as op by op; the pixels differ by interpolation
   rounding (one bilinear sample instead of a chain) and, where a rotation brings in pixels from
   outside the crop, by showing the photo there instead of the crop's replicated edge.
+  ``decode(reduced=True)`` (fused only) joins the run after it and decodes a JPEG at the reduced
+  DCT scale that run's shrink allows.
   """
 
   def __init__(self, pipe: str | Sequence[Op], fuse: bool = False):
@@ -26,6 +28,7 @@ class Pipeline:
     if not isinstance(fuse, bool):
       raise ValueError(f"fuse must be True or False, got {fuse!r}")
     self.fuse = fuse
+    check_deferred_decodes(self.ops, fuse)
     self._steps = fused_steps(self.ops) if fuse else [[op] for op in self.ops]
 
   @property
