@@ -52,6 +52,11 @@ def base_config() -> ConfigDict:
       # Consecutive geometric ops resample once (data_pipelines.pp.Pipeline(fuse=True)): same
       # geometry and random draws as op by op, one interpolation instead of a chain, ~1.5x faster.
       fuse_geometry=True,
+      # Several datasets in one run (data.name = "mixture", see jaxface.mixture): classes gives
+      # each label key's class names in order, datasets maps an entry name to {name, config,
+      # manual_dir, splits: {split name: split string}, labels: {key: {class: class}}, rate}.
+      mixture=ConfigDict(dict(classes=ConfigDict({}, type_safe=False),
+                              datasets=ConfigDict({}, type_safe=False))),
   ))
   c.model = ConfigDict(dict(
       name="alexnet",
@@ -306,6 +311,8 @@ def validate(config: ConfigDict) -> None:
     need(not unknown, "model.kwargs", f"{', '.join(unknown)}: not a field of model "
          f"{config.model.name!r} (its fields: {', '.join(sorted(fields))})")
   _check_saliency_ratio(config)
+  from jaxface import mixture  # pylint: disable=g-import-not-at-top
+  mixture.validate(config)
   from data_pipelines import pp  # pylint: disable=g-import-not-at-top
   for field, pipe in (("data.train_pipe", config.data.train_pipe),
                       ("data.eval_pipe", config.data.eval_pipe),
@@ -364,6 +371,9 @@ def apply_smoke(c: ConfigDict, *, size: int = 64, labels: tuple[str, ...] | None
   c.smoke = True
   c.data.name, c.data.config, c.data.manual_dir, c.data.build = (
       "synthetic_faces", "small", "", True)
+  if c.data.get("mixture") is not None:  # the synthetic data replace every dataset of a mixture
+    c.data.mixture.classes = ConfigDict({}, type_safe=False)
+    c.data.mixture.datasets = ConfigDict({}, type_safe=False)
   c.data.train_split, c.data.eval_split, c.data.test_split = "train", "validation", "test"
   if labels is not None:
     c.data.labels = labels

@@ -11,6 +11,11 @@ reweighted faces when the run uses saliency).
 ``--folds`` evaluates each workdir (e.g. the five Adience folds) and writes the mean and standard
 deviation of each metric; ``--ensemble`` averages the probabilities of several runs over the same
 split. Without ``--config`` the run's own ``config.json`` is used.
+
+A run on a dataset mixture (``jaxface.mixture``) also reports each dataset apart:
+``results.json`` keeps the whole mixture's ``{task: ...}`` at the top and adds
+``"per_dataset": {entry: {task: ...}}`` (the same report over that dataset's examples); the fold
+summary and the ensemble do the same (``summary["per_dataset"][entry][task]``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from jaxface import checkpointing
 from jaxface import cli
 from jaxface import config_lib
 from jaxface import evaluator as evaluator_lib
+from jaxface import mixture as mixture_lib
 from jaxface import stages as stages_lib
 from jaxface.tasks import metrics as metrics_lib
 
@@ -55,36 +61,51 @@ def evaluate_folds(workdirs: Sequence[str], out_dir: str, checkpoint=None) -> di
   per_fold = []
   for w in workdirs:
     per_fold.append(evaluator_lib.evaluate(evaluator_lib.load_run_config(w), w, checkpoint))
-  summary = {}
-  for task in [k for k in per_fold[0] if not k.startswith("_")]:
-    summary[task] = {}
-    for metric in ("accuracy", "one_off", "aabd"):
-      values = [r[task][metric] for r in per_fold if metric in r.get(task, {})]
-      if len(values) == len(per_fold):
-        summary[task][metric] = metrics_lib.fold_summary(values)
-    summary[task]["n"] = int(sum(r[task]["n"] for r in per_fold))
+  summary = _fold_summary(per_fold)
+  entries = [e for e in per_fold[0].get(mixture_lib.PER_DATASET, {})
+             if all(e in r.get(mixture_lib.PER_DATASET, {}) for r in per_fold)]
+  if entries:
+    summary[mixture_lib.PER_DATASET] = {
+        e: _fold_summary([r[mixture_lib.PER_DATASET][e] for r in per_fold]) for e in entries}
   result = {"folds": list(workdirs), "summary": summary,
             "per_fold": [{k: v for k, v in r.items() if not k.startswith("_")} for r in per_fold]}
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "folds.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=2, default=checkpointing.json_default)
   for task, s in summary.items():
+    if task == mixture_lib.PER_DATASET:
+      continue
     print(f"{task}: " + ", ".join(f"{m} {v['mean']:.4f} (std {v['std']:.4f}, standard error "
                                   f"{v['stderr']:.4f})" for m, v in s.items()
                                   if isinstance(v, dict)), flush=True)
   return result
 
 
+def _fold_summary(per_fold: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """``{task: {metric: fold_summary, "n": total}}`` of the folds' ``{task: report}`` dicts."""
+  summary = {}
+  tasks = [k for k in per_fold[0] if not k.startswith("_") and k != mixture_lib.PER_DATASET]
+  for task in tasks:
+    summary[task] = {}
+    for metric in ("accuracy", "one_off", "aabd"):
+      values = [r[task][metric] for r in per_fold if metric in r.get(task, {})]
+      if len(values) == len(per_fold):
+        summary[task][metric] = metrics_lib.fold_summary(values)
+    summary[task]["n"] = int(sum(r.get(task, {}).get("n", 0) for r in per_fold))
+  return summary
+
+
 def evaluate_ensemble(workdirs: Sequence[str], out_dir: str, checkpoint=None,
                       split: str | None = None) -> dict[str, Any]:
   """Mean of the member runs' probabilities per task over the same split and examples."""
-  members, tasks = [], None
+  members, tasks, builder, used_split = [], None, None, None
   for w in workdirs:
     config = evaluator_lib.load_run_config(w)
-    evaluator, state, step, _, t = evaluator_lib.restore(config, w, checkpoint)
+    evaluator, state, step, b, t = evaluator_lib.restore(config, w, checkpoint)
     s = split or config.eval.split or config.data.test_split
     members.append(evaluator.predict(state, s))
     tasks = tasks or t
+    builder, used_split = (builder, used_split) if members[1:] else (b, s)
   ids0 = members[0]["ids"]
   for w, m in zip(workdirs[1:], members[1:]):
     if list(m["ids"]) != list(ids0):
@@ -97,6 +118,12 @@ def evaluate_ensemble(workdirs: Sequence[str], out_dir: str, checkpoint=None,
   results["_run"] = {"members": list(workdirs), "n": int(len(ids0))}
   results["members"] = {w: evaluator_lib.reports(common, m["probs"], m["labels"]) for w, m in
                         zip(workdirs, members)}
+  parts, part_runs = evaluator_lib.per_dataset(
+      common, builder, {"ids": ids0, "probs": probs, "labels": labels,
+                        "part_sizes": members[0].get("part_sizes")}, used_split)
+  if parts:
+    results[mixture_lib.PER_DATASET] = parts
+    results["_run"][mixture_lib.PER_DATASET] = part_runs
   evaluator_lib.write_outputs(out_dir, common, results)
   return results
 

@@ -7,6 +7,12 @@ it over the evaluation split and writes ``DIR/eval/``: ``results.json`` (``{task
 "n", ...}}`` plus one-off accuracy and AABD for ordinal labels, per-class accuracy and the
 confusion matrix), ``report.txt``, ``confusion_<task>.csv`` / ``.png`` and ``samples.png`` (crops,
 saliency maps and reweighted faces when the run uses saliency).
+
+A run on a dataset mixture (``jaxface.mixture``) reports the whole mixture at the top as above and
+each dataset apart: ``results["per_dataset"][<entry>][<task>]`` (the same report, over that
+dataset's examples), ``results["_run"]["per_dataset"][<entry>]`` (its split string, ``n``
+evaluated, ``source_examples``), a section per dataset in ``report.txt`` and its confusion files
+in ``DIR/eval/per_dataset/<entry>/``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 from jaxface import checkpointing
 from jaxface import config_lib
 from jaxface import data as data_lib
+from jaxface import mixture as mixture_lib
 from jaxface import parallel
 from jaxface import steps as steps_lib
 from jaxface import tasks as tasks_lib
@@ -121,6 +128,8 @@ class Evaluator:
     keep = mask.astype(bool)
     result = {"ids": np.concatenate(out["ids"])[keep] if out["ids"] else np.zeros(0, object),
               "probs": {}, "labels": {}, "sums": out["sums"], "skipped": out["skipped"]}
+    if isinstance(src, mixture_lib.MixtureSource):  # each dataset's examples in the split
+      result["part_sizes"] = src.part_sizes()
     for t in self.tasks:
       if out["probs"][t.name]:
         result["probs"][t.name] = np.concatenate(out["probs"][t.name])[keep]
@@ -137,6 +146,30 @@ class Evaluator:
 def reports(tasks, probs: dict[str, np.ndarray], labels: dict[str, np.ndarray],
             sums: dict | None = None, n: int | None = None) -> dict:
   return tasks_lib.reports(tasks, probs, labels, sums, n)
+
+
+def per_dataset(tasks, builder, pred: dict[str, Any], split: str) -> tuple[dict, dict]:
+  """``({entry: {task: report}}, {entry: {"split", "n", "source_examples"}})`` of a mixture's
+  predictions (empty for a single dataset): each dataset's examples, found by their id prefix."""
+  if not isinstance(builder, mixture_lib.Mixture):
+    return {}, {}
+  results, runs = {}, {}
+  masks = mixture_lib.split_of_ids(builder, pred["ids"])
+  sizes = pred.get("part_sizes") or {}
+  for entry in builder.entries:
+    sub = entry.split(split)
+    if not sub:
+      continue
+    keep = masks[entry.key]
+    n = int(keep.sum())
+    runs[entry.key] = {"dataset": entry.title, "split": sub, "n": n,
+                       "source_examples": int(sizes.get(entry.key, 0))}
+    if n:
+      results[entry.key] = reports(tasks, {k: v[keep] for k, v in pred["probs"].items()},
+                                   {k: v[keep] for k, v in pred["labels"].items()})
+    else:
+      results[entry.key] = {}
+  return results, runs
 
 
 def restore(config, workdir: str, checkpoint):
@@ -170,6 +203,10 @@ def evaluate(config, workdir: str, checkpoint: str | int | None = None,
   results = reports(tasks, pred["probs"], pred["labels"], pred["sums"], len(pred["ids"]))
   results["_run"] = {"workdir": workdir, "step": int(step), "split": split,
                      "skipped": pred["skipped"], "n": int(len(pred["ids"]))}
+  parts, part_runs = per_dataset(tasks, builder, pred, split)
+  if parts:
+    results[mixture_lib.PER_DATASET] = parts
+    results["_run"][mixture_lib.PER_DATASET] = part_runs
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, "eval")
     write_outputs(out_dir, tasks, results, pred)
@@ -187,6 +224,16 @@ def write_outputs(out_dir: str, tasks, results: dict, pred: dict | None = None) 
     if r is None:
       continue
     lines += t.write_outputs(out_dir, r)
+  runs = results.get("_run", {}).get(mixture_lib.PER_DATASET, {})
+  for entry, part in results.get(mixture_lib.PER_DATASET, {}).items():
+    run = runs.get(entry, {})
+    lines.append(f"==== dataset {entry}: {run.get('dataset', '')} split {run.get('split', '')!r}, "
+                 f"n={run.get('n', 0)} of {run.get('source_examples', '?')}")
+    sub_dir = os.path.join(out_dir, mixture_lib.PER_DATASET, entry)
+    os.makedirs(sub_dir, exist_ok=True)
+    for t in tasks:
+      if part.get(t.name) is not None:
+        lines += t.write_outputs(sub_dir, part[t.name])
   with open(os.path.join(out_dir, "report.txt"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines), flush=True)

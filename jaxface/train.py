@@ -113,8 +113,7 @@ def _train_and_evaluate_locked(config, workdir: str) -> dict[str, Any]:
   if config.get("stages"):
     return _run_stages(config, workdir)
   if config.saliency.mode == "cache":
-    from jaxface.saliency import precompute as cache_lib  # pylint: disable=g-import-not-at-top
-    cache_lib.precompute(config, workdir)
+    data_lib.precompute_saliency(config, workdir)  # each dataset's cache for a mixture
   summary = Trainer(config, workdir).run()
   if config.eval.after_train:
     summary["test"] = evaluator_lib.evaluate(config, workdir)
