@@ -114,15 +114,9 @@ def load(path: str):
   return exported, record
 
 
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def main(argv=None) -> int:
-  parser = _Parser(prog="python -m jaxface.export", description=__doc__.split("\n\n")[0],
-                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  parser = cli.Parser(prog="python -m jaxface.export", description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
   which = parser.add_mutually_exclusive_group(required=True)
   which.add_argument("--model", help=f"pretrained:NAME with NAME in {', '.join(pretrained.names())}"
                      ", or a converted .npz (python -m jaxface.convert)")

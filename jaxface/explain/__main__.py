@@ -30,6 +30,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from jaxface import cli
+
 METHODS = ("gradcam", "gradcampp", "scorecam", "cam", "occlusion", "cis", "cms")
 _CAMS = ("gradcam", "gradcampp", "scorecam", "cam")
 
@@ -38,13 +40,8 @@ class UsageError(ValueError):
   pass
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # One line, exit 2, no usage dump.
-    raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="python -m jaxface.explain", description=__doc__.split("\n")[0])
+  p = cli.Parser(prog="python -m jaxface.explain", description=__doc__.split("\n")[0])
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--workdir", help="a jaxface.train run directory")
   src.add_argument("--model", help="pretrained:NAME (gender, age, expression) or a converted .npz")
@@ -463,4 +460,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)
