@@ -1,6 +1,7 @@
 """ML-Net inference, saliency reweighting, saliency metrics and the saliency cache.
 
-* ``inference``: SPEC 1.6 pre-processing, 1.7 post-processing, model loading, jitted prediction.
+* ``inference``: the pre- and post-processing of ML-Net's reference code (Cornia et al., ICPR 2016,
+  the authors' Keras release), model loading, jitted prediction.
 * ``online``: the reweighting ``x * ((1 - r) + r * S)`` in jnp, also inside a jitted train step.
 * ``metrics``: CC, NSS, AUC-Judd, shuffled AUC, AUC-Borji, KLD, SIM.
 * ``precompute``: ``precompute(config, workdir, splits)`` and ``python -m jaxface.saliency precompute``

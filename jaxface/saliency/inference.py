@@ -1,4 +1,9 @@
-"""ML-Net inference: the reference pre- and post-processing (SPEC 1.6, 1.7) around a jitted model.
+"""ML-Net inference: the reference pre- and post-processing around a jitted model.
+
+The reference is ML-Net's released code (M. Cornia, L. Baraldi, G. Serra, R. Cucchiara, "A Deep
+Multi-Level Network for Saliency Prediction", ICPR 2016, arXiv:1609.01064; the authors' Keras 1 /
+Theano code, marcellacornia/mlnet, ``utilities.py`` and ``main.py``; it reads images with
+OpenCV, hence BGR 0..255).
 
 * :func:`preprocess` turns RGB uint8 images into ML-Net input: aspect-preserving bilinear resize
   to fit ``size``, centred on a zero canvas, RGB -> BGR, minus the ImageNet BGR mean. The trainer
@@ -11,8 +16,10 @@
   with a sha256 that identifies the weights (used as a cache key).
 * :func:`predict` runs all of it batched and jitted: maps (B, H, W) float32 in [0, 1].
 
-Resizing is half-pixel-centre bilinear without antialiasing (``cv2.INTER_LINEAR``, the reference's
-``cv2.resize``), SPEC section 0.
+Resizing is half-pixel-centre bilinear without antialiasing (source coordinate
+``(i + 0.5) * in / out - 0.5``, clamped): ``cv2.resize``'s default ``INTER_LINEAR``, which the
+reference uses, and ``jax.image.resize(method="linear", antialias=False)``; jax's default
+``antialias=True`` would change every downscale.
 """
 
 from __future__ import annotations
@@ -29,9 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# SPEC 1.6: per-channel mean in B, G, R order, subtracted from 0..255 pixels; no scaling.
+# The reference's per-channel ImageNet mean in B, G, R order, subtracted from 0..255 pixels; no
+# scaling (ML-Net's utilities.py; the same values as Caffe's VGG-16 and Keras' "caffe" mode).
 MEAN_BGR = (103.939, 116.779, 123.68)
-# SPEC 1.1: the reference input (rows, cols).
+# The reference input (rows, cols), ML-Net's config.py; the output is 8 times smaller (60 x 80).
 REFERENCE_INPUT = (480, 640)
 
 Variables = dict[str, Any]
@@ -54,7 +62,7 @@ def _resize_bilinear(x_BHWC: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 
 def fit_size(image_hw: Sequence[int], canvas_hw: Sequence[int]) -> tuple[int, int]:
-  """(rows, cols) of an image scaled to fit the canvas keeping its aspect (SPEC 1.6).
+  """(rows, cols) of an image scaled to fit the canvas keeping its aspect.
 
   The side that limits the scale fills the canvas; the other is scaled with floor division, as
   the reference's integer arithmetic does.
@@ -66,7 +74,7 @@ def fit_size(image_hw: Sequence[int], canvas_hw: Sequence[int]) -> tuple[int, in
 
 
 def preprocess(images_BHWC_uint8: jax.Array, size: Sequence[int] = REFERENCE_INPUT) -> jax.Array:
-  """RGB uint8 (B, H, W, 3) -> ML-Net input (B, size[0], size[1], 3) float32 (SPEC 1.6).
+  """RGB uint8 (B, H, W, 3) -> ML-Net input (B, size[0], size[1], 3) float32.
 
   The images are resized (bilinear, rounded to 0..255 like the reference's uint8 ``cv2.resize``)
   to fit ``size`` keeping their aspect, pasted centred on a zero canvas, converted to BGR, and
@@ -107,7 +115,7 @@ def normalize_max(maps_BHW: jax.Array) -> jax.Array:
 
 
 def postprocess(pred: jax.Array, image_size: Sequence[int], blur_sigma: float = 0.0) -> jax.Array:
-  """ML-Net output (B, h, w[, 1]) -> maps (B, H, W) float32 in [0, 1] covering the image (SPEC 1.7).
+  """ML-Net output (B, h, w[, 1]) -> maps (B, H, W) float32 in [0, 1] covering the image.
 
   The map is resized (bilinear) so that it covers ``image_size`` keeping its own aspect, then
   centre-cropped to ``image_size``: this undoes the padding of :func:`preprocess`. Then the

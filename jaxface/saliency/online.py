@@ -1,7 +1,10 @@
 """Saliency reweighting on the device: the jnp twin of ``data_pipelines.pp.saliency.Saliency``.
 
 ``x' = x * ((1 - r) + r * S)`` with ``S`` the map normalised by its own maximum (per image; an
-all-zero map gives ``S = 0``) and resized to the image (SAF-BAGE / VEGAC, SPEC 9.1, 9.2).
+all-zero map gives ``S = 0``) and resized to the image: jaxface's reading of the reweighting in
+SAF-BAGE (Gurnani et al., WACV 2019, arXiv:1803.05719: a "30% reweighted ratio", r = 0.3) and
+VEGAC (Gurnani et al., arXiv preprint 2018: "normal image (100%) and visual salient image (70%)",
+r = 0.7). r = 0 gives the plain image, r = 1 the plain product ``x * S``.
 
 :func:`saliency_reweight_step` is the "saliency computed inside the jitted step" option: ML-Net
 runs on the batch the step receives (after the loader's flips and rotations, unlike the cache,

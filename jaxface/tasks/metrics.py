@@ -2,12 +2,17 @@
 
 Inputs are either class probabilities / scores (N, K), reduced by argmax, or predicted class
 indices (N,). Labels below 0 mean "no label for this task" and are left out of every metric (the
-report counts them). Definitions follow the papers in SPEC section 9:
+report counts them). Definitions follow the papers that report them:
 
-* one-off accuracy (Levi & Hassner): the predicted ordinal class is within one of the true class.
-* AABD (Abdolrashidi et al.): mean absolute difference between true and predicted bucket index.
+* one-off accuracy (Levi & Hassner, "Age and Gender Classification using Convolutional Neural
+  Networks", CVPR Workshops (AMFG) 2015, doi:10.1109/CVPRW.2015.7301352): the predicted ordinal
+  class is within one of the true class.
+* AABD (Abdolrashidi et al., "Age and Gender Prediction From Face Images Using Attentional
+  Convolutional Network", arXiv:2010.03791, 2020): mean absolute difference between true and
+  predicted bucket index.
 * per-class accuracy is the recall of each class; the confusion matrix has rows = true class,
-  columns = predicted class (the layout of SAF-BAGE's Tables 4 and 5).
+  columns = predicted class (the layout of Tables 4 and 5 of SAF-BAGE, Gurnani et al., WACV 2019,
+  arXiv:1803.05719).
 """
 
 from __future__ import annotations
