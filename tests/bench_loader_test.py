@@ -20,25 +20,35 @@ def test_loader_json_rows(capsys):
   assert bench.main(["loader", "--workers", "0", "--cases", "aligned200",
                      "--num_batches", "2", "--batch_size", "3", "--read_threads", "1",
                      "--maps", "dataset", "--fuse", "off", "--json"]) == 0
+  # Reduced decoding is fused only: the "off" row is left out.
+  assert bench.main(["loader", "--workers", "0", "--cases", "photo1280x960",
+                     "--num_batches", "1", "--batch_size", "2", "--read_threads", "0",
+                     "--fuse", "on,off", "--decode", "reduced", "--json"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert cv2.getNumThreads() == threads  # the command restores OpenCV's setting
   comments = [l for l in lines if l.startswith("#")][:2]
   assert "logical cores" in comments[0] and "img/s/core = img/s / cores" in comments[1]
   rows = [json.loads(l) for l in lines if not l.startswith("#")]
-  assert [(r["case"], r["workers"], r["maps"], r["fuse"]) for r in rows] == [
-      ("wild256", 1, "cache", True), ("aligned200", 0, "dataset", False)]
-  for r in rows:
+  assert [(r["case"], r["workers"], r["maps"], r["fuse"], r["decode"]) for r in rows] == [
+      ("wild256", 1, "cache", True, "full"), ("aligned200", 0, "dataset", False, "full"),
+      ("photo1280x960", 0, "cache", True, "reduced")]
+  assert rows[2]["pipe"].startswith("decode(reduced=True)|face_crop(")
+  assert rows[2]["goal_img_s_per_core"] is None and rows[2]["meets_goal"] is None
+  assert rows[2]["images"] == 2 and rows[2]["output_shape"] == [2, 224, 224, 3]
+  for r in rows[:2]:
     assert r["images"] == 6 and r["batches"] == 2 and r["batch_size"] == 3
     assert r["output_shape"] == [3, 224, 224, 3] and r["output_dtype"] == "uint8"
-    assert r["pipe"] == bench.loader_pipe(r["case"], r["maps"])
+  for r in rows:
+    assert r["pipe"] == bench.loader_pipe(r["case"], r["maps"], r["decode"])
     assert ("cached_saliency" in r["pipe"]) == (r["maps"] == "cache")
-    assert r["img_s"] == pytest.approx(6 / r["seconds"])
+    assert r["img_s"] == pytest.approx(r["images"] / r["seconds"])
     assert r["cpu_seconds"] > 0
     assert r["cores"] == pytest.approx(r["cpu_seconds"] / r["seconds"])
-    assert r["img_s_per_core"] == pytest.approx(6 / r["cpu_seconds"])
+    assert r["img_s_per_core"] == pytest.approx(r["images"] / r["cpu_seconds"])
+  for r in rows[:2]:
     assert r["meets_goal"] == (r["img_s_per_core"] >= r["goal_img_s_per_core"])
-  assert [r["processes"] for r in rows] == [2, 1]  # the consumer, plus the worker
-  assert rows[0]["goal_img_s_per_core"] == 350 and rows[1]["goal_img_s_per_core"] == 800
+  assert [r["processes"] for r in rows] == [2, 1, 1]  # the consumer, plus the worker
+  assert rows[0]["goal_img_s_per_core"] == 350 and rows[1]["goal_img_s_per_core"] == 1200
 
 
 def test_loader_bad_arguments(capsys):
@@ -54,6 +64,12 @@ def test_loader_bad_arguments(capsys):
   with pytest.raises(SystemExit):
     bench.main(["loader", "--fuse", "on,maybe"])
   assert "unknown --fuse value(s) maybe" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    bench.main(["loader", "--decode", "full,partial"])
+  assert "unknown --decode value(s) partial" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    bench.main(["loader", "--decode", "reduced", "--fuse", "off"])
+  assert "--decode reduced needs --fuse on" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     bench.main(["loader", "--num_batches", "0"])
   assert "--num_batches and --batch_size must be positive" in capsys.readouterr().err
