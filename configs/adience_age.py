@@ -11,10 +11,14 @@ crop with 30 % margin, 224 x 224, ML-Net saliency r = 0.3 (cached), ImageNet Ale
 fine-tuned, flip and +-3 degree rotation, 30 epochs, SGD lr 0.001, dropout 0.4, batch 128.
 AMBIGUOUS (see the preset): random flips and angles per pass instead of the paper's fixed 4x
 copies (``:copies=4`` trains the paper's number of updates); SGD momentum 0.9 (no optimiser named).
+``init_from``: torchvision's ImageNet AlexNet (``vgg16-397923af.pth`` for ``:model=vgg16``)
+converted; conv1-conv5, fc6, fc7 carry over (the default ``init_from_expect=("backbone",)``: a
+file without them fails at start), fc8 is new.
 
 Commands (fold k = 0..4; then the mean and std over the folds):
   python -m data_pipelines.build adience --config faces_age --detect mtcnn \
       --manual_dir ~/data/adience
+  python -m jaxface.convert torchvision alexnet-owt-7be5be79.pth /tmp/alexnet.npz
   for k in 0 1 2 3 4; do python -m jaxface.train \
       --config configs/adience_age.py:fold=$k,init_from=/tmp/alexnet.npz,mlnet=/tmp/mlnet.npz \
       --workdir /tmp/adience_age/fold$k; done

@@ -11,12 +11,14 @@ the official validation set, 500 per class); face crop with 30 % margin from the
 ML-Net saliency (SALICON weights) with r = 0.3 from the saliency cache; ImageNet AlexNet with
 a 7-way softmax; class-weighted cross-entropy; no augmentation; conv5, fc6, fc7, fc8 fine-tuned
 (the rest frozen); 40 epochs, SGD momentum 0.9, lr 0.001 divided by 10 after epoch 30; batch 128;
-dropout 0.35. AMBIGUOUS: the paper does not name its class-weight formula; we use scikit-learn's
+dropout 0.35. ``init_from`` carries conv1-conv5, fc6, fc7 over from the ImageNet file (the
+default ``init_from_expect=("backbone",)``: a file without them fails at start); fc8 (7 classes)
+is new. AMBIGUOUS: the paper does not name its class-weight formula; we use scikit-learn's
 "balanced" n / (k * count) (``--config.task.class_weights=inverse`` for max/count).
 
 Command:
   python -m data_pipelines.build affectnet --config 7class_saf_bage --manual_dir ~/data/AffectNet
-  python -m jaxface.convert torchvision_alexnet alexnet-owt-7be5be79.pth /tmp/alexnet.npz
+  python -m jaxface.convert torchvision alexnet-owt-7be5be79.pth /tmp/alexnet.npz
   python -m jaxface.convert mlnet_theano mlnet_salicon_weights.pkl /tmp/mlnet.npz
   python -m jaxface.train --config configs/affectnet.py:init_from=/tmp/alexnet.npz,mlnet=/tmp/mlnet.npz \
       --workdir /tmp/affectnet

@@ -16,6 +16,9 @@ aligned crops (``celeba/aligned``, train / validation / test = CelebA's partitio
 (``gender``) or ``Smiling`` (``smile``, a CelebA attribute the paper does not use); faces cut as
 ``python -m jaxface.explain --faces mtcnn`` cuts them (MTCNN's largest face, its box 30 % larger
 and square, 224 px), so the explained crops are the trained ones; VGG-Face preprocessing.
+``init_from`` carries conv1_1 .. conv5_3, fc6, fc7 over from the converted VGG-Face file (the
+default ``init_from_expect=("backbone",)``: a file without them fails at start); fc8 (2 classes
+instead of 2622 identities) is new.
 
 AMBIGUOUS (the training details are in the paper's supplement, not in its text; each choice an
 option): SGD momentum 0.9, lr 0.001 (``--config.optim.lr``) with 0.1 on the convolutions

@@ -22,6 +22,13 @@ x * ((1 - r) + r * S), before the crops. AMBIGUOUS: SAF-BAGE does not say which 
 its GilNet saw; here Levi & Hassner's own (aligned faces, 227 crops, over-sampling), with the
 saliency of the whole 256 x 256 face.
 
+Starting point: from scratch, as Levi & Hassner train (SAF-BAGE does not say). Our option:
+``:init_from=/tmp/gender_net.npz``, the authors' released Caffe model converted with
+``python -m jaxface.convert caffemodel gender_net.caffemodel /tmp/gender_net.npz`` (``age_net``
+for age): conv1-conv3, fc6, fc7 carry over (the default ``init_from_expect=("backbone",)``: a
+file without them fails at start), fc8 too when the file is the same task's (2 or 8 classes).
+The released networks were trained on Adience, so a test fold may have been seen in training.
+
 Commands:
   python -m data_pipelines.build adience --config aligned_gender --manual_dir ~/data/adience
   for k in 0 1 2 3 4; do python -m jaxface.train --config configs/gilnet_adience.py:task=gender,fold=$k \
@@ -29,7 +36,8 @@ Commands:
   python -m jaxface.evaluate --folds /tmp/gilnet_gender/fold0,...,/tmp/gilnet_gender/fold4
   SAF-BAGE's ablation: the same with ``:task=gender,fold=$k,r=0.3,mlnet=/tmp/mlnet.npz`` (the
   trainer fills the saliency cache before the first step).
-Arguments: task (age | gender), fold (0), r (0: no saliency; SAF-BAGE used 0.3), mlnet, smoke.
+Arguments: task (age | gender), fold (0), r (0: no saliency; SAF-BAGE used 0.3), mlnet, init_from
+(""), smoke.
 """
 
 import ml_collections
@@ -39,7 +47,7 @@ from jaxface import config_presets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, task="gender", fold=0, r=0.0, mlnet="")
+  arg = config_lib.parse_arg(arg, task="gender", fold=0, r=0.0, mlnet="", init_from="")
   if arg.task not in ("age", "gender"):
     raise config_lib.ConfigError(f"config argument task={arg.task!r}: must be age or gender")
   if not 0.0 <= arg.r <= 1.0:
@@ -61,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.kwargs = ml_collections.ConfigDict(dict(dropout_rate=0.5), type_safe=False)
   c.model.preprocessing = "caffe_bgr"
   c.model.input_size = (227, 227)
+  c.init_from = arg.init_from
   c.task.ordinal = ("age",)
   c.optim.name = "sgd"
   c.optim.lr = 1e-3

@@ -6,9 +6,12 @@ arXiv:1803.05719. Section 4.3 "Reweighted saliency ratios study" and Fig. 3 (tra
 validation accuracy per epoch on Adience gender): higher r converges faster but generalises
 worse; r = 0.3 is best (91.8 % gender accuracy, Table 3).
 
-Same schedule as configs/adience_gender.py with the reweighting ratio as the argument.
+Same schedule as configs/adience_gender.py with the reweighting ratio as the argument; the same
+``init_from`` (ImageNet AlexNet: conv1-conv5, fc6, fc7 carry over, fc8 is new; a file without
+them fails at start).
 
 Commands:
+  python -m jaxface.convert torchvision alexnet-owt-7be5be79.pth /tmp/alexnet.npz
   for r in 0.1 0.3 0.5 0.7 0.9; do python -m jaxface.train \
       --config configs/saliency_ratio_ablation.py:r=$r,fold=0,init_from=/tmp/alexnet.npz,mlnet=/tmp/mlnet.npz \
       --workdir /tmp/ratio/r$r; done

@@ -15,6 +15,16 @@ on fc7, 1 on the last layer (fc6: 1, AMBIGUOUS), batch 120, 110K iterations per 
 (whole face without the neck, not aligned) via MTCNN boxes and landmarks (``task_crop(3)``).
 CelebA aligned images have no stored box; the ``detect`` op runs MTCNN.
 
+What ``init_from`` carries over (jaxface/init_from.py maps a head model's ``backbone/X`` to a
+plain model's ``X`` and back; a run that loads less than stated fails at start, naming the arrays):
+  step 2 <- the VGG-Face .npz: conv1_1 .. conv5_3, fc6, fc7 (30 arrays) into ``backbone/``; the
+    40-attribute head is new and the file's fc8 (2622 identities) unused (expectation
+    ``init_from_expect=("backbone",)``, the default);
+  step 3 <- step 2's workdir: the same 30 arrays, at the top level again; fc8 (2 classes) is new,
+    step 2's head unused (the default);
+  step 4 <- step 3's workdir: all 32 arrays, fc8 included (same 2 classes in the same order):
+    ``init_from_expect=("all",)``.
+
 Commands:
   python -m jaxface.convert keras_vggface vgg_face_weights.h5 /tmp/vggface.npz
   python -m jaxface.train --config configs/zhang_gnet.py:step=2,init_from=/tmp/vggface.npz --workdir /tmp/gnet2

@@ -6,8 +6,11 @@ Neural Networks", CVPR Workshops (ChaLearn LAP) 2016, doi:10.1109/CVPRW.2016.97.
 89.34 % smile accuracy on FotW validation for the ensemble of crop schemes 1 (aligned whole face)
 and 5 (aligned mouth and cheeks).
 
-Steps as in configs/zhang_gnet.py (step 3 uses CelebA's Smiling attribute). Train one SNet per
-crop scheme and average their probabilities with ``jaxface.evaluate --ensemble``.
+Steps as in configs/zhang_gnet.py (step 3 uses CelebA's Smiling attribute), with the same arrays
+carried over by ``init_from`` at each step: step 2 <- VGG-Face: conv1_1 .. conv5_3, fc6, fc7 into
+``backbone/`` (head new); step 3 <- step 2: those 30 arrays (fc8 new); step 4 <- step 3: all 32
+(``init_from_expect=("all",)``). A step that loads less fails at start. Train one SNet per crop
+scheme and average their probabilities with ``jaxface.evaluate --ensemble``.
 
 Commands:
   for crop in 1 5; do

@@ -28,6 +28,11 @@ PERIODS = ("train", "eval_every", "checkpoint_every", "log_every")
 TASK_KINDS = ("class", "attributes", "saliency")
 SALIENCY_MODES = ("none", "cache", "online", "dataset")
 SALIENCY_LOSSES = ("mlnet", "kld")  # config.task.saliency_loss (jaxface.tasks.saliency)
+# config.init_from_expect: rules naming the arrays init_from must load (jaxface.init_from);
+# anything else in the tuple is a regular expression.
+INIT_FROM_KEYWORDS = ("backbone", "all", "any", "none")
+INIT_FROM_ALONE = ("any", "none")  # only as the whole tuple
+INIT_FROM_DEFAULT = ("backbone",)
 
 
 class ConfigError(ValueError):
@@ -114,6 +119,10 @@ def base_config() -> ConfigDict:
   c.best_metric = ""  # e.g. "val/age/accuracy"
   c.best_mode = "max"
   c.init_from = ""  # imported .npz weights or another run's workdir
+  # What init_from must load, else the run fails at start (jaxface.init_from): "backbone" (every
+  # backbone array; head / classifier arrays may be new), "all", "any", "none" or regexes of
+  # array paths ("^fc7/"), the union of the rules given
+  c.init_from_expect = INIT_FROM_DEFAULT
   c.resume = ""  # another run's workdir to continue from (after this workdir's own checkpoint)
   c.eval = ConfigDict(dict(batch_size=0, checkpoint="best", split="test", max_batches=0,
                            num_sample_images=16,
@@ -311,6 +320,7 @@ def validate(config: ConfigDict) -> None:
     need(not unknown, "model.kwargs", f"{', '.join(unknown)}: not a field of model "
          f"{config.model.name!r} (its fields: {', '.join(sorted(fields))})")
   _check_saliency_ratio(config)
+  _check_init_from_expect(config.get("init_from_expect", INIT_FROM_DEFAULT))
   from jaxface import mixture  # pylint: disable=g-import-not-at-top
   mixture.validate(config)
   from data_pipelines import pp  # pylint: disable=g-import-not-at-top
@@ -333,6 +343,27 @@ def validate(config: ConfigDict) -> None:
     if path and field == "manual_dir":
       need(os.path.isdir(os.path.expanduser(path)), f"data.{field}",
            f"directory does not exist: {path}")
+
+
+def _check_init_from_expect(expect: Any) -> None:
+  """A tuple of keywords (``INIT_FROM_KEYWORDS``; "any" and "none" alone) or regexes."""
+  field = "config.init_from_expect"
+  if isinstance(expect, str) or not isinstance(expect, (tuple, list)):
+    raise ConfigError(f"{field}: must be a tuple of rules ({', '.join(INIT_FROM_KEYWORDS)} or "
+                      f"regular expressions), got {expect!r}")
+  if not expect:
+    raise ConfigError(f"{field}: empty; ('none',) requires nothing")
+  for rule in expect:
+    if not isinstance(rule, str) or not rule:
+      raise ConfigError(f"{field}: {rule!r} is not a rule (a keyword or a regular expression)")
+    if rule in INIT_FROM_ALONE and len(expect) > 1:
+      raise ConfigError(f"{field}: {rule!r} stands alone, got {tuple(expect)}")
+    if rule not in INIT_FROM_KEYWORDS:
+      try:
+        re.compile(rule)
+      except re.error as e:
+        raise ConfigError(f"{field}: {rule!r} is not a keyword ({', '.join(INIT_FROM_KEYWORDS)}) "
+                          f"or a regular expression ({e})") from None
 
 
 # The reweighting op of a pipe with its ratio (not ``cached_saliency``: "_" is a word character).

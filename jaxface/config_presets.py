@@ -51,6 +51,12 @@ def saf_bage_adience(task: str, fold: int, r: float, init_from: str, mlnet: str,
   ``model="vgg16"`` is the section 4.3 ablation, which trains "only [the] last fully-connected
   layer" (fc8).
 
+  ``init_from``: the ImageNet model converted from torchvision's file (``python -m
+  jaxface.convert torchvision alexnet-owt-7be5be79.pth /tmp/alexnet.npz``, or ``vgg16-397923af.pth``
+  for ``model="vgg16"``). Carried over: conv1-conv5, fc6, fc7 (the default expectation
+  ``init_from_expect=("backbone",)``, so a file without them fails at start); fc8 is new (8 age
+  groups or 2 genders instead of 1000 classes). The frozen layers stay at exactly these weights.
+
   AMBIGUOUS, augmentation: the paper flips each image and rotates it by +3 and -3 degrees, "4
   times more data", for 30 epochs. Here each pass draws a random flip and a random angle in
   [-3, 3] (``copies=1``, 30 passes). ``copies=4`` trains as many updates as 30 epochs over the
@@ -101,7 +107,17 @@ def saf_bage_adience(task: str, fold: int, r: float, init_from: str, mlnet: str,
 def zhang_general_to_specific(attribute: str, step: int, crop: int, init_from: str,
                               smoke: bool) -> ml_collections.ConfigDict:
   """Zhang et al. (section 3.4): step 2, 3 or 4 for ``attribute`` "gender" (GNet) or "smile"
-  (SNet)."""
+  (SNet).
+
+  What ``init_from`` carries over at each step (jaxface/init_from.py maps ``backbone/X`` <-> ``X``):
+  * step 2 from the converted VGG-Face file (``conv1_1`` ... ``fc8``): conv1_1-conv5_3, fc6, fc7
+    into the attribute model's ``backbone/``; its head (``head/fc``, 40 logits) is new and the
+    file's fc8 (2622 identities) unused. Expectation: the default ``("backbone",)``.
+  * step 3 from step 2's workdir (``backbone/...``, ``head/...``): the same 30 arrays back at the
+    top level; fc8 (2 classes) is new, step 2's head unused. Expectation ``("backbone",)``.
+  * step 4 from step 3's workdir: every array, fc8 included (both steps have the same 2 classes
+    in the same order, m / f or no / yes): ``init_from_expect = ("all",)``.
+  """
   if step not in (2, 3, 4):
     raise config_lib.ConfigError(f"config argument step={step}: must be 2, 3 or 4")
   if not 1 <= crop <= 5:
@@ -126,6 +142,8 @@ def zhang_general_to_specific(attribute: str, step: int, crop: int, init_from: s
   c.model.kwargs.dropout_rate = 0.5
   c.model.preprocessing = "vggface"
   c.init_from = init_from
+  if step == 4:  # step 3's network whole, its last layer included
+    c.init_from_expect = ("all",)
   c.task.ordinal = ()
   last = "head/" if step == 2 else "fc8"
   c.optim.name = "sgd"

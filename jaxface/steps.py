@@ -8,16 +8,15 @@ normalised here, on the device (``PREPROCESSING``).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxface import config_lib
+from jaxface import init_from as init_from_lib
 from jaxface import tasks as tasks_lib
 from jaxface.tasks import Task
 from jaxface.weights import common as weights_common
@@ -82,61 +81,12 @@ def create_state(variables: PyTree, tx: optax.GradientTransformation, seed: int)
   }
 
 
-def flat_paths(tree: PyTree) -> dict[str, Any]:
-  return {"/".join(str(getattr(k, "key", k)) for k in path): v
-          for path, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-@dataclasses.dataclass
-class InitReport:
-  loaded: list[str]
-  new: list[str]  # (path, reason)
-  unused: list[str]
-
-  def format(self) -> str:
-    lines = [f"init_from: {len(self.loaded)} arrays loaded, {len(self.new)} newly initialised, "
-             f"{len(self.unused)} in the file unused"]
-    lines += [f"  new: {p}" for p in self.new]
-    lines += [f"  unused: {p}" for p in self.unused[:20]]
-    return "\n".join(lines)
-
-
-def merge_pretrained(variables: PyTree, pretrained: PyTree) -> tuple[PyTree, InitReport]:
-  """Copies every array of ``pretrained`` whose path and shape match into ``variables``."""
-  target = flat_paths(variables)
-  source = flat_paths(pretrained)
-  loaded, new = [], []
-  merged = {}
-  for path, v in target.items():
-    src = source.get(path)
-    if src is not None and tuple(np.shape(src)) == tuple(v.shape):
-      merged[path] = jnp.asarray(src, v.dtype)
-      loaded.append(path)
-    else:
-      merged[path] = v
-      why = "not in the file" if src is None else f"shape {np.shape(src)} != {tuple(v.shape)}"
-      new.append(f"{path} ({why})")
-  unused = sorted(set(source) - set(target))
-  leaves_with_path = jax.tree_util.tree_leaves_with_path(variables)
-  treedef = jax.tree_util.tree_structure(variables)
-  ordered = ["/".join(str(getattr(k, "key", k)) for k in p) for p, _ in leaves_with_path]
-  return (jax.tree_util.tree_unflatten(treedef, [merged[p] for p in ordered]),
-          InitReport(loaded, new, unused))
-
-
-def load_pretrained(path: str) -> PyTree:
-  """Variables of an imported ``.npz`` (``jaxface.convert``) or of a training workdir."""
-  import os  # pylint: disable=g-import-not-at-top
-  if os.path.isdir(path):
-    from jaxface import checkpointing  # pylint: disable=g-import-not-at-top
-    variables, _, _ = checkpointing.load_model_variables(path)
-    return variables
-  if not os.path.exists(path):
-    raise config_lib.ConfigError(f"config.init_from: no such file or workdir: {path}")
-  try:
-    return weights_common.load(path).variables
-  except weights_common.WeightImportError as e:
-    raise config_lib.ConfigError(f"config.init_from: {e}") from None
+# init_from's mapping and check live in jaxface.init_from; these names stay for the callers of
+# jaxface.steps.
+flat_paths = init_from_lib.flat_paths
+InitReport = init_from_lib.InitReport
+merge_pretrained = init_from_lib.merge_pretrained
+load_pretrained = init_from_lib.load_pretrained
 
 
 # ----------------------------------------------------------------------------- steps

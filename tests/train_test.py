@@ -287,6 +287,34 @@ def test_merge_pretrained_reports_loaded_and_new():
   assert "2 arrays loaded, 2 newly initialised, 1 in the file unused" in report.format()
 
 
+def test_trainer_maps_init_from_into_the_fresh_state(data_dir, tmp_path):
+  """An imported-looking AlexNet file without fc8: the trainer's state holds the file's arrays
+  (jaxface.init_from; the mapping and the failures are tested in tests/init_from_test.py)."""
+  from jaxface import init_from  # pylint: disable=g-import-not-at-top
+  from jaxface import optim  # pylint: disable=g-import-not-at-top
+  from jaxface.models import from_config  # pylint: disable=g-import-not-at-top
+  from jaxface.weights import common as weights_common  # pylint: disable=g-import-not-at-top
+  config = _load("affectnet.py:smoke,r=0", data_dir)
+  model = from_config.build_model(config, [Task("expression", "class", tuple("abcdefg"))])
+  rng = np.random.default_rng(0)
+  flat = {k: rng.normal(size=v.shape).astype(np.float32)
+          for k, v in init_from.flat_paths(init_from.model_shapes(model, config)).items()
+          if "/fc8/" not in k}
+  good = tmp_path / "alexnet.npz"
+  weights_common.save(good, weights_common.unflatten(flat), {"model": "alexnet"})
+  with config.unlocked():
+    config.init_from = str(good)
+  trainer = train_lib.Trainer(config, str(tmp_path / "run"))
+  shapes = jax.eval_shape(lambda: steps_lib.init_variables(
+      trainer.model, tuple(config.model.input_size), config.seed))
+  tx = optim.make_optimizer(config.optim, shapes["params"], 1, 2)
+  state, report = trainer._init_state(tx)  # pylint: disable=protected-access
+  assert len(report.loaded) == 14 and len(report.new) == 2  # conv1-5, fc6, fc7; fc8 new
+  for path, value in flat.items():
+    _, layer, leaf = path.split("/")
+    np.testing.assert_array_equal(np.asarray(state["params"][layer][leaf]), value, err_msg=path)
+
+
 def test_checkpointer_keeps_latest_and_best(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2, best_metric="val/acc")
   state = {"w": jnp.zeros(3)}
