@@ -1,4 +1,5 @@
-"""AlexNet / VGG weight importers (SPEC 2.1-2.5).
+"""AlexNet / VGG weight importers: torchvision's AlexNet and VGG-16, Keras' VGG16, VGG-Face
+(Parkhi, Vedaldi, Zisserman, "Deep Face Recognition", BMVC 2015) and Caffe's bvlc_alexnet.
 
 * torchvision state dicts (``torchvision_arrays``, called by :mod:`jaxface.weights.torchvision`).
 * Keras applications VGG16 HDF5, TF ordering (``import_keras_vgg16``), with or without the top.

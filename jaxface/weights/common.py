@@ -55,7 +55,11 @@ class Preprocessing:
                input_size=tuple(d["input_size"]) if d.get("input_size") else None)
 
 
-# Preprocessing conventions of the common weight sources (SPEC sections 1.6, 2, 5).
+# Preprocessing conventions of the common weight sources: torchvision's ImageNet models (RGB / 255,
+# ImageNet mean / std, 224 x 224); Caffe-origin VGG-16 as Keras' ``preprocess_input`` "caffe" mode
+# feeds it, as does ML-Net's reference code (BGR 0..255 minus the B, G, R mean, no scaling);
+# VGG-Face (Parkhi, Vedaldi, Zisserman, BMVC 2015) as rcmalli/keras-vggface's ``version=1`` feeds it
+# (BGR minus the VGG-Face mean pixel); facenet-pytorch's MTCNN ((x - 127.5) / 128, any size).
 TORCHVISION = Preprocessing("RGB", 1.0 / 255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                             (224, 224))
 CAFFE_IMAGENET_BGR = Preprocessing("BGR", 1.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0),
@@ -107,7 +111,13 @@ def check_file(path: str | os.PathLike) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Layout transforms (SPEC section 0).
+# Layout transforms. Flax uses NHWC activations, HWIO conv kernels and (in, out) dense kernels;
+# PyTorch and Caffe store conv kernels (O, I, kh, kw) and Linear weights (out, in), and flatten
+# C,H,W. PyTorch, Caffe and ``lax.conv_general_dilated`` all compute a cross-correlation, so
+# their kernels only need a transpose. Theano's ``conv2d`` flips the kernel by default
+# (``filter_flip=True``, a true convolution), so kernels stored for Theano-era Keras 1
+# (``image_dim_ordering="th"``) are flipped spatially first (keras-team/keras issue #3015; Keras
+# later shipped ``convert_kernel`` for this).
 
 def conv_oihw_to_hwio(w: np.ndarray) -> np.ndarray:
   """PyTorch / Caffe conv kernel (O, I, kh, kw) -> Flax HWIO. Both cross-correlate: no flip."""

@@ -1,7 +1,8 @@
 """Torch-free reader for ``torch.save`` state dicts, above all the legacy (pre-zip) format.
 
-The legacy format (SPEC 5.2, used by facenet-pytorch's ``pnet.pt`` / ``rnet.pt`` / ``onet.pt``) is a
-sequence of pickles followed by raw storage bytes:
+The legacy format (written by ``torch.save`` before torch 1.6 and still read by ``torch.load``; used
+by facenet-pytorch's ``pnet.pt`` / ``rnet.pt`` / ``onet.pt``) is a sequence of pickles followed by
+raw storage bytes:
 
 1. the magic number ``0x1950a86a20f9469cfc6c``,
 2. the protocol version (1001),

@@ -1,4 +1,8 @@
-"""Theano-era Keras weight files of ML-Net (SPEC section 1.9) -> jaxface ``mlnet`` trees.
+"""Theano-era Keras weight files of ML-Net -> jaxface ``mlnet`` trees.
+
+The files are the ones ML-Net's authors distribute with their Keras 1 / Theano code
+(marcellacornia/mlnet; M. Cornia et al., "A Deep Multi-Level Network for Saliency Prediction",
+ICPR 2016, arXiv:1609.01064).
 
 * ``import_mlnet``: ``mlnet_salicon_weights.pkl``, an HDF5 file despite its extension (Keras 1.1
   ``load_weights`` opens it with h5py). Both Keras 1 layouts are read: weights-only (root attribute
@@ -41,7 +45,10 @@ _STRIDE = 8
 
 
 def preprocessing(prior_shape: tuple[int, int] = _DEFAULT_PRIOR) -> Preprocessing:
-  """SPEC 1.6: BGR, 0..255, ImageNet mean; input = 8 * 10 * prior shape (480x640 for (6, 8))."""
+  """The reference's input: BGR, 0..255 minus the ImageNet B, G, R mean, no scaling.
+
+  Size = stride 8 * upsampling factor 10 * prior shape (480 x 640 for the released (6, 8) prior).
+  """
   size = (_STRIDE * 10 * prior_shape[0], _STRIDE * 10 * prior_shape[1])
   return Preprocessing("BGR", 1.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), size)
 

@@ -1,10 +1,11 @@
 """facenet-pytorch MTCNN weights (``pnet.pt``, ``rnet.pt``, ``onet.pt``) -> jaxface trees.
 
 The files are legacy-format torch pickles; they are read with :mod:`jaxface.weights.legacy_torch`,
-so torch is not needed. Mapping (SPEC 5.2): ``convX.weight`` (O, I, kh, kw) -> HWIO kernel,
-``preluX.weight`` -> PReLU ``alpha``, ``denseX.weight`` (out, in) -> (in, out); the first dense
-layer (RNet ``dense4``, ONet ``dense5``) had its input flattened in (W, H, C) order and gets its
-rows permuted to the model's (H, W, C) flatten.
+so torch is not needed. Mapping of facenet-pytorch's state-dict keys (timesler/facenet-pytorch,
+``models/mtcnn.py``): ``convX.weight`` (O, I, kh, kw) -> HWIO kernel, ``preluX.weight`` -> PReLU
+``alpha``, ``denseX.weight`` (out, in) -> (in, out); the first dense layer (RNet ``dense4``, ONet
+``dense5``) had its input flattened in (W, H, C) order (``permute(0, 3, 2, 1)``) and gets its rows
+permuted to the model's (H, W, C) flatten.
 """
 
 from __future__ import annotations
