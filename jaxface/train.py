@@ -43,6 +43,7 @@ from jaxface import config_lib
 from jaxface import data as data_lib
 from jaxface import evaluator as evaluator_lib
 from jaxface import faults
+from jaxface import init_from as init_from_lib
 from jaxface import logging_lib
 from jaxface import optim
 from jaxface import parallel
@@ -112,9 +113,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 def _train_and_evaluate_locked(config, workdir: str) -> dict[str, Any]:
   if config.get("stages"):
     return _run_stages(config, workdir)
+  # init_from's backbone checked before any data are read or saliency computed.
+  init_source = init_from_lib.check_backbone(config) if config.init_from else None
   if config.saliency.mode == "cache":
     data_lib.precompute_saliency(config, workdir)  # each dataset's cache for a mixture
-  summary = Trainer(config, workdir).run()
+  summary = Trainer(config, workdir, init_source=init_source).run()
   if config.eval.after_train:
     summary["test"] = evaluator_lib.evaluate(config, workdir)
     stages_lib.check_expectations(config, summary["test"])
@@ -187,7 +190,9 @@ class TrainMetrics:
 class Trainer:
   """One training run (see ``train_and_evaluate``)."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, init_source: dict[str, Any] | None = None):
+    """``init_source``: ``config.init_from``'s arrays as ``init_from.check_backbone`` returned
+    them (checked and loaded here, before the dataset is built, when not given)."""
     self.config = config
     self.workdir = workdir
     self.mesh = parallel.make_mesh()
@@ -202,6 +207,9 @@ class Trainer:
           f"config.accum_steps: micro-batches of {config.batch_size // config.accum_steps} "
           f"do not split over {n_dev} devices")
     self.local_batch = config.batch_size // n_proc
+    if config.init_from and init_source is None:
+      init_source = init_from_lib.check_backbone(config)
+    self._init_source = init_source  # used (and dropped) by _init_state
 
     self.builder = data_lib.prepare(config)
     self.tasks = data_lib.tasks(config, self.builder)
@@ -228,12 +236,22 @@ class Trainer:
     return out
 
   def _init_state(self, tx):
+    """The fresh state, with ``config.init_from``'s arrays mapped in (``jaxface.init_from``):
+    the whole expectation is checked on the model's shapes before ``init`` is compiled."""
     c = self.config
-    variables = steps_lib.init_variables(self.model, tuple(c.model.input_size), c.seed)
-    report = None
+    size = tuple(c.model.input_size)
+    plan = None
     if c.init_from:
-      variables, report = steps_lib.merge_pretrained(variables,
-                                                     steps_lib.load_pretrained(c.init_from))
+      source = self._init_source
+      if source is None:
+        source = init_from_lib.flat_paths(init_from_lib.load_pretrained(c.init_from))
+      self._init_source = None
+      shapes = jax.eval_shape(lambda: steps_lib.init_variables(self.model, size, c.seed))
+      plan = init_from_lib.plan_model(c, shapes, source)
+    variables = steps_lib.init_variables(self.model, size, c.seed)
+    report = None
+    if plan is not None:
+      variables, report = plan.apply(variables, source), plan.report
     state = steps_lib.create_state(variables, tx, c.seed)
     return jax.device_put(state, self.replicated), report
 
