@@ -1,4 +1,9 @@
-"""AlexNet in two reference layouts (SPEC 2.1, 2.2).
+"""AlexNet in two reference layouts: torchvision's and Caffe's bvlc_alexnet.
+
+AlexNet: A. Krizhevsky, I. Sutskever, G. E. Hinton, "ImageNet Classification with Deep
+Convolutional Neural Networks", NeurIPS 2012; torchvision follows the single-tower variant of
+A. Krizhevsky, "One weird trick for parallelizing convolutional neural networks",
+arXiv:1404.5997, 2014.
 
 * ``alexnet``: torchvision's "one weird trick" AlexNet (no LRN, no groups, AdaptiveAvgPool(6, 6)),
   224x224 RGB input, 61,100,840 parameters at 1000 classes.
@@ -76,7 +81,10 @@ def _conv_relu(module: nn.Module, x, name: str, kernel: int, *, aux: dict[str, A
 
 
 class AlexNet(layers.Classifier):
-  """torchvision AlexNet (SPEC 2.1). ``aux['features']`` is relu(conv5) before pool5."""
+  """torchvision AlexNet (``torchvision/models/alexnet.py``).
+
+  ``aux['features']`` is relu(conv5) before pool5.
+  """
 
   @nn.compact
   def __call__(self, x_BHWC, train: bool = False):
@@ -101,7 +109,9 @@ class AlexNet(layers.Classifier):
 
 
 class AlexNetCaffe(layers.Classifier):
-  """Caffe bvlc_alexnet (SPEC 2.2): LRN before pool, ceil pooling, grouped conv2/conv4/conv5.
+  """Caffe bvlc_alexnet (BVLC/caffe ``models/bvlc_alexnet/deploy.prototxt``): LRN before pool,
+  ceil pooling, grouped conv2/conv4/conv5 (group-major: the first half of the output channels
+  comes from the first half of the input channels).
 
   No adaptive pooling: fc6 expects 6x6 maps, i.e. 227x227 input, for the reference weights.
   """

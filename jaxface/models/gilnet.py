@@ -1,4 +1,6 @@
-"""GilNet: the age / gender CNN of Levi & Hassner (CVPR-W AMFG 2015), SPEC section 4.
+"""GilNet: the age / gender CNN of G. Levi, T. Hassner, "Age and Gender Classification using
+Convolutional Neural Networks", CVPR Workshops (AMFG) 2015, doi:10.1109/CVPRW.2015.7301352; the
+layout of the authors' Caffe prototxts (GilLevi/AgeGenderDeepLearning).
 
 Three convolutions and three fully connected layers on a 227x227 BGR face crop. Pooling uses
 Caffe's ceil output size (56 -> 28 -> 14 -> 7), so fc6 sees 7x7x384 = 18,816 inputs, as in the
@@ -12,7 +14,8 @@ import flax.linen as nn
 
 from jaxface.models import layers, registry
 
-# Caffe initialisation of the reference train_val prototxt (SPEC 4.1).
+# Caffe initialisation of Levi & Hassner's train_val prototxt: Gaussian std 0.01 (convs, fc8) and
+# 0.005 (fc6, fc7); biases 1 for conv2, fc6 and fc7, 0 elsewhere.
 _CONV_INIT = nn.initializers.normal(0.01)
 _FC_INIT = nn.initializers.normal(0.005)
 _FC8_INIT = nn.initializers.normal(0.01)

@@ -1,7 +1,9 @@
-"""ML-Net saliency model (Cornia, Baraldi, Serra, Cucchiara, ICPR 2016), SPEC section 1.
+"""ML-Net saliency model (M. Cornia, L. Baraldi, G. Serra, R. Cucchiara, "A Deep Multi-Level
+Network for Saliency Prediction", ICPR 2016, arXiv:1609.01064).
 
-Reference: marcellacornia/mlnet (Keras 1.1 + Theano, ``image_dim_ordering="th"``). Input
-480x640 BGR minus the ImageNet mean; output a (N, 60, 80, 1) saliency map at stride 8.
+Reference: the authors' code, marcellacornia/mlnet (Keras 1.1 + Theano,
+``image_dim_ordering="th"``; ``model.py``, ``eltwise_product.py``). Input 480x640 BGR minus the
+ImageNet mean; output a (N, 60, 80, 1) saliency map at stride 8.
 
 * Backbone: VGG-16 convs (3x3 "same", ReLU) with the Keras-1-Theano "same" max pooling (pad one
   row/column at the top/left, VALID 2x2 window): stride 2 after blocks 1-3, **stride 1** after
@@ -14,16 +16,17 @@ Reference: marcellacornia/mlnet (Keras 1.1 + Theano, ``image_dim_ordering="th"``
   by ``1 + W`` upsampled to the feature size, then a final ReLU.
 
 Prior resampling. The reference upsamples with Theano's ``bilinear_upsampling(ratio=10)``, i.e.
-separable linear interpolation at source coordinate ``u = (j - (r - 1) // 2) / r`` with edge
-clamping (SPEC section 0); this model uses exactly that grid whenever the feature size is an
-integer multiple ``r`` of the prior size along an axis (r = 10 at 480x640, but also e.g. a 2x3
-prior on a 20x30 map). **Deviation**: the reference only accepts 480x640 inputs; for other sizes
-(e.g. 224x224 face crops -> 28x28 features) the (6, 8) prior is resized to the feature map with
-half-pixel-centre bilinear interpolation (cv2 / ``align_corners=False``, edge-clamped). That is the
-natural continuation of the Theano grid: for odd integer ratios the two grids coincide, for even
-ones Theano sits half an output pixel further along. Keeping the prior shape fixed lets the released
-SALICON weights run on any input size; ``prior_shape`` is a field so a prior can also be trained at
-the reference ratio for another input size.
+separable linear interpolation at source coordinate ``u = (j - (r - 1) // 2) / r`` clamped to
+``[0, n - 1]`` (edge replication; Theano's ``abstract_conv.py``, e.g. ``u = (j - 4) / 10`` for
+r = 10); this model uses exactly that grid whenever the feature size is an integer multiple ``r``
+of the prior size along an axis (r = 10 at 480x640, but also e.g. a 2x3 prior on a 20x30 map).
+**Deviation**: the reference only accepts 480x640 inputs; for other sizes (e.g. 224x224 face crops
+-> 28x28 features) the (6, 8) prior is resized to the feature map with half-pixel-centre bilinear
+interpolation (cv2 / ``align_corners=False``, edge-clamped). That is the natural continuation of the
+Theano grid: for odd integer ratios the two grids coincide, for even ones Theano sits half an output
+pixel further along. Keeping the prior shape fixed lets the released SALICON weights run on any
+input size; ``prior_shape`` is a field so a prior can also be trained at the reference ratio for
+another input size.
 """
 
 from __future__ import annotations

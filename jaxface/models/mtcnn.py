@@ -1,4 +1,9 @@
-"""The three MTCNN networks as shipped in timesler/facenet-pytorch (SPEC section 5.1).
+"""The three MTCNN networks as shipped in timesler/facenet-pytorch (``models/mtcnn.py``).
+
+MTCNN: K. Zhang, Z. Zhang, Z. Li, Y. Qiao, "Joint Face Detection and Alignment Using Multitask
+Cascaded Convolutional Networks", IEEE Signal Processing Letters 23(10), 2016, arXiv:1604.02878.
+facenet-pytorch's weights were converted from davidsandberg/facenet's TensorFlow port of the
+authors' Caffe models.
 
 All convolutions are valid with stride 1, activations are per-channel PReLU, pools use the ceil
 output size. The dense layers of RNet / ONet consume an NHWC (H, W, C) flatten; the importer

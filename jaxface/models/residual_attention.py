@@ -1,12 +1,17 @@
-"""Residual Attention Network (Wang et al., CVPR 2017): Attention-56, Attention-92 and the 32x32
-CIFAR Attention-92 of tengshaofeng/ResidualAttentionNetwork-pytorch (SPEC section 3).
+"""Residual Attention Network: Attention-56, Attention-92 and the 32x32 CIFAR Attention-92 of
+tengshaofeng/ResidualAttentionNetwork-pytorch.
+
+Paper: F. Wang, M. Jiang, C. Qian, S. Yang, C. Li, H. Zhang, X. Wang, X. Tang, "Residual Attention
+Network for Image Classification", CVPR 2017, arXiv:1704.06904; the authors' Caffe prototxts are
+fwang91/residual-attention-network.
 
 Building blocks:
 * :class:`ResidualUnit`: pre-activation bottleneck (BN-ReLU first; the projection shortcut reads
-  the pre-activated input), SPEC 3.1.
+  the pre-activated input, as the prototxt's ``branch2/conv1_1x1`` reads the ``/bn`` blob).
 * :class:`AttentionModule`: p = 1 pre unit, t = 2 trunk units, and a bottom-up / top-down soft-mask
   branch with ``num_pools`` max-pools, r = 1 unit per scale, 2 units at the lowest scale, a skip
-  unit at every intermediate scale; ``H = (1 + M) * T``, then the post unit (SPEC 3.2).
+  unit at every intermediate scale; ``H = (1 + M) * T`` (the paper's attention residual
+  learning), then the post unit.
 
 Defaults follow the authors' Caffe prototxt: Caffe (ceil, unpadded) max-pooling and only
 ``Interp + skip`` in the top-down path. ``tengshaofeng=True`` adds the PyTorch re-implementation's

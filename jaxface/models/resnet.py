@@ -1,4 +1,7 @@
-"""ResNet-18 and ResNet-50 in the torchvision layout (He et al. 2016, torchvision "v1.5").
+"""ResNet-18 and ResNet-50 in the torchvision layout (torchvision "v1.5").
+
+ResNet: K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016,
+arXiv:1512.03385.
 
 The stem is conv 7x7/2 (pad 3, no bias) -> BN -> ReLU -> max-pool 3/2 (pad 1); four stages of
 BasicBlock (ResNet-18) or Bottleneck (ResNet-50) blocks, the stride sitting on the 3x3 conv as in
@@ -33,7 +36,7 @@ def conv(features: int, kernel: int, stride: int = 1, pad: int = 0, *, name: str
 
 
 def batch_norm(train: bool, *, name: str, dtype: Any = jnp.float32) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's eps and momentum (SPEC section 0)."""
+  """BatchNorm with PyTorch's defaults, eps 1e-5 and momentum 0.1 (Flax's momentum 0.9)."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       name=name)
 

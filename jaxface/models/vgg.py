@@ -1,4 +1,8 @@
-"""VGG-16 (configuration "D") and VGG-Face (SPEC 2.4, 2.5).
+"""VGG-16 (configuration "D") and VGG-Face.
+
+VGG-16: K. Simonyan, A. Zisserman, "Very Deep Convolutional Networks for Large-Scale Image
+Recognition", ICLR 2015, arXiv:1409.1556. VGG-Face: O. M. Parkhi, A. Vedaldi, A. Zisserman, "Deep
+Face Recognition", BMVC 2015.
 
 * ``vgg16``: torchvision layout with AdaptiveAvgPool(7, 7) before fc6, 138,357,544 parameters at
   1000 classes. Keras applications VGG16 weights fit it too (the adaptive pool is the identity at
