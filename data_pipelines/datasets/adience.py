@@ -1,4 +1,8 @@
-"""tfds builder ``adience``: the Adience faces (Eidinger, Enbar, Hassner 2014) in five folds.
+"""tfds builder ``adience``: the Adience faces in five folds.
+
+Adience: E. Eidinger, R. Enbar, T. Hassner, "Age and Gender Estimation of Unfiltered Faces", IEEE
+Transactions on Information Forensics and Security 9(12), 2014, doi:10.1109/TIFS.2014.2359646. The
+fold files are the released ``fold_{0..4}_data.txt``.
 
 The splits ``fold0`` .. ``fold4`` are the fold files of the subject-exclusive 5-fold protocol (no
 ``user_id`` is in two folds; the builder checks it). Train on four and test on one with tfds split
@@ -12,8 +16,8 @@ task is ``age`` or ``gender``, built separately as in SAF-BAGE and Levi & Hassne
 Features (all TF-free):
   image: Image, the JPEG file's bytes stored as they are (read them back with
     ``decoders=tfds_compat.skip_image_decoding(features)``).
-  age (age configs): ClassLabel, the 8 groups in SPEC order "0-2", "4-6", "8-12", "15-20", "25-32",
-    "38-43", "48-53", "60-100" (labels 0..7).
+  age (age configs): ClassLabel, the 8 groups in ascending order "0-2", "4-6", "8-12", "15-20",
+    "25-32", "38-43", "48-53", "60-100" (labels 0..7, the order of Levi & Hassner's age list).
   gender (gender configs): ClassLabel ["m", "f"] (0 = male, 1 = female).
   age_raw, gender_raw: Text, the fold file's age and gender strings unchanged ("(25, 23)", "None",
     "u", "" ...): the label of the other task, kept as text rather than as a second ClassLabel with

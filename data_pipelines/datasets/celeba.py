@@ -1,7 +1,10 @@
 """tfds builder ``celeba``: CelebA (Liu et al. 2015) from its manually downloaded native files.
 
-Zhang et al. (SPEC 9.3) fine-tune on all 40 CelebA attributes, then on gender or smile alone,
-before FotW; this builder keeps every attribute plus the two task labels ready to use.
+CelebA: Z. Liu, P. Luo, X. Wang, X. Tang, "Deep Learning Face Attributes in the Wild", ICCV 2015,
+arXiv:1411.7766. Zhang et al. ("Gender and Smile Classification using Deep Convolutional Neural
+Networks", CVPR Workshops (ChaLearn LAP) 2016, doi:10.1109/CVPRW.2016.97) fine-tune on all 40
+CelebA attributes, then on gender or smile alone, before FotW; this builder keeps every attribute
+plus the two task labels ready to use.
 
 Configs:
   aligned (default): ``img_align_celeba`` (178 x 218 aligned crops) with the landmarks of

@@ -1,9 +1,13 @@
 """tfds builder ``fotw``: ChaLearn LAP 2016 Faces of the World, Track 3 (smile and gender).
 
-Zhang et al. (SPEC 9.3) fine-tune GNet and SNet on FotW last. Each image shows one labelled person
-with a face box, a gender (male / female / other) and an expression (smiling / neutral / other).
+Zhang et al. ("Gender and Smile Classification using Deep Convolutional Neural Networks", CVPR
+Workshops (ChaLearn LAP) 2016, doi:10.1109/CVPRW.2016.97) fine-tune GNet and SNet on FotW last.
+Each image shows one labelled person with a face box, a gender (male / female / other) and an
+expression (smiling / neutral / other), as the challenge describes Track 3.
 
-The CSV layout is UNVERIFIED (SPEC 7.6), so the parsing is driven by a small JSON schema:
+The CSV layout is UNVERIFIED (no primary copy of the challenge's label files could be checked; the
+believed layout is one row per image: file name, face box x, y, w, h, and integer gender and smile
+codes with a "not sure / other" code), so the parsing is driven by a small JSON schema:
 ``fotw_schema.json`` beside this module holds the believed layout; ``FotwConfig.schema`` points
 at an edited copy (absolute, or relative to the manual directory). Schema keys:
   delimiter: one character.  header: true if each CSV starts with a header row.

@@ -1,4 +1,9 @@
-"""tfds builder ``lfw_gender``: LFW images with the male/female name lists (VEGAC, SPEC 9.2).
+"""tfds builder ``lfw_gender``: LFW images with the male/female name lists, as VEGAC adds LFW.
+
+LFW: G. B. Huang, M. Ramesh, T. Berg, E. Learned-Miller, "Labeled Faces in the Wild: A Database for
+Studying Face Recognition in Unconstrained Environments", UMass Amherst Technical Report 07-49,
+2007. VEGAC (Gurnani et al., arXiv preprint 2018) trains gender on Adience plus LFW and reports LFW
+gender accuracy (its Tables 1 and 5).
 
 Gender is not part of LFW; the labels come from two lists of image file names, one per line
 (``male_names.txt`` / ``female_names.txt``, e.g. ``Aaron_Eckhart_0001.jpg``). The identity of an

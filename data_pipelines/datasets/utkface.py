@@ -1,13 +1,15 @@
 """tfds builder ``utkface``: UTKFace's aligned and cropped 200 x 200 faces, labels from file names.
 
-A file ``[age]_[gender]_[race]_[date&time].jpg.chip.jpg`` in a chip folder is one example: age
-0..116, gender 0 = male / 1 = female, race 0..4 = White, Black, Asian, Indian, Others, date&time
+UTKFace: Z. Zhang, Y. Song, H. Qi, "Age Progression/Regression by Conditional Adversarial
+Autoencoder", CVPR 2017, arXiv:1702.08423. Its file naming as released: a file
+``[age]_[gender]_[race]_[date&time].jpg.chip.jpg`` in a chip folder is one example: age 0..116,
+gender 0 = male / 1 = female, race 0..4 = White, Black, Asian, Indian, Others, date&time
 ``yyyymmddHHMMSSFFF`` (when the image was collected).
 
 Chip folders (configs). ``aligned`` / ``aligned_race_unknown`` read ``UTKFace/``, the whole
 aligned set (23,708 files). ``crop_part1`` / ``crop_part1_race_unknown`` read ``crop_part1/``, the
 aligned chips of the in-the-wild part 1 (9,780 files; ages 1..110, 4,372 male / 5,408 female,
-infant-heavy): the set of Abdolrashidi et al. (paper 004). ``--manual_dir`` may be the chip
+infant-heavy): the set of Abdolrashidi et al. (arXiv:2010.03791). ``--manual_dir`` may be the chip
 folder itself or a folder holding it. Without ``--config``, ``python -m data_pipelines.build
 utkface`` picks the config from what the manual directory is or holds
 (``config_for_manual_dir``): a folder named ``crop_part1`` or holding only ``crop_part1/`` gives
@@ -35,14 +37,15 @@ falls in the cumulative fractions, so the assignment depends on neither the dire
 order nor the other files, and a repaired name lands where the correct name would. The split is
 also the first part of every record id.
 
-Age buckets (AMBIGUOUS). Abdolrashidi et al. (paper 004) group ages in 10-year buckets ("such as
+Age buckets (AMBIGUOUS). Abdolrashidi et al. ("Age and Gender Prediction From Face Images Using
+Attentional Convolutional Network", arXiv:2010.03791, 2020) group ages in 10-year buckets ("such as
 0-10") without giving their number; their subset spans ages 1 to 110, which 10-year buckets cover
 with 11 groups (0-10 ... 100-110). The default is therefore 11 buckets of 10 years with the last one
 open-ended ("100+" holds UTKFace's 100..116). ``age_bucket_width`` and ``num_age_buckets`` change
 it (e.g. 12 buckets: "110+"). The paper's AABD example numbers buckets from 1; the labels here start
 at 0, which leaves bucket differences unchanged.
 
-File names are parsed defensively (SPEC 7.3). The real release has a few malformed names: in
+File names are parsed defensively, since a few names in the release are malformed. In
 ``crop_part1/`` two of them, ``61_1_20170109142408075.jpg.chip.jpg`` (race missing) and
 ``61_3_20170109150557335.jpg.chip.jpg`` (three fields, the second is no gender code), so the
 ``crop_part1`` config keeps 9,778 of its 9,780 files and names both in the build summary. A space
@@ -113,7 +116,8 @@ class Repaired(NamedTuple):
 
 
 def repair_name(file_name: str) -> tuple[str, tuple[str, ...]]:
-  """``file_name`` with the unambiguous defects of SPEC 7.3 repaired, and what was done."""
+  """``file_name`` with the unambiguous defects (whitespace before ".jpg", a missing dot before
+  "jpg.chip.jpg") repaired, and what was done."""
   name, repairs = file_name, []
   if _SPACE_BEFORE_JPG.search(name):
     name = _SPACE_BEFORE_JPG.sub("", name)
