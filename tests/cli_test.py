@@ -13,7 +13,8 @@ from jaxface import weights
 
 # The exact reference parameter counts. Residual Attention: the totals of the authors' released
 # deploy prototxts (see tests/models/residual_attention_test.py; Attention-92's prototxt has 2.27 %
-# more than the paper's 51.3M). MTCNN: from the state-dict shapes of SPEC 5.2.
+# more than the paper's 51.3M). MTCNN: from facenet-pytorch's state-dict shapes (see
+# tests/models/mtcnn_test.py).
 EXPECTED_PARAMS = {
     "alexnet": 61_100_840,
     "alexnet_caffe": 60_965_224,

@@ -37,7 +37,7 @@ def test_full_size(name, count, input_hw):
 def test_caffe_grouped_kernels():
   variables, _, _ = _abstract("alexnet_caffe")
   p = variables["params"]
-  # Grouped layers hold in/2 input channels, exactly as bvlc_alexnet.npy stores them (SPEC 2.3).
+  # Grouped layers hold in/2 input channels, as caffe-tensorflow's bvlc_alexnet.npy stores them.
   assert p["conv1"]["kernel"].shape == (11, 11, 3, 96)
   assert p["conv2"]["kernel"].shape == (5, 5, 48, 256)
   assert p["conv3"]["kernel"].shape == (3, 3, 256, 384)

@@ -28,7 +28,8 @@ def test_full_size():
   assert _count(p) == 11_415_048
   assert sorted(p) == ["conv1", "conv2", "conv3", "fc6", "fc7", "fc8"]
   assert out.shape == (2, 8)
-  # Caffe ceil pooling: 56 -> 28 -> 14 -> 7, so fc6 sees 7x7x384 = 18,816 inputs (SPEC 4.1).
+  # Caffe ceil pooling: 56 -> 28 -> 14 -> 7, so fc6 sees 7x7x384 = 18,816 inputs (the released
+  # caffemodels' layout; floor pooling would give 6x6x384 = 13,824).
   assert aux["conv1"].shape == (2, 56, 56, 96)
   assert aux["norm1"].shape == (2, 28, 28, 96)
   assert aux["conv2"].shape == (2, 28, 28, 256)
@@ -60,7 +61,8 @@ def test_tops_and_dtype():
 
 
 def test_caffe_initialisation():
-  # SPEC 4.1: Gaussian std 0.01 (conv, fc8) / 0.005 (fc6, fc7); biases conv2, fc6, fc7 = 1.
+  # Levi & Hassner's train_val prototxt: Gaussian std 0.01 (conv, fc8) / 0.005 (fc6, fc7); biases
+  # conv2, fc6, fc7 = 1.
   model = models.get("gilnet", width=0.5)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 67, 67, 3)))["params"]
   stds = {"conv1": 0.01, "conv2": 0.01, "conv3": 0.01, "fc6": 0.005, "fc7": 0.005, "fc8": 0.01}

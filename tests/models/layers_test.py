@@ -30,7 +30,8 @@ def test_max_pool_ceil_matches_torch_ceil_mode(rng, size, window, stride, pad):
 
 
 def test_ceil_pool_sizes_of_the_papers():
-  # GilNet 56 -> 28 -> 14 -> 7 (SPEC 4.1), bvlc_alexnet 55 -> 27 -> 13 -> 6, MTCNN RNet 22 -> 11.
+  # GilNet 56 -> 28 -> 14 -> 7 (Levi & Hassner's paper: 96x28x28 after pool1), bvlc_alexnet
+  # 55 -> 27 -> 13 -> 6, MTCNN RNet 22 -> 11.
   assert [layers.ceil_pool_size(s, 3, 2) for s in (56, 28, 14)] == [28, 14, 7]
   assert [layers.ceil_pool_size(s, 3, 2) for s in (55, 27, 13)] == [27, 13, 6]
   assert layers.ceil_pool_size(22, 3, 2) == 11

@@ -1,6 +1,6 @@
 """MTCNN PNet / RNet / ONet: parameter counts pinned against the facenet-pytorch state-dict shapes
-(SPEC 5.2), output shapes, and forward + backward at real size. Numerical parity with torch is in
-tests/weights/mtcnn_test.py."""
+(those of its released ``pnet.pt`` / ``rnet.pt`` / ``onet.pt``), output shapes, and forward +
+backward at real size. Numerical parity with torch is in tests/weights/mtcnn_test.py."""
 
 import math
 
@@ -12,8 +12,9 @@ import pytest
 from jaxface import models
 from tests.helpers import count_params as _count
 
-# facenet-pytorch state-dict shapes (SPEC 5.2); biases have the conv / dense output size.
-_SPEC_SHAPES = {
+# facenet-pytorch's state-dict shapes (torch layouts: conv (O, I, kh, kw), Linear (out, in)); biases
+# have the conv / dense output size.
+_STATE_DICT_SHAPES = {
     "mtcnn_pnet": {"conv1": (10, 3, 3, 3), "prelu1": (10,), "conv2": (16, 10, 3, 3),
                    "prelu2": (16,), "conv3": (32, 16, 3, 3), "prelu3": (32,),
                    "conv4_1": (2, 32, 1, 1), "conv4_2": (4, 32, 1, 1)},
@@ -41,10 +42,10 @@ def _abstract(name, hw=None, **kw):
 
 @pytest.mark.parametrize("name", sorted(_COUNTS))
 def test_parameter_counts(name):
-  shapes = _SPEC_SHAPES[name]
-  from_spec = sum(math.prod(s) + (s[0] if not k.startswith("prelu") else 0)
+  shapes = _STATE_DICT_SHAPES[name]
+  from_state_dict = sum(math.prod(s) + (s[0] if not k.startswith("prelu") else 0)
                   for k, s in shapes.items())
-  assert from_spec == _COUNTS[name]
+  assert from_state_dict == _COUNTS[name]
   variables, _, _ = _abstract(name)
   p = variables["params"]
   assert set(variables) == {"params"}

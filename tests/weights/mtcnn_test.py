@@ -112,7 +112,7 @@ _NETS = {"mtcnn_pnet": PNet, "mtcnn_rnet": RNet, "mtcnn_onet": ONet}
 
 
 def _facenet_state_dict(net: nn.Module, seed: int) -> collections.OrderedDict:
-  """Random weights laid out like the released files (SPEC 5.2): conv kernels are views of a TF
+  """Random weights laid out like facenet-pytorch's released files: conv kernels are views of a TF
   (kw, kh, in, out) buffer (pnet conv1 strides (1, 10, 30, 90)), dense weights are transposed
   (in, out) buffers (strides (1, out))."""
   g = torch.Generator().manual_seed(seed)

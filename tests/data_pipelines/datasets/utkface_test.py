@@ -1,7 +1,7 @@
 """The ``utkface`` tfds builder on tiny ``UTKFace/`` and ``crop_part1/`` folders with the malformed
-names of SPEC 7.3 and of the real crop_part1 release: labels, age buckets, the seeded split, repairs
-and skips with reasons in the summary, which folder a manual directory gives, image bytes and
-errors."""
+names reported for the aligned set and found in the real crop_part1 release: labels, age buckets,
+the seeded split, repairs and skips with reasons in the summary, which folder a manual directory
+gives, image bytes and errors."""
 
 import collections
 import json
