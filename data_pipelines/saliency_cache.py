@@ -95,12 +95,18 @@ def crop_part(pipe: str | pp.Pipeline) -> str:
 
 def cache_key(mlnet_sha256: str, crop_pipe: str | pp.Pipeline, mlnet_input: Sequence[int],
               cache_size: Sequence[int], blur_sigma: float, fuse_geometry: bool = False,
-              dataset_version: str | None = None) -> str:
+              dataset_version: str | None = None,
+              dataset: tuple[str, str | None] | None = None) -> str:
   """16 hex digits identifying what a cache's maps depend on: the ML-Net weights (by sha256), the
   canonical crop pipe, ML-Net's input size, the cache size, the blur, the crop's pixels (fused
-  geometry resamples the crop once, op by op resamples it per op) and the dataset builder's
-  version (a new version may hold other pixels under the same ids)."""
+  geometry resamples the crop once, op by op resamples it per op), the dataset builder's
+  version (a new version may hold other pixels under the same ids) and the dataset (name,
+  builder config): two datasets may share example ids ("train/0"), so a cache directory given
+  explicitly (``saliency.cache_dir``) and shared by two configs refuses the second one instead of
+  serving it the first one's maps."""
   extra = {} if dataset_version is None else {"dataset_version": str(dataset_version)}
+  if dataset is not None:
+    extra["dataset"] = [str(dataset[0]), None if dataset[1] is None else str(dataset[1])]
   payload = json.dumps({**extra, "mlnet_sha256": mlnet_sha256,
                         "crop_pipe": canonical_pipe(crop_pipe),
                         "mlnet_input": list(mlnet_input), "cache_size": list(cache_size),

@@ -174,7 +174,8 @@ def _resolve_dir(config, settings: dict[str, Any], mlnet_sha256: str) -> tuple[s
   version = build.builder_class(_field(config, "data.name")).VERSION
   key = sc.cache_key(mlnet_sha256, str(settings["crop_pipe"]), settings["mlnet_input"],
                      settings["cache_size"], settings["blur_sigma"], settings["crop_pipe"].fuse,
-                     dataset_version=str(version))
+                     dataset_version=str(version),
+                     dataset=(_field(config, "data.name"), _optional(config, "data.config")))
   cache_dir = _field(config, "saliency.cache_dir", "")
   if cache_dir:
     return os.path.abspath(os.path.expanduser(cache_dir)), key

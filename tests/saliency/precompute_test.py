@@ -249,6 +249,11 @@ def test_another_crop_pipe_is_refused(setup):
       "x", CROP, (32, 32), (16, 16), 0.0)
   assert sc.cache_key("x", CROP, (32, 32), (16, 16), 0.0, dataset_version="1.0.0") != \
       sc.cache_key("x", CROP, (32, 32), (16, 16), 0.0, dataset_version="1.0.1")
+  # Two datasets (or two configs of one builder) never share a key, even in one cache_dir.
+  keys = {sc.cache_key("x", CROP, (32, 32), (16, 16), 0.0, dataset=d)
+          for d in (("adience", "faces_age"), ("adience", "faces_gender"), ("affectnet", None),
+                    ("affectnet", "default"))}
+  assert len(keys) == 4
 
 
 def test_an_interrupted_write_leaves_no_complete_looking_split(setup, tmp_path, monkeypatch):
