@@ -219,6 +219,8 @@ class Analyzer:
     """Face records of several photos; each network runs once over all their faces."""
     records = [[f.to_dict() for f in fs] for fs in faces]
     grays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    # dlib's 5 points of a face, shared by every dlib-chip network (gender at 32 px, age at 64).
+    points: dict[tuple[int, int], np.ndarray] = {}
     for task, loaded in self.models.items():
       chip = loaded.spec.chip
       cut, where = [], []
@@ -228,7 +230,10 @@ class Analyzer:
             if f.landmarks is None:
               records[i][k][task] = None  # dlib chips need landmarks (the haar detector has none)
               continue
-            cut.append(chips.dlib_chip(image, f.landmarks, chip["size"])[0])
+            if (i, k) not in points:
+              points[i, k] = chips.dlib_points(image, f.landmarks)
+            cut.append(chips.dlib_chip(image, points[i, k], chip["size"],
+                                       template=chips.DLIB_TEMPLATE_5)[0])
           else:
             if i not in grays:
               gray = chips.to_gray(image)
