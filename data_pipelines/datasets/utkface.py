@@ -223,8 +223,8 @@ class UTKFace(tfds_compat.ManualBuilderMixin, tfds.core.GeneratorBasedBuilder):
       UTKFaceConfig(name="aligned_race_unknown", missing_race="unknown", description=(
           "As aligned, but names without race are kept with race 'unknown'.")),
       UTKFaceConfig(name="crop_part1", folder=CROP_PART1_DIR, description=(
-          "crop_part1/ (the 9,780 aligned chips of part 1, paper 004's set); otherwise as "
-          "aligned.")),
+          "crop_part1/ (the 9,780 aligned chips of part 1, Abdolrashidi et al.'s set); "
+          "otherwise as aligned.")),
       UTKFaceConfig(name="crop_part1_race_unknown", folder=CROP_PART1_DIR, missing_race="unknown",
                     description="As crop_part1, but names without race are kept with race "
                     "'unknown'."),

@@ -1,4 +1,5 @@
-"""Class activation maps: Grad-CAM, Grad-CAM++, Score-CAM and CAM for the GAP head (paper 000).
+"""Class activation maps: Grad-CAM, Grad-CAM++, Score-CAM and CAM for the GAP head (SAF-BAGE,
+arXiv:1803.05719, explains its GAP AlexNet with CAM).
 
 All four run jitted on a batch, each image with its own target (argmax, a class or a label), on
 any entry of the model's ``aux`` (default ``aux['features']``, the last conv block), with the

@@ -1,4 +1,5 @@
-"""Canonical Saliency Maps (John et al., paper 003): CIS per image, CMS per model, re-projection.
+"""Canonical Saliency Maps (John et al., IEEE T-BIOM 2021, arXiv:2105.01386): CIS per image, CMS
+per model, re-projection.
 
 A :class:`Correspondence` pairs N points of a face image (``image_xy``, pixels, x = column) with
 N points of a canonical frontal frame (``canonical_xy``); ``valid`` marks the points that may
@@ -431,7 +432,8 @@ def to_canonical(image, corr: Correspondence, canonical_shape: Sequence[int]) ->
 
 
 def class_confidence(forward: core.Forward, labels, score: str) -> Confidence:
-  """The class confidence of paper 003 eq. 1: each image's label's logit or probability."""
+  """The class confidence of Canonical Saliency Maps' eq. 1: each image's label's logit or
+  probability."""
   core.check_score(score)
   labels = jnp.asarray(labels, jnp.int32)
 

@@ -1,4 +1,5 @@
-"""Faithfulness metrics of saliency maps (Canonical Saliency Maps, paper 003, eqs. 9-13).
+"""Faithfulness metrics of saliency maps (John et al., "Canonical Saliency Maps: Decoding Deep
+Face Models", IEEE T-BIOM 2021, arXiv:2105.01386, eqs. 9-13).
 
 * :func:`equal_sum`: min-max normalise each map and rescale it to a given pixel sum (eq. 10), so no
   method gains by highlighting a larger area.
@@ -7,7 +8,7 @@
 * :func:`average_drop` (eq. 11), :func:`increase_in_confidence` (eq. 12), :func:`win_percent`
   (eq. 13, any number of methods, explicit tie policy), and :func:`evaluate`, which runs them all.
 
-Where the references differ (see ``shared/research/explain-anchors.md``):
+Where the references (the paper, the authors' released metric code, pytorch-grad-cam) differ:
 
 * The official CSM metric code writes each batch's scores into a growing slice, so every slot but
   the last of a batch holds the last image's score. Here scores are computed per image in fixed,

@@ -1,12 +1,13 @@
 """Task heads placed on a backbone's features.
 
 * ``softmax``: one linear layer to ``num_classes`` logits (single task).
-* ``gender_age``: multi-task head of Abdolrashidi et al. (paper 004): the gender branch predicts
-  gender; its softmax probabilities are concatenated to the last hidden layer of the age branch.
+* ``gender_age``: multi-task head of Abdolrashidi et al. (arXiv:2010.03791): the gender branch
+  predicts gender; its softmax probabilities are concatenated to the last hidden layer of the age
+  branch.
 * ``attributes``: ``num_attributes`` independent logits for the CelebA sigmoid loss (Zhang et al.).
 * ``multi_softmax``: one softmax layer per task on shared features (``{task: logits}``).
 * ``gap``: global average pooling of the last conv map + linear layer, the Class Activation Map
-  form of SAF-BAGE (paper 000, AlexNet with the fc layers replaced by GAP).
+  form of SAF-BAGE (arXiv:1803.05719: AlexNet with the fc layers replaced by GAP).
 
 Heads return ``(output, aux)`` like every model; the combined model merges the backbone's aux.
 """

@@ -1,4 +1,4 @@
-"""Faithfulness metrics against hand-computed values (paper 003, eqs. 9-13)."""
+"""Faithfulness metrics against hand-computed values (Canonical Saliency Maps, arXiv:2105.01386, eqs. 9-13)."""
 
 import jax
 import numpy as np
