@@ -129,6 +129,18 @@ def test_trains_evaluates_and_reports_each_dataset(run):
     assert json.load(f)["train_examples"] == sum(SPLIT_SIZES["train"].values())
 
 
+def test_evaluate_from_the_saved_config_reports_the_same(run):
+  """``python -m jaxface.evaluate --workdir DIR`` reads the mixture back from config.json."""
+  from jaxface import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(run["workdir"], "eval", "results.json")) as f:
+    first = json.load(f)
+  again = evaluator_lib.evaluate(evaluator_lib.load_run_config(run["workdir"]), run["workdir"])
+  for entry in TEST_COUNTS:
+    assert again["per_dataset"][entry]["gender"]["confusion"] == (
+        first["per_dataset"][entry]["gender"]["confusion"])
+  assert again["_run"]["per_dataset"] == first["_run"]["per_dataset"]
+
+
 def _loader(config, builder, seed=0):
   src = data_lib.source(config, builder, "train", with_saliency=False)
   return src, loader_lib.make_loader(src, pipe="decode|face_crop(0.3)|resize(16)", batch_size=4,
@@ -274,3 +286,11 @@ def test_the_trainer_answers_a_bad_mixture_field_in_one_line(tmp_path):
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and "config.data.mixture.datasets.lfw.rate: must be a number > 0" in (
       lines[0]), proc.stderr
+
+
+def test_the_saliency_command_names_a_mixture_in_one_line(tmp_path, capsys):
+  from jaxface.saliency import __main__ as saliency_cli  # pylint: disable=g-import-not-at-top
+  rc = saliency_cli.main(["precompute", "--config", f"{VEGAC}:mlnet=/x/mlnet.npz",
+                          "--workdir", str(tmp_path / "w")])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "config.data.name: 'mixture' names several" in err[0]

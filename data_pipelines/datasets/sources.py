@@ -29,6 +29,11 @@ def prepare(name: str, config: str | None = None, data_dir: str | None = None,
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   cfg = config or None
+  if name == "mixture":  # jaxface.mixture.NAME: several datasets, each prepared on its own
+    raise config_lib.ConfigError(
+        "config.data.name: 'mixture' names several datasets (config.data.mixture.datasets), "
+        "prepared one by one through jaxface.data.prepare; this command reads one dataset "
+        "(jaxface.train precomputes each dataset's saliency cache itself)")
   try:
     cls = build_lib.builder_class(name)
   except build_lib.BuildError as e:
