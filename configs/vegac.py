@@ -55,7 +55,7 @@ GENDER_CLASSES = ("male", "female")  # the mixture's classes; both datasets labe
 
 
 def gender_mixture(c: ml_collections.ConfigDict) -> None:
-  """Adience + LFW as one gender dataset (paper 001 Table 1: 23,611 / 7,153 / 9,049)."""
+  """Adience + LFW as one gender dataset (the VEGAC paper, Table 1: 23,611 / 7,153 / 9,049)."""
   c.data.name, c.data.config, c.data.manual_dir = "mixture", "", ""
   c.data.train_split, c.data.eval_split, c.data.test_split = "train", "validation", "test"
   c.data.mixture.classes.gender = GENDER_CLASSES

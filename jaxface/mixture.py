@@ -1,6 +1,6 @@
 """Dataset mixtures: one run trains on several prepared datasets with their labels mapped onto one
 label set, and its evaluation reports the whole mixture and each dataset (VEGAC's gender model on
-Adience + LFW, paper 001 Table 1).
+Adience + LFW, Gurnani et al. 2018, Table 1).
 
 A config names a mixture with ``data.name = "mixture"`` and ``data.mixture``::
 
