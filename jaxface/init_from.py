@@ -63,8 +63,7 @@ PyTree = Any
 # The submodules of jaxface.models.heads.WithHead: where a model with a head keeps its zoo model
 # and its head (tests/init_from_test.py checks the names against the module).
 PREFIXES = ("backbone", "head")
-# The rules' keywords; config_lib.validate refuses an unreadable init_from_expect with them.
-KEYWORDS = config_lib.INIT_FROM_KEYWORDS
+# The rules' keywords live in config_lib, whose validate refuses an unreadable init_from_expect.
 ALONE = config_lib.INIT_FROM_ALONE
 DEFAULT_EXPECT = config_lib.INIT_FROM_DEFAULT
 _SHOWN = 24  # modules named per reason in a failure line
