@@ -138,9 +138,16 @@ class Evaluator:
     return result
 
   def validate(self, state) -> dict[str, float]:
-    """``{"val/<task>/accuracy": ..., "val/<task>/loss": ...}`` on ``config.data.eval_split``."""
-    pred = self.predict(state, self.config.data.eval_split)
-    return {f"val/{k}": s / n for k, (s, n) in pred["sums"].items() if n}
+    """``{"val/<task>/accuracy": ..., "val/<task>/loss": ...}`` on ``config.data.eval_split``;
+    a mixture adds each dataset's accuracy, ``val/<entry>/<task>/accuracy``."""
+    split = self.config.data.eval_split
+    pred = self.predict(state, split)
+    out = {f"val/{k}": s / n for k, (s, n) in pred["sums"].items() if n}
+    parts, _ = per_dataset(self.tasks, self.builder, pred, split)
+    for entry, part in parts.items():
+      for task, r in part.items():
+        out[f"val/{entry}/{task}/accuracy"] = float(r["accuracy"])
+    return out
 
 
 def reports(tasks, probs: dict[str, np.ndarray], labels: dict[str, np.ndarray],

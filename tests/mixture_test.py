@@ -5,6 +5,7 @@ mapping and rates, and the one-line errors for bad ``config.data.mixture`` field
 import copy
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -127,6 +128,11 @@ def test_trains_evaluates_and_reports_each_dataset(run):
       assert json.load(f)["splits"]
   with open(os.path.join(run["workdir"], "run.json")) as f:
     assert json.load(f)["train_examples"] == sum(SPLIT_SIZES["train"].values())
+  # Validation logs the whole mixture and each dataset.
+  with open(os.path.join(run["workdir"], "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  val = next(r for r in rows if "val/gender/accuracy" in r)
+  assert {"val/adience/gender/accuracy", "val/lfw/gender/accuracy"} <= set(val)
 
 
 def test_evaluate_from_the_saved_config_reports_the_same(run):
@@ -168,6 +174,10 @@ def test_the_mixture_order_is_seeded_and_resumes_exactly(run):
     np.testing.assert_array_equal(got["image"], want["image"])
     np.testing.assert_array_equal(got["gender"], want["gender"])
   resumed.close()
+  # The loader's worker processes receive the source pickled.
+  copied = pickle.loads(pickle.dumps(src))
+  for i in (0, 11, 12, 15):
+    assert copied[i]["id"] == src[i]["id"] and copied[i]["image"] == src[i]["image"]
   _, other = _loader(config, builder, seed=1)
   assert [list(next(other)["id"]) for _ in range(2)] != [list(b["id"]) for b in batches]
   other.close()
@@ -205,6 +215,18 @@ def test_rates_repeat_or_subsample_the_training_split_deterministically(run):
   # Evaluation splits read every example once, whatever the rate.
   test = data_lib.source(config, builder, "test", with_saliency=False)
   assert test.part_sizes() == SPLIT_SIZES["test"]
+
+
+def test_mixture_source_maps_labels_keeps_unknown_and_prefixes_ids():
+  a = [{"id": b"x/1", "gender": np.int64(0)}, {"id": b"x/2", "gender": np.int64(-1)}]
+  b = [{"id": "y/1", "gender": np.int64(1)}, {"id": "y/2", "gender": np.int64(0)}]
+  src = mixture_lib.MixtureSource([("one", a, {"gender": np.array([1, 0])}, np.array([1, 0])),
+                                   ("two", b, {"gender": np.array([0, 1])}, np.array([1, 1]))])
+  got = [(src[i]["id"], int(src[i]["gender"])) for i in range(len(src))]
+  assert got == [("one:x/2", -1), ("one:x/1", 1), ("two:y/2", 0), ("two:y/2", 0)]
+  assert [mixture_lib.dataset_of(i) for i, _ in got] == ["one", "one", "two", "two"]
+  with pytest.raises(IndexError):
+    src[4]
 
 
 BAD_FIELDS = [
