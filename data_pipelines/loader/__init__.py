@@ -106,6 +106,41 @@ class _Preprocess:
     return {k: example[k] for k in self.keep if k in example}
 
 
+def stream_index(size: int, *, seed: int, shuffle: bool, num_epochs: int | None,
+                 shard_index: int, shard_count: int) -> grain.MapDataset:
+  """Stream position -> record index: the shard ``[shard_index::shard_count]`` of ``size``
+  records, shuffled (grain reshuffles each epoch, seeded by the epoch) and repeated."""
+  index = grain.MapDataset.range(size)[shard_index::shard_count]
+  if shuffle and len(index):
+    index = index.shuffle(seed=seed)  # before repeat: a new permutation each epoch
+  if num_epochs != 1:
+    index = index.repeat(num_epochs)
+  return index
+
+
+class Stream:
+  """The stream: position p -> the map step on record ``source[index[p]]``.
+
+  The same elements as grain's ``MapDataset.source(source)[shard] .shuffle .repeat
+  .map_with_index(preprocess)`` (tested); the positions go through grain on plain integers, so
+  the record itself does not pass through grain's per-element layers (its byte-size estimate
+  and metrics cost about 0.05 ms an example, 5 % of preprocessing a face chip).
+  """
+
+  def __init__(self, source: Sequence[dict[str, Any]], index: grain.MapDataset,
+               preprocess: _Preprocess):
+    self.source = source
+    self.index = index
+    self.preprocess = preprocess
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __getitem__(self, position: int) -> dict[str, Any] | Bad:
+    record = self.source[self.index[position]]
+    return None if record is None else self.preprocess(position, record)  # as map_with_index
+
+
 class AllExamplesBadError(ValueError):
   """A whole pass over the shard produced no usable example (a repeated loader would spin)."""
 
@@ -142,7 +177,7 @@ class _KeepGood:
 class Loader:
   """Iterator of batches with a checkpointable state (see ``make_loader``)."""
 
-  def __init__(self, ds: grain.MapDataset, *, batch_size: int, drop_remainder: bool,
+  def __init__(self, ds: Stream | grain.MapDataset, *, batch_size: int, drop_remainder: bool,
                pad_remainder: bool, shard_size: int, chunk_size: int, read_threads: int,
                worker_count: int):
     self._ds = ds
@@ -352,17 +387,14 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipeline, ba
   if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
 
-  ds = grain.MapDataset.source(source)[shard_index::shard_count]
-  if len(ds) == 0:
+  index = stream_index(len(source), seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                       shard_index=shard_index, shard_count=shard_count)
+  if len(index) == 0:
     raise ValueError(f"shard {shard_index}/{shard_count} of a source of {len(source)} is empty")
-  shard_size = len(ds)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)  # before repeat: grain reshuffles each epoch (seeded by epoch)
-  if num_epochs != 1:
-    ds = ds.repeat(num_epochs)
-  # Position p of this dataset is stream position p: its rng seed whatever process maps it.
-  ds = ds.map_with_index(_Preprocess(pipeline, seed, shard_index, label_keys, keep_maps,
-                                       image_size))
+  shard_size = len(range(shard_index, len(source), shard_count))
+  # Position p of the stream is p whatever process maps it: its rng seed.
+  ds = Stream(source, index, _Preprocess(pipeline, seed, shard_index, label_keys, keep_maps,
+                                          image_size))
   return Loader(ds, batch_size=batch_size, drop_remainder=drop_remainder,
                 pad_remainder=pad_remainder, shard_size=shard_size, chunk_size=chunk_size,
                 read_threads=read_threads, worker_count=worker_count)
