@@ -211,3 +211,34 @@ def test_anisotropic_shrink_prefilters_one_axis_only():
   left, right = (bright[:, :38], bright[:, 42:]) if op_by_op["image"][0, 0, 0] else (
       bright[:, 42:], bright[:, :38])
   assert np.abs(left.astype(int) - 100).max() <= 2 and right.max() == 0
+
+
+def test_flat_affine_algebra_is_crops_bit_for_bit():
+  # run_fused composes the ops' affines on six floats instead of crops.compose_affine's arrays:
+  # the same float64 operations in the same order, so the same bits.
+  rng = _rng(7)
+  for _ in range(200):
+    A, B = rng.normal(0, 10, (2, 2, 3)) * rng.choice([1e-3, 1, 1e3], (2, 1, 1))
+    flat = pp.geometry._compose(pp.geometry._flat(A), pp.geometry._flat(B))
+    assert np.array_equal(np.array(flat).reshape(2, 3), crops.compose_affine(A, B))
+
+
+def test_move_points_is_the_float64_formula_rounded_once_to_float32():
+  rng = _rng(8)
+  for n in (0, 1, 5, 68):
+    for _ in range(20):
+      F = rng.normal(0, 3, (2, 3)) * rng.choice([1e-2, 1, 1e2])
+      lm = rng.uniform(-500, 500, (n, 2)).astype(np.float32)
+      box = np.sort(rng.uniform(-500, 500, (2, 2)), axis=0).T.reshape(4).astype(np.float32)
+      ex = {"landmarks": lm, "box": box}
+      pp.geometry.move_points(ex, F)
+      # numpy's elementwise float64 ops in the same order (no fused multiply-add), then float32.
+      x, y = lm[:, 0].astype(np.float64), lm[:, 1].astype(np.float64)
+      want = np.stack([F[0, 0] * x + F[0, 1] * y + F[0, 2], F[1, 0] * x + F[1, 1] * y + F[1, 2]],
+                      -1).astype(np.float32)
+      assert ex["landmarks"].dtype == np.float32 and np.array_equal(ex["landmarks"], want)
+      cx = np.array(box[[0, 2, 0, 2]], np.float64)
+      cy = np.array(box[[1, 1, 3, 3]], np.float64)
+      xs, ys = F[0, 0] * cx + F[0, 1] * cy + F[0, 2], F[1, 0] * cx + F[1, 1] * cy + F[1, 2]
+      assert np.array_equal(ex["box"], np.array([xs.min(), ys.min(), xs.max(), ys.max()],
+                                                np.float32))
