@@ -14,7 +14,7 @@ checkpoint by validation loss is kept); conv layers start from ImageNet VGG-16 (
 
 Commands:
   python -m data_pipelines.build salicon --config png --manual_dir ~/data/salicon
-  python -m jaxface.convert keras_vgg16_th vgg16_weights.h5 /tmp/vgg16_keras.npz
+  python -m jaxface.convert vgg16_theano vgg16_weights.h5 /tmp/vgg16_keras.npz
   python -m jaxface.train --config configs/mlnet_salicon.py:init_from=/tmp/vgg16_keras.npz \
       --workdir /tmp/mlnet
 Arguments: init_from, smoke.

@@ -25,7 +25,9 @@ plain model's ``X`` and back; a run that loads less than stated fails at start, 
   step 4 <- step 3's workdir: all 32 arrays, fc8 included (same 2 classes in the same order):
     ``init_from_expect=("all",)``.
 
-Commands:
+Commands (CelebA in ~/data/celeba as distributed, FotW in ~/data/fotw as fotw_schema.json says):
+  python -m data_pipelines.build celeba --config aligned --manual_dir ~/data/celeba
+  python -m data_pipelines.build fotw --config default --detect mtcnn --manual_dir ~/data/fotw
   python -m jaxface.convert keras_vggface vgg_face_weights.h5 /tmp/vggface.npz
   python -m jaxface.train --config configs/zhang_gnet.py:step=2,init_from=/tmp/vggface.npz --workdir /tmp/gnet2
   python -m jaxface.train --config configs/zhang_gnet.py:step=3,init_from=/tmp/gnet2 --workdir /tmp/gnet3

@@ -12,7 +12,10 @@ carried over by ``init_from`` at each step: step 2 <- VGG-Face: conv1_1 .. conv5
 (``init_from_expect=("all",)``). A step that loads less fails at start. Train one SNet per crop
 scheme and average their probabilities with ``jaxface.evaluate --ensemble``.
 
-Commands:
+Commands (the same builds and VGG-Face conversion as configs/zhang_gnet.py):
+  python -m data_pipelines.build celeba --config aligned --manual_dir ~/data/celeba
+  python -m data_pipelines.build fotw --config default --detect mtcnn --manual_dir ~/data/fotw
+  python -m jaxface.convert keras_vggface vgg_face_weights.h5 /tmp/vggface.npz
   for crop in 1 5; do
     python -m jaxface.train --config configs/zhang_snet.py:crop=$crop,step=2,init_from=/tmp/vggface.npz --workdir /tmp/snet$crop/2
     python -m jaxface.train --config configs/zhang_snet.py:crop=$crop,step=3,init_from=/tmp/snet$crop/2 --workdir /tmp/snet$crop/3

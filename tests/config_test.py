@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -179,6 +180,36 @@ def test_config_docstrings_cite_papers_not_files_outside_the_repository():
                "gilnet_adience", "demo"):
     with open(os.path.join(CONFIGS, f"{name}.py")) as f:
       assert "arXiv:1803.05719" in f.read(), name  # SAF-BAGE
+
+
+def _commands(pattern: str) -> list[tuple[str, tuple[str, ...]]]:
+  """``(file, groups)`` of every command matching ``pattern`` in the configs and the README."""
+  found = []
+  for path in sorted(glob.glob(os.path.join(CONFIGS, "*.py"))) + [os.path.join(REPO, "README.md")]:
+    with open(path) as f:
+      text = f.read()
+    found += [(os.path.basename(path), m.groups()) for m in re.finditer(pattern, text)]
+  return found
+
+
+def test_the_documented_commands_name_existing_formats_and_builder_configs():
+  """A user copies these lines: a convert format or a builder config that does not exist (a
+  renamed importer, a config folded into another) must fail here, not on their machine."""
+  from data_pipelines import build  # pylint: disable=g-import-not-at-top
+  from jaxface import weights  # pylint: disable=g-import-not-at-top
+  converts = _commands(r"python -m jaxface\.convert\s+([a-z][a-z_0-9]*)")
+  assert len(converts) >= 15, converts
+  for path, (fmt,) in converts:
+    assert fmt in weights.FORMATS, (path, fmt)
+  builds = _commands(r"python -m data_pipelines\.build\s+([a-z][a-z_0-9]*)\s+--config\s+"
+                     r"([a-z][a-z_0-9]*)(\s+--detect\s+mtcnn)?")
+  assert len(builds) >= 12, builds
+  for path, (name, config, detect) in builds:
+    known = [c.name for c in build.builder_class(name).BUILDER_CONFIGS]
+    assert config in known, (path, name, config)
+    if detect:
+      assert build.detected_config(build.builder_class(name), config, "mtcnn") in known, (
+          path, name, config)
 
 
 @pytest.mark.slow
