@@ -16,8 +16,8 @@ usable: two malformed names are skipped and named in the build summary) is the d
 ``subset=aligned`` trains on the whole aligned set (``UTKFace/``, 23,708 chips) instead.
 AMBIGUOUS: no split is published; the builder makes a seeded 80/10/10 split. The paper does not
 say how its networks were initialised; the default trains from scratch. Option: ``init_from`` a
-torchvision ResNet-18/50 converted with ``python -m jaxface.convert torchvision resnet50-0676ba61.pth
-/tmp/resnet50.npz``: every array under ``backbone/`` (BatchNorm statistics included) carries over
+torchvision ResNet-18/50 converted with
+``python -m jaxface.convert torchvision resnet50-0676ba61.pth /tmp/resnet50.npz``: every array under ``backbone/`` (BatchNorm statistics included) carries over
 (the default ``init_from_expect=("backbone",)``), the ``gender_age`` head is new and the file's
 ``fc`` unused. Attention-56 has no importer: it starts from scratch or from another run's workdir.
 
