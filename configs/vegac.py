@@ -114,4 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.split = test
   if arg.smoke:
     config_lib.apply_smoke(c, labels=(label,))
+    if dataset == "adience+lfw":  # the smoke run's synthetic data replace both datasets
+      c.data.mixture.classes = ml_collections.ConfigDict({}, type_safe=False)
+      c.data.mixture.datasets = ml_collections.ConfigDict({}, type_safe=False)
   return config_lib.finalize(c)

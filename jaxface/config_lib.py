@@ -402,9 +402,6 @@ def apply_smoke(c: ConfigDict, *, size: int = 64, labels: tuple[str, ...] | None
   c.smoke = True
   c.data.name, c.data.config, c.data.manual_dir, c.data.build = (
       "synthetic_faces", "small", "", True)
-  if c.data.get("mixture") is not None:  # the synthetic data replace every dataset of a mixture
-    c.data.mixture.classes = ConfigDict({}, type_safe=False)
-    c.data.mixture.datasets = ConfigDict({}, type_safe=False)
   c.data.train_split, c.data.eval_split, c.data.test_split = "train", "validation", "test"
   if labels is not None:
     c.data.labels = labels
