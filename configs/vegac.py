@@ -23,7 +23,7 @@ of its VGG16, which counts the input and the pooling layers and so stops at bloc
 conv1_1 .. conv3_3 (``frozen=keras``).
 
 Commands:
-  python -m jaxface.convert torchvision_vgg16 vgg16-397923af.pth /tmp/vgg16.npz
+  python -m jaxface.convert torchvision vgg16-397923af.pth /tmp/vgg16.npz
   python -m jaxface.train --config configs/vegac.py:task=gender,init_from=/tmp/vgg16.npz,mlnet=/tmp/mlnet.npz \
       --config.data.mixture.datasets.adience.manual_dir=/data/adience \
       --config.data.mixture.datasets.lfw.manual_dir=/data/lfw --workdir /tmp/vegac_gender
