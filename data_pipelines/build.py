@@ -297,7 +297,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                       [f"{e['split']} {e['id']}: {e['repair']}" for e in repaired["examples"]])
   ignored = s.get("ignored")
   if ignored is not None:
-    lines += _listing("ignored (not examples)", ignored["count"], ignored["paths"])
+    if isinstance(ignored, dict):  # utkface: {"count", "paths"}
+      count, paths = ignored["count"], ignored["paths"]
+    else:  # image_folder: the list of paths
+      count, paths = len(ignored), list(ignored)
+    lines += _listing("ignored (not examples)", count, paths)
   return "\n".join(lines)
 
 
