@@ -246,6 +246,16 @@ def write_outputs(out_dir: str, tasks, results: dict, pred: dict | None = None) 
   print("\n".join(lines), flush=True)
 
 
+def _sample_rows(src, n: int) -> list[int]:
+  """The first ``n`` rows of ``src``; of a mixture, taken from each dataset in turn."""
+  if not isinstance(src, mixture_lib.MixtureSource):
+    return list(range(min(n, len(src))))
+  starts, sizes = src.offsets[:-1], [len(r) for r in src.rows]
+  rows = [int(start + k) for k in range(max(sizes)) for start, size in zip(starts, sizes)
+          if k < size]
+  return rows[:n]
+
+
 def write_samples(config, builder, split: str, out_dir: str, state, evaluator) -> None:
   """``samples.png``: crops, their saliency maps and the reweighted faces the model sees."""
   from data_pipelines import pp  # pylint: disable=g-import-not-at-top
@@ -258,7 +268,7 @@ def write_samples(config, builder, split: str, out_dir: str, state, evaluator) -
   crop_ops = [o for o in pipe.ops if o.name not in ("saliency", "oversample10")]
   crop_pipe = pp.Pipeline(crop_ops, fuse=pipe.fuse)
   tiles, titles = [], []
-  for i in range(min(n, len(src))):
+  for i in _sample_rows(src, n):
     ex = pipe(dict(src[i]))
     crop = crop_pipe(dict(src[i]))
     if ex["image"].ndim == 4:  # oversampled views: show the centre view

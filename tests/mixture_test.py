@@ -229,6 +229,14 @@ def test_mixture_source_maps_labels_keeps_unknown_and_prefixes_ids():
     src[4]
 
 
+def test_the_sample_grid_shows_every_dataset_in_turn():
+  from jaxface import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
+  src = mixture_lib.MixtureSource([(k, [{}] * n, {}, np.arange(n))
+                                   for k, n in (("a", 3), ("b", 1), ("c", 2))])
+  assert evaluator_lib._sample_rows(src, 5) == [0, 3, 4, 1, 5]  # a0 b0 c0 a1 c1
+  assert evaluator_lib._sample_rows([{}] * 10, 3) == [0, 1, 2]
+
+
 BAD_FIELDS = [
     ({"datasets.lfw.rat": 1.0}, r"config\.data\.mixture\.datasets\.lfw\.rat: unknown field"),
     ({"datasets.lfw.rate": 0.0}, r"config\.data\.mixture\.datasets\.lfw\.rate: must be a number"),
