@@ -14,7 +14,9 @@ Faults: the workdir is locked (``workdir/jaxface.lock``; a chain locks its root 
 workdir); an unreadable newest checkpoint is moved aside to ``<step>.corrupt`` and the run resumes
 from the previous one; SIGTERM / SIGINT finish the current step, save a checkpoint with the
 loader state and exit with 128 + the signal number; config fields and pipe strings are checked
-before any dataset is built. ``main`` answers each of these in one line.
+before any dataset is built; a step's checkpoint is written before that step's validation (whose
+metrics then rank it, ``Checkpointer.record``), and a run resumed from a step saved but not
+validated validates it first. ``main`` answers each of these in one line.
 
 Multi-host: call with ``--multihost`` (or JAX_COORDINATOR_ADDRESS set) on every host;
 ``jax.distributed.initialize()`` picks up Slurm or the coordinator flags; each process reads its
@@ -259,7 +261,8 @@ class Trainer:
     """``(state, start_step, resumed_from, val_metrics)``: where this run starts, in this order:
 
     1. the newest readable checkpoint of the workdir (the run was stopped; an unreadable newest
-       one is moved aside, as this run saves that step again), with its loader position;
+       one is moved aside, as this run saves that step again), with its loader position and
+       the newest validation: that step's recorded one, else the one its meta holds;
     2. else the latest checkpoint of ``config.resume`` (another run continued here), likewise;
     3. else ``state`` as given: fresh, with ``config.init_from``'s weights merged in
        (``_init_state``).
@@ -269,7 +272,9 @@ class Trainer:
       step, state, data_state, meta = ckpt.restore_readable("latest", state, move_aside=main)
       loader.set_state(data_state["loader"])
       # A finished run's summary keeps its validation.
-      return state, int(step), f"{self.workdir} step {step}", dict(meta.get("val") or {})
+      val = ckpt.validation(step)
+      val = meta.get("val") if val is None else val
+      return state, int(step), f"{self.workdir} step {step}", dict(val or {})
     if c.resume:
       other = checkpointing.Checkpointer(c.resume, read_only=True)
       try:
@@ -333,7 +338,7 @@ class Trainer:
     evaluator = evaluator_lib.Evaluator(c, self.builder, self.tasks, self.model, prepare,
                                         self.mesh, self.workdir)
 
-    # -- loop: step, log, validate, checkpoint; a stop signal saves and exits.
+    # -- loop: step, log, checkpoint, validate; a stop signal saves and exits.
     eval_every = config_lib.period_steps(c, "eval_every", self.steps_per_epoch)
     ckpt_every = config_lib.period_steps(c, "checkpoint_every", self.steps_per_epoch)
     log_every = config_lib.period_steps(c, "log_every", self.steps_per_epoch) or 10
@@ -344,14 +349,48 @@ class Trainer:
     stop_every = 1 if jax.process_count() == 1 else log_every
     ckpt.previous_step = train_metrics.last_good
 
-    def save(at_step, metrics_for_best=None):
+    def due_eval_at(at_step):
+      return bool(eval_every) and (at_step % eval_every == 0 or at_step == self.total_steps)
+
+    def save(at_step):
       ckpt.save(at_step, state, {"loader": loader.get_state()},
                 {"model": meta_model, "step": at_step, "val": val_metrics,
-                 "skipped": loader.skipped.to_dict()}, metrics_for_best)
+                 "skipped": loader.skipped.to_dict()})
+      train_metrics.last_good = at_step
+
+    def validate(at_step, saved):
+      """Validates ``state`` at ``at_step``; the metrics of a saved step rank its checkpoint
+      (``Checkpointer.record``). A step without a checkpoint is saved first when its
+      validation fails, so no training is lost."""
+      nonlocal val_metrics
+      try:
+        val_metrics = evaluator.validate(state)
+      except BaseException:
+        if not saved:
+          save(at_step)
+        raise
+      writer.write(at_step, val_metrics)
+      if main:
+        print(f"validation step {at_step}: " + " | ".join(
+            f"{k} {v:.4f}" for k, v in val_metrics.items()), flush=True)
+      if saved:
+        if c.best_metric and c.best_metric not in val_metrics:
+          raise config_lib.ConfigError(
+              f"config.best_metric: {c.best_metric!r} is not a validation metric; they are "
+              f"{', '.join(sorted(val_metrics))} (checkpoint step {at_step} is saved)")
+        ckpt.record(at_step, val_metrics)
 
     signals = faults.StopSignals()
     try:
       signals.__enter__()
+      if (start_step and due_eval_at(start_step) and start_step in ckpt.all_steps()
+          and ckpt.validation(start_step) is None):
+        # The previous run saved this step and stopped (or was killed, or its validation
+        # failed) before recording the step's validation: done now, as it would have been.
+        if main:
+          print(f"validating step {start_step}: its checkpoint was saved, its validation was "
+                "not recorded", flush=True)
+        validate(start_step, saved=True)
       while step < self.total_steps:
         batch = next(loader)
         state, metrics = train_step(state, parallel.to_device(batch, self.data_sharding))
@@ -371,24 +410,15 @@ class Trainer:
           if due_log:
             progress.report(step, {k[6:]: v for k, v in train_scalars.items()
                                    if k.endswith(("loss", "accuracy")) or k == "train/lr"})
-        if due_eval:
-          try:
-            val_metrics = evaluator.validate(state)
-          except BaseException:
-            # The step's checkpoint comes first (without a metric to rank it), so a failing
-            # validation loses no training; the best-metric ranking needs the validation, which
-            # is why the save otherwise follows it.
-            save(step)
-            raise
-          writer.write(step, val_metrics)
-          if main:
-            print(f"validation step {step}: " + " | ".join(
-                f"{k} {v:.4f}" for k, v in val_metrics.items()), flush=True)
         stop = step < self.total_steps and step % stop_every == 0 and signals.stop_requested(
             jax.process_count() > 1)
+        # The step's checkpoint comes before its validation: a failing or killed validation
+        # loses no training, and a resumed run validates that step first (above). A stop
+        # request leaves the validation to the resumed run.
         if due_ckpt or stop:
-          save(step, val_metrics if (c.best_metric and due_eval) else None)
-          train_metrics.last_good = step
+          save(step)
+        if due_eval and not stop:
+          validate(step, saved=due_ckpt)
         if stop:
           ckpt.wait()
           raise faults.Preempted(signals.signum, step, ckpt.directory)
