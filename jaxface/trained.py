@@ -216,17 +216,14 @@ def _load_workdir(workdir: str, checkpoint: str | int | None, config=None, mesh=
   model = from_config.build_model(config, tasks)
   mesh = mesh if mesh is not None else parallel.make_mesh()
   import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_count() > 1:
-    # Several processes: each restores its shards of the replicated state onto the global mesh
-    # (an untargeted restore refuses a checkpoint written by another process topology).
-    step, state = _restore(workdir, config, checkpoint, steps.abstract_state(config, model, mesh))
-  else:
-    # One process: the arrays as saved (any device count, and a checkpoint holding only the
-    # model's variables), then replicated onto this process' devices.
-    step, state = _restore(workdir, config, checkpoint, None)
-  variables = {"params": state["params"]}
-  if state.get("batch_stats"):
-    variables["batch_stats"] = state["batch_stats"]
+  from jaxface import checkpointing  # pylint: disable=g-import-not-at-top
+  # One process: the arrays as saved (any device count, and a checkpoint holding only the
+  # model's variables), then replicated onto this process' devices. Several processes: each
+  # restores its shards of the replicated state onto the global mesh (an untargeted restore
+  # refuses a checkpoint written by another process topology).
+  target = steps.abstract_state(config, model, mesh) if jax.process_count() > 1 else None
+  step, variables, _ = checkpointing.restore_variables(
+      workdir, checkpoint, target, best_metric=config.best_metric, best_mode=config.best_mode)
   if jax.process_count() == 1:
     variables = jax.device_put(variables, jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))
@@ -240,25 +237,3 @@ def _load_workdir(workdir: str, checkpoint: str | int | None, config=None, mesh=
   size = tuple(int(v) for v in config.model.input_size)
   return Trained(model, variables, steps.PREPROCESSING[name], size, 3, tasks, workdir, saliency,
                  step=step)
-
-
-def _restore(workdir: str, config, checkpoint: str | int | None, target) -> tuple[int, Any]:
-  """``(step, state)`` of the checkpoint ``checkpoint`` names, restored into ``target`` (None:
-  as saved)."""
-  from jaxface import checkpointing  # pylint: disable=g-import-not-at-top
-  ckpt = checkpointing.Checkpointer(workdir, read_only=True, best_metric=config.best_metric,
-                                    best_mode=config.best_mode)
-  try:
-    which = checkpoint
-    if which == "best":
-      try:
-        checkpointing.resolve_step(ckpt, "best")
-      except ValueError:
-        which = "latest"  # no validation ran: the last one
-    # Orbax lists only finalized steps (a save in progress is a *.orbax-checkpoint-tmp
-    # directory), so a workdir in use is read safely; an unreadable latest/best falls back.
-    step, state, _, _ = ckpt.restore_readable(which, target)
-    return step, state
-  finally:
-    ckpt.close()
-
