@@ -7,8 +7,8 @@ PyTorch (``jaxface.tools.torch_refs``) with the same batch, dtype, loss and opti
 process on the same device, and reports jaxface / torch. All variants of one model (conv
 lowerings, PyTorch) are timed interleaved, step by step, so they see the same load. On a GPU, run
 with ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` so that JAX leaves memory to PyTorch.
-``conv``: direct vs im2col lowering of ``layers.conv2d`` on the zoo's convolution shapes, forward
-and forward + backward; the measurements behind ``layers.choose_lowering``.
+``conv``: the direct, im2col and tap_wgrad lowerings of ``layers.conv2d`` on the zoo's convolution
+shapes, forward and forward + backward; the measurements behind ``layers.choose_lowering``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import optax
 from jaxface import models
 from jaxface.models import layers
 
-TRAIN_MODELS = ("alexnet", "vgg16", "resnet18", "resnet50", "gilnet")
+TRAIN_MODELS = ("alexnet", "vgg16", "resnet18", "resnet50", "gilnet", "mini_xception",
+                "attention56", "dlib_age", "dlib_gender")
 NUM_CLASSES = 1000
 LEARNING_RATE, MOMENTUM = 0.01, 0.9
 # Dense datasheet peaks in FLOP/s (NVIDIA H100/H200 SXM and A100 datasheets; float32 is the TF32
@@ -153,7 +154,8 @@ def prepare_jax(name: str, batch: int, size: int, dtype: str, width: float,
   every convolution unless "auto" (the per-backend rule)."""
   model = models.get(name, num_classes=NUM_CLASSES, width=width, dtype=jnp.dtype(dtype))
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
+  channels = models.spec(name).input_shape[-1]  # mini-Xception reads grey faces
+  x = jnp.asarray(rng.normal(size=(batch, size, size, channels)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, NUM_CLASSES, size=batch), jnp.int32)
   tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
 
@@ -203,10 +205,12 @@ def prepare_torch(name: str, batch: int, size: int, dtype: str,
   device = torch.device("cuda" if cuda else "cpu")
   tdtype = getattr(torch, dtype)
   torch.manual_seed(0)
-  model = torch_refs.build(name, width, NUM_CLASSES, size).to(device=device, dtype=tdtype).train()
+  channels = models.spec(name).input_shape[-1]
+  model = torch_refs.build(name, width, NUM_CLASSES, size, channels).to(
+      device=device, dtype=tdtype).train()
   opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
   gen = torch.Generator().manual_seed(0)
-  x = torch.randn(batch, 3, size, size, generator=gen).to(device=device, dtype=tdtype)
+  x = torch.randn(batch, channels, size, size, generator=gen).to(device=device, dtype=tdtype)
   labels = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device)
 
   def step():
@@ -271,21 +275,28 @@ CONV_SHAPES = (
     (16, 14, 256, 512, 3, 2, 1, 1), (16, 56, 64, 256, 1, 1, 0, 1), (16, 14, 1024, 2048, 1, 2, 0, 1),
     (16, 224, 3, 64, 11, 4, 2, 1), (16, 27, 64, 192, 5, 1, 2, 1), (16, 13, 192, 384, 3, 1, 1, 1),
     (16, 27, 48, 128, 5, 1, 2, 2), (16, 13, 192, 192, 3, 1, 1, 2),
+    # VGG-16's 3x3 convolutions at 224 px, batch 16 (first conv of a block at its input width).
+    (16, 224, 3, 64, 3, 1, 1, 1), (16, 224, 64, 64, 3, 1, 1, 1), (16, 112, 128, 128, 3, 1, 1, 1),
+    (16, 56, 256, 256, 3, 1, 1, 1), (16, 28, 512, 512, 3, 1, 1, 1), (16, 14, 512, 512, 3, 1, 1, 1),
 )
+CONV_LOWERINGS = ("direct", "im2col", "tap_wgrad")
 
 
-def bench_conv(shape, repeats: int = 5, dtype: str = "float32") -> dict[str, Any]:
-  """Best-of-``repeats`` ms of both lowerings, forward and forward + backward, interleaved (the
-  best is the least disturbed by other load), and the lowering the rule picks."""
+def bench_conv(shape, repeats: int = 5, dtype: str = "float32",
+               lowerings: tuple[str, ...] = CONV_LOWERINGS) -> dict[str, Any]:
+  """Best-of-``repeats`` ms of each lowering, forward and forward + backward, interleaved (the
+  best is the least disturbed by other load), and the lowering the rule picks. "tap_wgrad" has
+  the direct forward, so only its forward + backward is timed."""
   b, side, cin, cout, k, s, p, g = shape
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(b, side, side, cin)), jnp.dtype(dtype))
   w = jnp.asarray(rng.normal(size=(k, k, cin // g, cout)), jnp.dtype(dtype))
   fns = {}
-  for lowering in ("direct", "im2col"):
+  for lowering in lowerings:
     conv = lambda x, w, lowering=lowering: layers.conv2d(  # noqa: E731
         x, w, (s, s), p, g, lowering=lowering)
-    fns[f"{lowering}_fwd_ms"] = jax.jit(conv)
+    if lowering != "tap_wgrad":
+      fns[f"{lowering}_fwd_ms"] = jax.jit(conv)
     fns[f"{lowering}_fwd_bwd_ms"] = jax.jit(jax.grad(
         lambda x, w, conv=conv: jnp.sum(jnp.square(conv(x, w).astype(jnp.float32))), (0, 1)))
   for f in fns.values():
@@ -300,4 +311,4 @@ def bench_conv(shape, repeats: int = 5, dtype: str = "float32") -> dict[str, Any
   return {"batch": b, "input": [side, side, cin], "out_channels": cout, "kernel": k, "stride": s,
           "pad": p, "groups": g, "dtype": dtype, **best,
           "rule": layers.choose_lowering(x.shape, w.shape, (s, s), pads),
-          "fastest_fwd_bwd": min(("direct", "im2col"), key=lambda l: best[f"{l}_fwd_bwd_ms"])}
+          "fastest_fwd_bwd": min(lowerings, key=lambda l: best[f"{l}_fwd_bwd_ms"])}
