@@ -8,6 +8,7 @@ frameworks depends on these details (SPEC section 0).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -20,17 +21,26 @@ from flax.linen import linear as flax_linear
 from jax import lax
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
-LOWERINGS = ("auto", "direct", "im2col")
+LOWERINGS = ("auto", "direct", "im2col", "tap_wgrad")
 _CONV_DIMS = ("NHWC", "HWIO", "NHWC")
 # XLA:CPU's direct convolution (and the two convolutions of its backward) loses to one matrix
-# product over the patch matrix when the output map is tiny, and wins when it is large (the patch
-# matrix is kh*kw copies of the input). Forward + backward, float32, best of 7 interleaved calls
-# (`python -m jaxface.bench conv`, 2-core EPYC): 2x2 outputs 48x faster as im2col (2106 -> 44 ms,
-# batch 64, 512 channels), 4x4 a tie at batch 64 and 1.3x at batch 16, 7x7 to 14x14 1.4-1.6x
-# slower (one 7x7 x 512 case 1.26x faster), 28x28 and up 1.3-2.6x slower. Hence: im2col up to
-# 16 output pixels. 1x1 kernels need no patch copies and their backward is two matrix products:
-# 1.9-7x faster as im2col at every measured size.
+# product over the patch matrix when the output map is tiny. Forward + backward, float32, best of 7
+# interleaved calls (`python -m jaxface.bench conv`, 2-core EPYC): 2x2 outputs 48x faster as im2col
+# (2106 -> 44 ms, batch 64, 512 channels), 4x4 a tie at batch 64 and 1.3x at batch 16. Hence:
+# im2col up to 16 output pixels. 1x1 kernels need no patch copies and their backward is two matrix
+# products: 1.9-7x faster as im2col at every measured size.
 IM2COL_MAX_OUTPUT_AREA = 16
+# On large maps XLA:CPU's backward-filter convolution (the kernel gradient) is the pathology: at
+# batch 16 it takes 8-12x PyTorch's time at 56x56x256 and 28x28x512 (81 s vs 9.8 s, 30 s vs 2.6 s;
+# the forward and the input gradient are on par with PyTorch), and 15x the time per output pixel
+# of a 16x16 map. Above ``LARGE_MAP_MIN_AREA`` output pixels per image (and past the image stem,
+# whose backward has no input gradient), "im2col" (whose kernel gradient is one matrix product
+# over the patch matrix: 2.5x / 2.8x faster forward + backward at ResNet's 56x56x64 / 28x28x128)
+# while its patch matrix fits ``IM2COL_MAX_PATCH_BYTES``, else "tap_wgrad" (XLA's forward and
+# input gradient, the kernel gradient as one matrix product per tap: 9 s vs 81 s at 56x56x256).
+LARGE_MAP_MIN_AREA = 257  # 16x16 maps keep "direct" (1.6x faster than both at batch 64)
+LARGE_MAP_MIN_CHANNELS = 16
+IM2COL_MAX_PATCH_BYTES = 256 << 20
 _FORCED_LOWERING: list[str | None] = [None]
 
 
@@ -63,30 +73,38 @@ def conv_pads(in_hw: Sequence[int], kernel_hw: Sequence[int], strides: Sequence[
 
 def choose_lowering(x_shape: Sequence[int], kernel_shape: Sequence[int],
                     strides: Sequence[int], pads: Sequence[tuple[int, int]],
-                    backend: str | None = None) -> str:
-  """The lowering :func:`conv2d` uses for ``lowering="auto"``: "direct" or "im2col".
+                    backend: str | None = None, itemsize: int = 4) -> str:
+  """The lowering :func:`conv2d` uses for ``lowering="auto"``: "direct", "im2col" or "tap_wgrad".
 
   Off the CPU always "direct" (cuDNN and the TPU compiler choose their own algorithms). On the CPU
-  "im2col" for 1x1 kernels and for outputs of at most ``IM2COL_MAX_OUTPUT_AREA`` pixels, else
-  "direct".
+  "im2col" for 1x1 kernels and for outputs of at most ``IM2COL_MAX_OUTPUT_AREA`` pixels; on large
+  maps (at least ``LARGE_MAP_MIN_AREA`` output pixels, ``LARGE_MAP_MIN_CHANNELS`` input channels
+  per group) "im2col" while the patch matrix (``itemsize`` bytes a value) fits
+  ``IM2COL_MAX_PATCH_BYTES``, else "tap_wgrad"; "direct" in between.
   """
   backend = backend or jax.default_backend()
   if backend != "cpu":
     return "direct"
-  kh, kw = kernel_shape[:2]
+  kh, kw, cin_g = kernel_shape[:3]
   if (kh, kw) == (1, 1):
     return "im2col"
   ho, wo = (_out_size(n, k, s, p) for n, k, s, p in zip(x_shape[1:3], (kh, kw), strides, pads))
-  return "im2col" if ho * wo <= IM2COL_MAX_OUTPUT_AREA else "direct"
+  if ho * wo <= IM2COL_MAX_OUTPUT_AREA:
+    return "im2col"
+  if ho * wo < LARGE_MAP_MIN_AREA or cin_g < LARGE_MAP_MIN_CHANNELS:
+    return "direct"
+  patch_bytes = x_shape[0] * ho * wo * kh * kw * x_shape[3] * itemsize
+  return "im2col" if patch_bytes <= IM2COL_MAX_PATCH_BYTES else "tap_wgrad"
 
 
 def _out_size(n: int, k: int, s: int, pad: tuple[int, int]) -> int:
   return (n + pad[0] + pad[1] - k) // s + 1
 
 
-def _im2col(x_BHWC: jax.Array, kh: int, kw: int, strides: Sequence[int],
-            pads: Sequence[tuple[int, int]]) -> jax.Array:
-  """(B, Ho, Wo, kh*kw, C) patches in HWIO's (h, w) tap order: one strided slice per tap.
+def _taps(x_BHWC: jax.Array, kh: int, kw: int, strides: Sequence[int],
+          pads: Sequence[tuple[int, int]]) -> list[jax.Array]:
+  """The kh*kw (B, Ho, Wo, C) inputs of each kernel tap, in HWIO's (h, w) order: strided slices
+  of the padded input.
 
   Plain slices (not ``lax.conv_general_dilated_patches``, a depthwise convolution with a one-hot
   kernel, 2x slower forward and up to 10x backward on XLA:CPU) copy values exactly, and their
@@ -97,10 +115,63 @@ def _im2col(x_BHWC: jax.Array, kh: int, kw: int, strides: Sequence[int],
   b, h, w, c = x.shape
   (sh, sw) = strides
   ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-  taps = [lax.slice(x, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+  return [lax.slice(x, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
                     (1, sh, sw, 1))
           for i in range(kh) for j in range(kw)]
+
+
+def _im2col(x_BHWC: jax.Array, kh: int, kw: int, strides: Sequence[int],
+            pads: Sequence[tuple[int, int]]) -> jax.Array:
+  """(B, Ho, Wo, kh*kw, C) patches in HWIO's (h, w) tap order (:func:`_taps` stacked)."""
+  taps = _taps(x_BHWC, kh, kw, strides, pads)
   return taps[0][:, :, :, None] if len(taps) == 1 else jnp.stack(taps, axis=3)
+
+
+def _direct(x_BHWC, kernel_HWIO, strides, pads, groups, precision):
+  return lax.conv_general_dilated(x_BHWC, kernel_HWIO, strides, pads,
+                                  dimension_numbers=_CONV_DIMS, feature_group_count=groups,
+                                  precision=precision)
+
+
+def _tap_kernel_grad(x_BHWC, g_BHWC, kernel_shape, strides, pads, groups, precision):
+  """d(loss)/d(kernel) of a convolution as one matrix product per kernel tap.
+
+  Tap (i, j) of the kernel gradient is (its input slice)^T @ g, contracted over batch and output
+  pixels: the same sum of products as XLA's backward-filter convolution, in another order.
+  """
+  kh, kw, cin_g, cout = kernel_shape
+  b, ho, wo, _ = g_BHWC.shape
+  cout_g = cout // groups
+  g = g_BHWC.reshape(b * ho * wo, groups, cout_g)
+  out = []
+  for t in _taps(x_BHWC, kh, kw, strides, pads):
+    t = t.reshape(b * ho * wo, groups, cin_g)
+    # (G, Cin/G, Cout/G): contract the rows, batch over the groups.
+    d = lax.dot_general(t, g, (((0,), (0,)), ((1,), (1,))), precision=precision)
+    out.append(jnp.transpose(d, (1, 0, 2)).reshape(cin_g, cout))
+  return jnp.stack(out).reshape(kernel_shape).astype(g_BHWC.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _direct_tap_wgrad(x_BHWC, kernel_HWIO, strides, pads, groups, precision):
+  """XLA's direct convolution and its input gradient; the kernel gradient by
+  :func:`_tap_kernel_grad` (XLA:CPU's backward-filter convolution is up to 12x slower than
+  PyTorch's at VGG's 28x28x512, see ``LARGE_MAP_MIN_AREA``)."""
+  return _direct(x_BHWC, kernel_HWIO, strides, pads, groups, precision)
+
+
+def _direct_tap_wgrad_fwd(x_BHWC, kernel_HWIO, strides, pads, groups, precision):
+  return _direct(x_BHWC, kernel_HWIO, strides, pads, groups, precision), (x_BHWC, kernel_HWIO)
+
+
+def _direct_tap_wgrad_bwd(strides, pads, groups, precision, residuals, g):
+  x, kernel = residuals
+  _, vjp_x = jax.vjp(lambda x: _direct(x, kernel, strides, pads, groups, precision), x)
+  (dx,) = vjp_x(g)
+  return dx, _tap_kernel_grad(x, g, kernel.shape, strides, pads, groups, precision)
+
+
+_direct_tap_wgrad.defvjp(_direct_tap_wgrad_fwd, _direct_tap_wgrad_bwd)
 
 
 def conv2d(x_BHWC: jax.Array, kernel_HWIO: jax.Array, strides: Sequence[int] = (1, 1),
@@ -109,8 +180,9 @@ def conv2d(x_BHWC: jax.Array, kernel_HWIO: jax.Array, strides: Sequence[int] = (
   """2-D convolution, NHWC x HWIO -> NHWC, equal to ``lax.conv_general_dilated`` up to rounding.
 
   ``lowering``: "direct" (``lax.conv_general_dilated``), "im2col" (patch matrix + one matrix
-  product per group; a 1x1 kernel needs no patch copies) or "auto" (:func:`choose_lowering`).
-  Gradients come from autodiff of the chosen lowering. Grouped kernels (Caffe ``group``) have
+  product per group; a 1x1 kernel needs no patch copies), "tap_wgrad" (direct, with the kernel
+  gradient as one matrix product per tap) or "auto" (:func:`choose_lowering`).
+  Gradients come from autodiff of the chosen lowering ("tap_wgrad": its custom VJP). Grouped kernels (Caffe ``group``) have
   group-major outputs, as in ``lax.conv_general_dilated``.
   """
   if lowering not in LOWERINGS:
@@ -120,11 +192,13 @@ def conv2d(x_BHWC: jax.Array, kernel_HWIO: jax.Array, strides: Sequence[int] = (
   pads = conv_pads(x_BHWC.shape[1:3], (kh, kw), strides, padding)
   if lowering == "auto":
     lowering = (_FORCED_LOWERING[-1] or
-                choose_lowering(x_BHWC.shape, kernel_HWIO.shape, strides, pads))
+                choose_lowering(x_BHWC.shape, kernel_HWIO.shape, strides, pads,
+                                itemsize=jnp.dtype(x_BHWC.dtype).itemsize))
   if lowering == "direct":
-    return lax.conv_general_dilated(x_BHWC, kernel_HWIO, strides, pads,
-                                    dimension_numbers=_CONV_DIMS,
-                                    feature_group_count=feature_group_count, precision=precision)
+    return _direct(x_BHWC, kernel_HWIO, strides, pads, feature_group_count, precision)
+  if lowering == "tap_wgrad":
+    return _direct_tap_wgrad(x_BHWC, kernel_HWIO, strides, tuple(map(tuple, pads)),
+                             feature_group_count, precision)
   g = feature_group_count
   cols = _im2col(x_BHWC, kh, kw, strides, pads)  # (B, Ho, Wo, kh*kw, C)
   b, ho, wo, taps, _ = cols.shape

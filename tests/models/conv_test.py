@@ -69,7 +69,7 @@ def test_conv2d_equals_conv_general_dilated_forward_and_gradients(rng, case):
   abs_terms = _value_and_vjp(ref_fn)(np.abs(x), np.abs(w), np.abs(g))
   b, ho, wo, _ = y_shape
   lengths = (kh * kw * cin_g, kh * kw * cout // groups, b * ho * wo)
-  for lowering in ("im2col", "auto"):
+  for lowering in ("im2col", "tap_wgrad", "auto"):
     got = _value_and_vjp(lambda x, w: layers.conv2d(  # noqa: B023 - called in this iteration
         x, w, (stride, stride), padding, groups, lax.Precision.HIGHEST, lowering))(x, w, g)
     for name, a, ref, terms, length in zip(("y", "dx", "dw"), got, refs, abs_terms, lengths):
@@ -79,18 +79,26 @@ def test_conv2d_equals_conv_general_dilated_forward_and_gradients(rng, case):
 
 
 def test_im2col_is_used_where_the_rule_says():
-  # The documented rule: never off the CPU; 1x1 kernels and small outputs on the CPU.
+  # The documented rule: never off the CPU; on the CPU 1x1 kernels, small outputs and large maps.
   rule = lambda shape, k, s, pad, backend="cpu": layers.choose_lowering(  # noqa: E731
       shape, (k, k, shape[-1], 8), (s, s), [(pad, pad)] * 2, backend)
   assert rule((64, 2, 2, 512), 3, 1, 1) == "im2col"  # the 80x-slower case of issue 16
   assert rule((64, 2, 2, 512), 3, 1, 1, backend="gpu") == "direct"
   assert rule((16, 56, 56, 64), 1, 1, 0) == "im2col"
   assert rule((16, 56, 56, 64), 1, 1, 0, backend="gpu") == "direct"
-  assert rule((16, 56, 56, 64), 3, 1, 1) == "direct"
-  assert rule((16, 224, 224, 3), 7, 2, 3) == "direct"
+  assert rule((16, 224, 224, 3), 7, 2, 3) == "direct"  # the image stem
+  assert rule((64, 16, 16, 64), 3, 1, 1) == "direct"  # mid-sized maps
   side = int(np.sqrt(layers.IM2COL_MAX_OUTPUT_AREA))
   assert rule((1, side, side, 4), 3, 1, 1) == "im2col"
   assert rule((1, side + 1, side + 1, 4), 3, 1, 1) == "direct"
+  # Large maps: the kernel gradient as matrix products, im2col while the patch matrix is small.
+  assert rule((16, 56, 56, 64), 3, 1, 1) == "im2col"  # 116 MB of float32 patches
+  assert rule((16, 56, 56, 64), 3, 1, 1, backend="gpu") == "direct"
+  assert rule((16, 28, 28, 512), 3, 1, 1) == "im2col"  # 231 MB
+  assert rule((16, 56, 56, 256), 3, 1, 1) == "tap_wgrad"  # 462 MB
+  assert rule((16, 224, 224, 64), 3, 1, 1) == "tap_wgrad"
+  assert rule((16, 224, 224, 64), 3, 1, 1, backend="gpu") == "direct"
+  assert rule((16, 28, 28, 8), 3, 1, 1) == "direct"  # too few channels per group
 
 
 @pytest.mark.parametrize("kwargs", [
