@@ -506,9 +506,11 @@ def _add_train_parser(sub) -> None:
   t.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
   t.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
   t.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-  t.add_argument("--conv", type=_choice_list(("auto", "direct", "im2col"), "--conv lowering(s)"),
+  t.add_argument("--conv", type=_choice_list(("auto", "direct", "im2col", "tap_wgrad"),
+                                            "--conv lowering(s)"),
                  default=["auto"], help="comma-separated conv lowerings to time: auto (the "
-                 "per-backend rule), direct (lax.conv_general_dilated everywhere), im2col")
+                 "per-backend rule), direct (lax.conv_general_dilated everywhere), im2col, "
+                 "tap_wgrad (direct with the kernel gradient as per-tap matrix products)")
   t.add_argument("--vs-torch", action="store_true", help="also time the PyTorch layout")
 
 
