@@ -318,9 +318,22 @@ def test_the_trainer_answers_a_bad_mixture_field_in_one_line(tmp_path):
       lines[0]), proc.stderr
 
 
-def test_the_saliency_command_names_a_mixture_in_one_line(tmp_path, capsys):
+def test_the_saliency_command_precomputes_each_dataset_of_a_mixture(run, tmp_path, capsys):
+  """``python -m jaxface.saliency precompute`` on the mixture config: one cache per dataset (the
+  trainer's, reused here), each recorded in ``<workdir>/datasets/<entry>/``."""
   from jaxface.saliency import __main__ as saliency_cli  # pylint: disable=g-import-not-at-top
-  rc = saliency_cli.main(["precompute", "--config", f"{VEGAC}:mlnet=/x/mlnet.npz",
-                          "--workdir", str(tmp_path / "w")])
-  err = capsys.readouterr().err.strip().splitlines()
-  assert rc == 2 and len(err) == 1 and "config.data.name: 'mixture' names several" in err[0]
+  spec = tmp_path / "mixture_config.py"
+  spec.write_text("from tests import mixture_test\n\n\ndef get_config(arg=None):\n"
+                  f"  return mixture_test._config({run['root']!r}, {run['mlnet']!r})\n")
+  workdir = tmp_path / "w"
+  rc = saliency_cli.main(["precompute", "--config", str(spec), "--workdir", str(workdir)])
+  out = capsys.readouterr().out.strip().splitlines()
+  assert rc == 0, out
+  for entry in ("adience", "lfw"):
+    lines = [line for line in out if line.startswith(f"{entry} ")]
+    assert lines and all(line.endswith("(reused)") for line in lines), out
+    with open(workdir / "datasets" / entry / "saliency_cache.json") as f:
+      assert os.path.isdir(json.load(f)["cache_dir"])
+  with pytest.raises(SystemExit):  # --splits names one dataset's splits, not a mixture's
+    saliency_cli.main(["precompute", "--config", str(spec), "--workdir", str(workdir),
+                       "--splits", "train"])

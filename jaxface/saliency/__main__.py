@@ -30,19 +30,29 @@ def cmd_precompute(args, parser) -> int:
   splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
   if args.splits is not None and not splits:
     parser.error(f"--splits names no split: {args.splits!r}")
+  from jaxface import mixture  # pylint: disable=g-import-not-at-top
   try:
     config = config_lib.load(args.config)
-    cache_dir = precompute.precompute(config, args.workdir, splits)
+    if mixture.is_mixture(config):  # one cache per dataset, each recorded in workdir/datasets/
+      if splits:
+        parser.error("--splits: a mixture config precomputes each dataset's own splits")
+      caches = mixture.precompute_saliency(config, args.workdir)
+      workdirs = {k: mixture.entry_workdir(args.workdir, k) for k in caches}
+    else:
+      caches = {"": precompute.precompute(config, args.workdir, splits)}
+      workdirs = {"": args.workdir}
   except (FileNotFoundError, ValueError, KeyError) as e:  # CacheError is a ValueError
     print(f"error: {e}", file=sys.stderr)
     return 2
-  with open(os.path.join(args.workdir, precompute.SUMMARY_FILE)) as f:
-    summary = json.load(f)
-  for split, info in summary["splits"].items():
-    how = "reused" if info.get("reused") else f"{info.get('rate', 0):.1f} maps/s"
-    skipped = info.get("skipped", {}).get("count", 0)
-    print(f"{split}: {info['num_maps']} maps, {skipped} skipped ({how})")
-  print(cache_dir)
+  for key, cache_dir in caches.items():
+    with open(os.path.join(workdirs[key], precompute.SUMMARY_FILE)) as f:
+      summary = json.load(f)
+    for split, info in summary["splits"].items():
+      how = "reused" if info.get("reused") else f"{info.get('rate', 0):.1f} maps/s"
+      skipped = info.get("skipped", {}).get("count", 0)
+      print(f"{key + ' ' if key else ''}{split}: {info['num_maps']} maps, {skipped} skipped "
+            f"({how})")
+    print(cache_dir)
   return 0
 
 
