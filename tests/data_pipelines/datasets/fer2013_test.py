@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from data_pipelines import build
 from data_pipelines.datasets import fer2013
 from data_pipelines.datasets import tfds_compat
+from tests.fixtures import native
 
 _RNG = np.random.default_rng(7)
 # Good rows' pixels, by id (random gray 48 x 48, including the extremes 0 and 255).
@@ -154,36 +155,10 @@ def test_header_without_a_needed_column(tmp_path):
     build.build("fer2013", "fer2013", data_dir=str(tmp_path / "d"), manual_dir=str(manual))
 
 
-# The image-folder release: (split, folder, file) -> gray pixels, or None for a bad file.
-_FOLDER_PIXELS = {
-    ("train", "angry", "Training_10118481.jpg"): _RNG.integers(0, 256, (48, 48), dtype=np.uint8),
-    ("train", "happy", "Training_1206.jpg"): np.full((48, 48), 200, np.uint8),
-    ("train", "neutral", "Training_65.jpg"): np.tile(np.arange(48, dtype=np.uint8) * 5, (48, 1)),
-    ("test", "surprise", "PublicTest_1.jpg"): np.full((48, 48), 30, np.uint8),
-    ("test", "Disgust", "PrivateTest_2.jpg"): np.full((48, 48), 90, np.uint8),  # any case
-}
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
   manual = tmp_path_factory.mktemp("fer_folders")
-  decoded = {}
-  for (split, folder, name), pixels in _FOLDER_PIXELS.items():
-    os.makedirs(manual / split / folder, exist_ok=True)
-    data = cv2.imencode(".jpg", pixels)[1].tobytes()
-    (manual / split / folder / name).write_bytes(data)
-    # The builder stores what OpenCV decodes (a JPEG is lossy): compare with that.
-    decoded[f"{split}/{folder}/{name}"] = cv2.imdecode(np.frombuffer(data, np.uint8),
-                                                       cv2.IMREAD_GRAYSCALE)
-  for folder in ("disgust", "fear", "sad"):  # empty emotion folders are fine
-    os.makedirs(manual / "train" / folder, exist_ok=True)
-  (manual / "train" / "sad" / "Training_3.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(50))
-  (manual / "train" / "fear" / "Training_4.jpg").write_bytes(
-      cv2.imencode(".jpg", np.zeros((40, 48), np.uint8))[1].tobytes())
-  os.makedirs(manual / "test" / "contempt")
-  (manual / "test" / "contempt" / "PublicTest_9.jpg").write_bytes(
-      cv2.imencode(".jpg", np.zeros((48, 48), np.uint8))[1].tobytes())
-  (manual / "train" / "angry" / "Thumbs.db").write_bytes(b"x")
+  decoded = native.write_fer_folders(manual)
   data_dir = str(tmp_path_factory.mktemp("fer_folders_tfds"))
   summary = build.build("fer2013", "folders", data_dir=data_dir, manual_dir=str(manual))
   return manual, data_dir, summary, decoded

@@ -6,8 +6,6 @@ import collections
 import json
 import os
 
-import cv2
-import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -16,15 +14,10 @@ from data_pipelines.datasets import image_folder
 from data_pipelines.datasets import synthetic
 from data_pipelines.datasets import tfds_compat
 from data_pipelines.datasets import utkface
+from tests.fixtures import native
 
 
-def _image(path, seed: int, ext: str = ".jpg") -> bytes:
-  pixels = np.random.default_rng(seed).integers(0, 256, (12, 10, 3), dtype=np.uint8)
-  data = cv2.imencode(ext, pixels)[1].tobytes()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "wb") as f:
-    f.write(data)
-  return data
+_image = native.write_image
 
 
 def _records(data_dir, config, split):
@@ -38,16 +31,7 @@ def _records(data_dir, config, split):
 def class_folders(tmp_path_factory):
   """``<class>/<image>`` with a seeded split: 12 happy, 10 sad, 8 angry, 1 contempt."""
   root = tmp_path_factory.mktemp("classes")
-  data = {}
-  for folder, n, ext in (("happy", 12, ".jpg"), ("sad", 10, ".png"), ("angry", 8, ".jpg"),
-                         ("contempt", 1, ".jpg")):
-    for i in range(n):
-      name = f"{folder}_{i:03d}{ext}"
-      data[f"{folder}/{name}"] = _image(str(root / folder / name), len(data), ext)
-  (root / "sad" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(40))
-  (root / "happy" / "notes.txt").write_text("not an image")
-  os.makedirs(root / "happy" / "deeper")
-  return root, data
+  return root, native.write_class_folders(root)
 
 
 def test_class_folders_with_a_seeded_split(class_folders, tmp_path):
