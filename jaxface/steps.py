@@ -25,7 +25,7 @@ PyTree = Any
 
 PREPROCESSING = {
     "imagenet": weights_common.TORCHVISION,  # torchvision weights: RGB, /255, ImageNet mean/std
-    "caffe_bgr": weights_common.CAFFE_IMAGENET_BGR,  # Caffe/Keras ImageNet, ML-Net (SPEC 1.6)
+    "caffe_bgr": weights_common.CAFFE_IMAGENET_BGR,  # BGR 0..255 minus mean: Caffe, Keras, ML-Net
     "vggface": weights_common.VGGFACE_BGR,
     "unit": weights_common.Preprocessing("RGB", 1.0 / 255.0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
