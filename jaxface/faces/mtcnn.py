@@ -1,9 +1,14 @@
 """MTCNN face detector (Zhang et al. 2016) with facenet-pytorch's weights and semantics (SPEC 5.3).
 
-The three networks run in JAX (jitted, on the default backend); everything data dependent (box
-generation, NMS, crops) runs on the host in numpy, as the reference does for its final NMS.
+Two cascades give the same faces up to float rounding. ``backend="device"`` (opt-in) runs the
+whole cascade as four jitted programs on the default JAX backend (``mtcnn_device``: pyramid, PNet,
+box generation, NMS, crop gathering, RNet and ONet; the host reads one count between programs).
+``backend="host"`` (the default) is the reference this module implements: the three networks
+jitted, everything data dependent (pyramid, box generation, NMS, crops) in numpy, as
+facenet-pytorch does for its final NMS.
 
-Choices that differ from, or pin down, the reference implementation:
+Choices that differ from, or pin down, the reference implementation (the host cascade; the device
+cascade's own choices are in ``mtcnn_device``):
 
 * Area resizing. facenet-pytorch resizes with ``F.interpolate(mode="area")``, i.e. adaptive
   average pooling: output cell i averages input indices ``floor(i*In/Out) .. ceil((i+1)*In/Out)-1``.
@@ -43,6 +48,7 @@ from jaxface.weights import common
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 _WEIGHT_FILES = {"pnet": "mtcnn_pnet.npz", "rnet": "mtcnn_rnet.npz", "onet": "mtcnn_onet.npz"}
 _CHUNK = 2048  # Largest RNet / ONet batch per call.
+BACKENDS = ("device", "host")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,12 +360,17 @@ class MTCNNDetector:
       "min"-overlap NMS.
     weights_dir: folder with mtcnn_{pnet,rnet,onet}.npz; the shipped weights by default.
     max_side: when set, photos whose longer side exceeds it are downscaled for detection.
+    backend: "host" (the default, the reference): networks jitted, pyramid, crops and NMS in
+      numpy. "device": the whole cascade as jitted programs (``mtcnn_device``), same faces up to
+      float rounding (tests/faces/mtcnn_device_test.py); it compiles more programs (one per
+      photo-size bucket and per candidate capacity), so it is opt-in for now.
   """
   name = "mtcnn"
 
   def __init__(self, min_face_size: float = 20, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
                factor: float = 0.709, nms: Sequence[float] = (0.5, 0.7, 0.7, 0.7),
-               weights_dir: str | os.PathLike | None = None, max_side: int | None = None):
+               weights_dir: str | os.PathLike | None = None, max_side: int | None = None,
+               backend: str = "host"):
     if not min_face_size > 0:
       raise ValueError(f"min_face_size must be positive, got {min_face_size}")
     if not 0 < factor < 1:
@@ -370,6 +381,9 @@ class MTCNNDetector:
       raise ValueError(f"nms must hold 4 thresholds (scale, pyramid, RNet, ONet), got {nms}")
     if max_side is not None and max_side < 12:
       raise ValueError(f"max_side must be at least 12 pixels, got {max_side}")
+    if backend not in BACKENDS:
+      raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    self.backend = backend
     self.min_face_size = float(min_face_size)
     self.thresholds = tuple(float(t) for t in thresholds)
     self.factor = float(factor)
@@ -414,7 +428,11 @@ class MTCNNDetector:
       images = np.stack([cv2.resize(im, (small[1], small[0]), interpolation=cv2.INTER_AREA)
                          for im in images_BHWC])
       ratio = (width / small[1], height / small[0])
-    boxes, scores, points, inds = self._cascade(images)
+    if self.backend == "device":
+      from jaxface.faces import mtcnn_device  # pylint: disable=import-outside-toplevel
+      boxes, scores, points, inds = mtcnn_device.cascade(self, images)
+    else:
+      boxes, scores, points, inds = self._cascade(images)
     faces = [[] for _ in range(batch)]
     sx, sy = np.float32(ratio[0]), np.float32(ratio[1])
     boxes = boxes * np.array([sx, sy, sx, sy], np.float32)
