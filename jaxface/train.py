@@ -290,6 +290,7 @@ class Trainer:
     # were built in __init__).
     c, workdir = self.config, self.workdir
     main = jax.process_index() == 0
+    check_best_metric(c.best_metric, self.tasks)
     schedule = optim.make_schedule(c.optim, self.steps_per_epoch, self.total_steps)
     variables_shape = jax.eval_shape(
         lambda: steps_lib.init_variables(self.model, tuple(c.model.input_size), c.seed))
@@ -438,6 +439,21 @@ class Trainer:
         print(f"skipped {loader.skipped.count} bad examples while training; first: "
               f"{loader.skipped.examples[:3]}", flush=True)
     return summary
+
+
+def check_best_metric(name: str, tasks) -> None:
+  """``config.best_metric`` names a validation metric, ``val/<task>/<metric>`` (a mixture's
+  ``val/<entry>/<task>/<metric>`` too), of one of the run's tasks: a typo fails before training
+  (the task is known once the dataset is), not at the first validation. The metric's own name
+  is checked against the first validation's metrics (its step's checkpoint is saved first)."""
+  if not name:
+    return
+  parts = name.split("/")
+  names = [t.name for t in tasks]
+  if len(parts) < 3 or parts[0] != "val" or parts[-2] not in names:
+    raise config_lib.ConfigError(
+        f"config.best_metric: {name!r} is not a validation metric 'val/<task>/<metric>' of the "
+        f"tasks {', '.join(names)} (e.g. 'val/{names[0]}/accuracy')")
 
 
 def classification_weights(counts: np.ndarray, scheme: str) -> np.ndarray:

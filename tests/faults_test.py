@@ -30,6 +30,7 @@ from jaxface import config_lib
 from jaxface import evaluator as evaluator_lib
 from jaxface import faults
 from jaxface import train as train_lib
+from jaxface.tasks import Task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(REPO, "configs", "gilnet_adience.py") + ":smoke,task=gender"
@@ -404,6 +405,16 @@ def test_bad_pipe_fails_before_anything_is_built(field, tmp_path):
                      match=rf"^config\.{field}: cannot parse pipe 'decode\|resize\(64'"):
     train_lib.train_and_evaluate(config, str(tmp_path / "run"))
   assert not data_dir.exists() and not (tmp_path / "run").exists()
+
+
+def test_best_metric_of_no_task_fails_before_training(full_run, data_dir, tmp_path):
+  config = _config_of(data_dir, "--config.best_metric=val/gendr/accuracy")
+  with pytest.raises(config_lib.ConfigError, match=r"^config\.best_metric: 'val/gendr/accuracy' "
+                     r"is not a validation metric 'val/<task>/<metric>' of the tasks gender"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
+  for name in ("val/gender/accuracy", "val/entry/gender/accuracy"):
+    train_lib.check_best_metric(name, [Task("gender", "class", ("f", "m"))])
 
 
 def test_bad_pipe_in_a_later_stage_fails_before_the_first_stage():
