@@ -43,6 +43,7 @@ import shutil
 import sys
 from typing import Any, Callable
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -474,9 +475,11 @@ class Checkpointer:
     """The saved state on this process' first device, whatever mesh wrote it (for inspection
     and ``load_model_variables``)."""
     with _unreadable_as(step, self.step_dir(step)):
-      meta = ocp.StandardCheckpointer().metadata(os.path.join(self.step_dir(step), "state"))
-      tree = getattr(meta, "item_metadata", meta)
-      tree = getattr(tree, "tree", tree)
+      # The item handler's metadata (the checkpointer's looks for a step metadata file inside
+      # the item folder and warns on stderr that there is none).
+      meta = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(self.step_dir(step)) / "state")
+      tree = getattr(meta, "tree", meta)
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                             tree, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
