@@ -20,9 +20,6 @@ its accuracy floors.
 The datasets, converted files and the Zhang chain's step-3 workdirs are module fixtures: one tfds
 directory holds every build, so the six Adience runs build each Adience config once (the
 build-time MTCNN pass once per task) and share their saliency caches where the crops agree.
-
-``configs/fer2013.py:dataset=csv`` fails here: the config sets ``data.test_split = "private_test"``
-but leaves ``eval.split`` at the default "test", a split the Kaggle csv does not have.
 """
 
 from __future__ import annotations

@@ -25,22 +25,13 @@ from jaxface.tasks import Task
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 
+# The proof that each config runs is tests/configs_e2e_test.py, on its dataset's native layout.
+# Here: the readings it does not train (no saliency, one gender dataset, GilNet's age task), on the
+# synthetic faces, which have every label.
 SMOKE = [
-    "affectnet.py:smoke",
     "affectnet.py:smoke,r=0",
-    "adience_age.py:smoke,fold=2",
-    "adience_gender.py:smoke",
-    "saliency_ratio_ablation.py:smoke,r=0.7",
-    "vegac.py:smoke,task=expression",
     "vegac.py:smoke,task=gender,dataset=lfw",
-    "zhang_gnet.py:smoke,step=2",
-    "zhang_gnet.py:smoke,step=4",
-    "zhang_snet.py:smoke,crop=5,step=3",
-    "utkface.py:smoke,model=resnet18",
-    "mlnet_salicon.py:smoke",
     "gilnet_adience.py:smoke,task=age",
-    "fer2013.py:smoke",
-    "csm.py:smoke",
 ]
 
 

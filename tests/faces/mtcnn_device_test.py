@@ -115,8 +115,9 @@ def test_nms_equals_host_greedy_nms(mode, plus_one, threshold):
 def _photos():
   scenes = detection_scenes()
   lfw = [lfw_photo(p) for p in skimage.data.lfw_subset()[::25]]  # 4 faces, 4 non-faces
-  return {"bench": scenes[:2] + scenes[12:13], "astronaut": [skimage.data.astronaut()],
-          "lfw": lfw}
+  # The bench scenes hold the astronaut's face at several sizes and places (640 x 480); every
+  # other photo size is another set of compiled programs (tens of seconds of CPU each).
+  return {"bench": scenes[:2] + scenes[12:13], "lfw": lfw}
 
 
 def test_same_faces_as_host_cascade(detectors):
@@ -141,7 +142,7 @@ def test_same_faces_as_host_cascade(detectors):
         np.testing.assert_allclose(fg.landmarks, fw.landmarks, rtol=0, atol=px)
         assert abs(fg.score - fw.score) <= rel
         faces += 1
-  assert faces >= 7  # 2 bench faces, the astronaut, 4 LFW faces
+  assert faces >= 6  # 2 bench faces, 4 LFW faces
 
 
 def test_backend_is_checked():
