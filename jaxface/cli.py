@@ -23,10 +23,10 @@ from typing import Any, Callable, Mapping, NoReturn, Sequence
 from absl import app
 from absl import flags
 
-from jaxface import config_lib
+from jaxface import errors
 
 # Errors every command answers in one line: the user's input, not a bug.
-EXPECTED: tuple[type[BaseException], ...] = (config_lib.ConfigError, FileNotFoundError,
+EXPECTED: tuple[type[BaseException], ...] = (errors.ConfigError, FileNotFoundError,
                                              app.UsageError)
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import ml_collections
 
+from jaxface import errors
+
 ConfigDict = ml_collections.ConfigDict
 
 PERIODS = ("train", "eval_every", "checkpoint_every", "log_every")
@@ -35,8 +37,7 @@ INIT_FROM_ALONE = ("any", "none")  # only as the whole tuple
 INIT_FROM_DEFAULT = ("backbone",)
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the field."""
+ConfigError = errors.ConfigError  # a config value that cannot work; the message names the field
 
 
 def base_config() -> ConfigDict:
@@ -321,8 +322,8 @@ def validate(config: ConfigDict) -> None:
          f"{config.model.name!r} (its fields: {', '.join(sorted(fields))})")
   _check_saliency_ratio(config)
   _check_init_from_expect(config.get("init_from_expect", INIT_FROM_DEFAULT))
-  from jaxface import mixture  # pylint: disable=g-import-not-at-top
-  mixture.validate(config)
+  from jaxface import mixture_config  # pylint: disable=g-import-not-at-top
+  mixture_config.validate(config)
   from data_pipelines import pp  # pylint: disable=g-import-not-at-top
   for field, pipe in (("data.train_pipe", config.data.train_pipe),
                       ("data.eval_pipe", config.data.eval_pipe),

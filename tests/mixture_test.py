@@ -20,13 +20,13 @@ from jaxface import data as data_lib
 from jaxface import mixture as mixture_lib
 from jaxface import models
 from jaxface import train as train_lib
-from tests import adience_e2e_test
+from tests.fixtures import native
 from tests import helpers
 from tests.data_pipelines.datasets import lfw_gender_test
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VEGAC = os.path.join(REPO, "configs", "vegac.py")
-# Worked out from the fixture writers: adience_e2e_test gives row n of the fold files gender
+# Worked out from the fixture writers: native.write_adience gives row n of the fold files gender
 # "mf"[n % 2] (fold 1 has a fifth, faceless row), so fold 4 holds rows 17..20 = f, m, f, m;
 # lfw_gender_test's test split is Frank_Lee (m) and Gina_Moss (f, two images).
 TEST_COUNTS = {"adience": {"male": 2, "female": 2}, "lfw": {"male": 1, "female": 2}}
@@ -69,7 +69,7 @@ def _config(root: str, mlnet: str, **mixture_edits):
 def run(tmp_path_factory):
   """Both manual directories, the VEGAC gender mixture trained two steps and evaluated."""
   root = str(tmp_path_factory.mktemp("mixture"))
-  adience_e2e_test._write_manual_dir(os.path.join(root, "adience"))
+  native.write_adience(os.path.join(root, "adience"))
   lfw_gender_test._write_tree(os.path.join(root, "lfw"), "lfw", "male_names.txt",
                               "female_names.txt")
   mlnet = _mlnet(os.path.join(root, "mlnet.npz"))

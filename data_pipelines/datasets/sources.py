@@ -17,33 +17,33 @@ import numpy as np
 
 from data_pipelines import build as build_lib
 from data_pipelines.datasets import tfds_compat
-from jaxface import config_lib
+from jaxface import errors
 
 
 def prepare(name: str, config: str | None = None, data_dir: str | None = None,
             manual_dir: str | None = None, build: bool = False) -> Any:
   """The tfds builder of ``name/config`` (prepared now if missing and ``build`` is True).
 
-  Errors name the ``config.data`` field to change (``config_lib.ConfigError``).
+  Errors name the ``config.data`` field to change (``errors.ConfigError``).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   cfg = config or None
   if name == "mixture":  # jaxface.mixture.NAME: several datasets, each prepared on its own
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         "config.data.name: 'mixture' names several datasets (config.data.mixture.datasets), "
         "prepared one by one through jaxface.data.prepare; this command reads one dataset "
         "(jaxface.train precomputes each dataset's saliency cache itself)")
   try:
     cls = build_lib.builder_class(name)
   except build_lib.BuildError as e:
-    raise config_lib.ConfigError(f"config.data.name: {e}") from None
+    raise errors.ConfigError(f"config.data.name: {e}") from None
   ddir = os.path.expanduser(data_dir or build_lib.default_data_dir())
   builder = cls(config=cfg, data_dir=ddir, file_format=tfds_compat.FILE_FORMAT)
   was_missing = not builder.is_prepared()
   if was_missing:
     if not build:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f"config.data.data_dir: {name}/{cfg} is not prepared in {ddir}; run `python -m "
           f"data_pipelines.build {name} --config {cfg} --data_dir {ddir} --manual_dir ...` or set "
           "config.data.build=True")
@@ -51,7 +51,7 @@ def prepare(name: str, config: str | None = None, data_dir: str | None = None,
     if getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) and not manual:
       default_manual = os.path.join(ddir, "downloads", "manual")
       if not os.path.isdir(default_manual):
-        raise config_lib.ConfigError(
+        raise errors.ConfigError(
             f"config.data.manual_dir: {name}/{cfg} is not prepared in {ddir} and no manual "
             f"directory was given (nor {default_manual} exists). Expected:\n"
             f"{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")

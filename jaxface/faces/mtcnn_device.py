@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxface.faces import mtcnn as host
+from jaxface.faces import mtcnn_nets as host
 
 _EXACT_F32 = 2**24  # Integers below this convert to float32 exactly.
 
