@@ -316,8 +316,8 @@ class Rotate(GeometricOp):
 
 @register("oversample10")
 class Oversample10(Op):
-  """GilNet's test-time over-sampling (SPEC 4.2): the four corner and the centre ``crop`` windows,
-  then their mirrors, stacked: "image" (10, crop, crop, 3), maps (10, crop, crop), "box" (10, 4),
+  """GilNet's test-time over-sampling (Levi & Hassner, CVPR-W 2015): the four corner and the centre
+  ``crop`` windows, then their mirrors, stacked: "image" (10, crop, crop, 3), maps (10, crop, crop), "box" (10, 4),
   "landmarks" (10, 5, 2) (mirrored views with left/right swapped). Comes last in a pipe."""
 
   def __init__(self, crop: int):

@@ -1,4 +1,8 @@
-"""MTCNN face detector (Zhang et al. 2016) with facenet-pytorch's weights and semantics (SPEC 5.3).
+"""MTCNN face detector with facenet-pytorch's weights and detect_face semantics.
+
+MTCNN: K. Zhang, Z. Zhang, Z. Li, Y. Qiao, "Joint Face Detection and Alignment Using Multitask
+Cascaded Convolutional Networks", IEEE Signal Processing Letters 23(10), 2016, arXiv:1604.02878;
+the reference implementation followed is timesler/facenet-pytorch (models/utils/detect_face.py).
 
 Two cascades give the same faces up to float rounding. ``backend="device"`` (opt-in) runs the
 whole cascade as four jitted programs on the default JAX backend (``mtcnn_device``: pyramid, PNet,

@@ -2,7 +2,8 @@
 
 Each helper reproduces one reference semantics exactly (Caffe ceil pooling, Caffe LRN, align-corners
 bilinear resize, torch adaptive average pooling, PReLU), because weight parity with the source
-frameworks depends on these details (SPEC section 0).
+frameworks depends on these details: Caffe's and PyTorch's ceil_mode pooling rule, Caffe's LRN
+(alpha divided by local_size), torch's UpsamplingBilinear2d / Caffe's Interp (align_corners=True).
 """
 
 from __future__ import annotations
@@ -182,8 +183,8 @@ def conv2d(x_BHWC: jax.Array, kernel_HWIO: jax.Array, strides: Sequence[int] = (
   ``lowering``: "direct" (``lax.conv_general_dilated``), "im2col" (patch matrix + one matrix
   product per group; a 1x1 kernel needs no patch copies), "tap_wgrad" (direct, with the kernel
   gradient as one matrix product per tap) or "auto" (:func:`choose_lowering`).
-  Gradients come from autodiff of the chosen lowering ("tap_wgrad": its custom VJP). Grouped kernels (Caffe ``group``) have
-  group-major outputs, as in ``lax.conv_general_dilated``.
+  Gradients come from autodiff of the chosen lowering ("tap_wgrad": its custom VJP). Grouped kernels
+  (Caffe ``group``) have group-major outputs, as in ``lax.conv_general_dilated``.
   """
   if lowering not in LOWERINGS:
     raise ValueError(f"lowering must be one of {LOWERINGS}, got {lowering!r}")
