@@ -37,11 +37,14 @@ IM2COL_MAX_OUTPUT_AREA = 16
 # of a 16x16 map. Above ``LARGE_MAP_MIN_AREA`` output pixels per image (and past the image stem,
 # whose backward has no input gradient), "im2col" (whose kernel gradient is one matrix product
 # over the patch matrix: 2.5x / 2.8x faster forward + backward at ResNet's 56x56x64 / 28x28x128)
-# while its patch matrix fits ``IM2COL_MAX_PATCH_BYTES``, else "tap_wgrad" (XLA's forward and
-# input gradient, the kernel gradient as one matrix product per tap: 9 s vs 81 s at 56x56x256).
+# while one image's patch matrix fits ``IM2COL_MAX_PATCH_BYTES_PER_IMAGE``, else "tap_wgrad" (XLA's
+# forward and input gradient, the kernel gradient as one matrix product per tap: 9 s vs 81 s at
+# 56x56x256). The limit is per image, so the choice never depends on the batch: one and eight
+# devices (each its shard of the batch) run the same lowering, and a batch-polymorphic export
+# (symbolic batch) can decide. 16 MiB per image is the 256 MiB measured at batch 16.
 LARGE_MAP_MIN_AREA = 257  # 16x16 maps keep "direct" (1.6x faster than both at batch 64)
 LARGE_MAP_MIN_CHANNELS = 16
-IM2COL_MAX_PATCH_BYTES = 256 << 20
+IM2COL_MAX_PATCH_BYTES_PER_IMAGE = 16 << 20
 _FORCED_LOWERING: list[str | None] = [None]
 
 
@@ -80,8 +83,9 @@ def choose_lowering(x_shape: Sequence[int], kernel_shape: Sequence[int],
   Off the CPU always "direct" (cuDNN and the TPU compiler choose their own algorithms). On the CPU
   "im2col" for 1x1 kernels and for outputs of at most ``IM2COL_MAX_OUTPUT_AREA`` pixels; on large
   maps (at least ``LARGE_MAP_MIN_AREA`` output pixels, ``LARGE_MAP_MIN_CHANNELS`` input channels
-  per group) "im2col" while the patch matrix (``itemsize`` bytes a value) fits
-  ``IM2COL_MAX_PATCH_BYTES``, else "tap_wgrad"; "direct" in between.
+  per group) "im2col" while one image's patch matrix (``itemsize`` bytes a value) fits
+  ``IM2COL_MAX_PATCH_BYTES_PER_IMAGE``, else "tap_wgrad"; "direct" in between. The batch size
+  (``x_shape[0]``, possibly symbolic) never enters the choice.
   """
   backend = backend or jax.default_backend()
   if backend != "cpu":
@@ -94,8 +98,8 @@ def choose_lowering(x_shape: Sequence[int], kernel_shape: Sequence[int],
     return "im2col"
   if ho * wo < LARGE_MAP_MIN_AREA or cin_g < LARGE_MAP_MIN_CHANNELS:
     return "direct"
-  patch_bytes = x_shape[0] * ho * wo * kh * kw * x_shape[3] * itemsize
-  return "im2col" if patch_bytes <= IM2COL_MAX_PATCH_BYTES else "tap_wgrad"
+  patch_bytes = ho * wo * kh * kw * x_shape[3] * itemsize  # one image's
+  return "im2col" if patch_bytes <= IM2COL_MAX_PATCH_BYTES_PER_IMAGE else "tap_wgrad"
 
 
 def _out_size(n: int, k: int, s: int, pad: tuple[int, int]) -> int:
