@@ -19,6 +19,12 @@ grain's ``mp_prefetch`` does) cost about as much CPU as preprocessing it. The co
 chunks in stream order, so the batches and the state are the same for every worker count, thread
 count and chunk size. Everything sent to the workers is a picklable top-level class.
 
+With ``device_geometry=True`` the workers only decode and plan (``pp.device.HostPlan``): a batch
+carries each example's source regions in a bucketed canvas with OpenCV's fixed-point warp, and
+``Loader.finish`` (jitted, ``pp.device.DeviceGeometry.finish``) resamples and reweights them on the
+device, giving the host fused pipe's arrays bit for bit; the layout is in ``pp.device``'s
+docstring.
+
 Examples whose pipeline raises ``BadExampleError`` become ``Bad`` markers; the consumer drops and
 counts them in a ``SkipCounter`` in stream order, so the count is part of the checkpointable state
 whatever the worker count.
@@ -38,6 +44,7 @@ import jax
 import numpy as np
 
 from data_pipelines import pp
+from data_pipelines.pp import device as pp_device
 from data_pipelines.loader.chunks import (Bad, Chunk, ChunkQueue, Inline, Threads, to_str)
 from data_pipelines.loader.workers import Workers
 
@@ -74,25 +81,31 @@ class _Preprocess:
 
   def __init__(self, pipeline: pp.Pipeline, seed: int, shard_index: int,
                label_keys: Sequence[str], keep_maps: bool = True,
-               image_size: tuple[int, int] | None = None):
+               image_size: tuple[int, int] | None = None,
+               host_plan: pp_device.HostPlan | None = None):
     self.pipeline = pipeline
+    self.host_plan = host_plan  # device geometry: the host's half of the pipe instead of it
     self.image_size = None if image_size is None else tuple(int(s) for s in image_size)
     self.seed = seed
     self.shard_index = shard_index
     self.label_keys = tuple(label_keys)
     self.keep = ("image",) + (pp.MAP_KEYS if keep_maps else ()) + self.label_keys + ("id",)
+    if host_plan is not None:
+      self.keep = host_plan.keys(keep_maps) + self.label_keys + ("id",)
 
   def __call__(self, index: int, record: dict[str, Any]) -> dict[str, Any] | Bad:
     example = dict(record)
     rng = np.random.default_rng([self.seed, self.shard_index, index])
     try:
-      example = self.pipeline(example, rng)
+      example = (self.host_plan or self.pipeline)(example, rng)
     except pp.BadExampleError as e:
       return Bad(e)
     if self.image_size is not None:
       # A pipe without a fixed-size op passes an odd-sized photo through; it would otherwise stop
       # the batch ("all input arrays must have the same shape") naming no file.
       shape = np.shape(example.get("image"))
+      if self.host_plan is not None:  # "image" is the source region: the size the device gives
+        shape = pp_device.output_hw(example) + (3,)
       if tuple(shape[-3:-1]) != self.image_size:
         decoded = example.get("decoded_shape")
         source = f"a {decoded[1]}x{decoded[0]} image " if decoded is not None else ""
@@ -179,8 +192,10 @@ class Loader:
 
   def __init__(self, ds: Stream | grain.MapDataset, *, batch_size: int, drop_remainder: bool,
                pad_remainder: bool, shard_size: int, chunk_size: int, read_threads: int,
-               worker_count: int):
+               worker_count: int, device_geometry: pp_device.DeviceGeometry | None = None):
     self._ds = ds
+    # None: batches are final. Else batches hold source regions that ``finish`` resamples.
+    self.device_geometry = device_geometry
     self._total = len(ds)  # sys.maxsize when repeated forever
     self._batch_size = batch_size
     self._drop_remainder = drop_remainder and not pad_remainder
@@ -216,7 +231,7 @@ class Loader:
       raise
 
   def _next_batch(self) -> Batch:
-    batch = _BatchBuilder(self._batch_size)
+    batch = _BatchBuilder(self._batch_size, canvases=self.device_geometry is not None)
     while batch.size < self._batch_size:
       if self._chunk is None or self._offset == self._chunk.size:
         if self._chunks is None:
@@ -239,6 +254,14 @@ class Loader:
     if batch.size == 0 or (batch.size < self._batch_size and self._drop_remainder):
       raise StopIteration
     return batch.build(self._pad_remainder)
+
+  def finish(self, batch: Batch) -> dict[str, Any]:
+    """A device-geometry batch resampled (and reweighted) on the device: "image" uint8
+    (B, oh, ow, 3) as jax arrays; see ``pp.device``. A host-geometry loader has nothing to do."""
+    if self.device_geometry is None:
+      raise ValueError("Loader.finish: this loader's batches are final (make_loader was called "
+                       "without device_geometry=True)")
+    return self.device_geometry.finish(batch)
 
   def get_state(self) -> dict[str, Any]:
     """JSON-serialisable position in the stream: the next stream position and the skip counter."""
@@ -288,8 +311,9 @@ def _state_position(state: dict[str, Any]) -> int:
 class _BatchBuilder:
   """A batch filled chunk by chunk; rows are copied in at once, so a slot is free after its walk."""
 
-  def __init__(self, batch_size: int):
+  def __init__(self, batch_size: int, canvases: bool = False):
     self._batch_size = batch_size
+    self._canvases = canvases  # device geometry: regions of each size, stacked into canvases
     self.size = 0
     # Per key: the batch's array (rows stacked by a worker, same shape and dtype so far), or a
     # list of rows stacked at the end (rows from threads in this process, or mixed ones).
@@ -326,7 +350,12 @@ class _BatchBuilder:
   def build(self, pad: bool) -> Batch:
     """The batch with "mask"; an incomplete one padded to the batch size if ``pad``."""
     n = self.size
-    batch = {k: v[:n] if isinstance(v, np.ndarray) else _stack(v) for k, v in self._values.items()}
+    batch = {k: v[:n] if isinstance(v, np.ndarray) else _stack(v) for k, v in self._values.items()
+             if not (self._canvases and pp_device.is_canvas_key(k))}
+    if self._canvases:  # one bucketed canvas per array key, whatever the regions' sizes
+      for k, v in self._values.items():
+        if pp_device.is_canvas_key(k):
+          batch[k] = pp_device.stack_canvases(v[:n])
     batch["mask"] = np.ones(n, bool)
     if pad and n < self._batch_size:  # repeats the last example, masked out
       batch = {k: np.concatenate([v, np.repeat(v[-1:], self._batch_size - n, axis=0)])
@@ -341,7 +370,8 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipeline, ba
                 shard_index: int | None = None, shard_count: int | None = None,
                 label_keys: Sequence[str] = DEFAULT_LABEL_KEYS, read_threads: int = 2,
                 worker_count: int = 0, chunk_size: int | None = None,
-                keep_maps: bool = True, image_size: tuple[int, int] | None = None) -> Loader:
+                keep_maps: bool = True, image_size: tuple[int, int] | None = None,
+                device_geometry: bool = False) -> Loader:
   """Training loader (defaults: shuffled, repeated forever, incomplete last batch dropped).
 
   Args:
@@ -370,8 +400,15 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipeline, ba
     image_size: (H, W) every example's image must have after the pipe (its last three axes are
       H, W, 3; a ten-view pipe adds one in front); an example whose image differs is skipped and
       counted with its id, its decoded size and the shape it got. None checks nothing.
+    device_geometry: the host only decodes and plans; each batch carries source regions that
+      ``Loader.finish(batch)`` (jitted) resamples and reweights on the device, bit for bit the
+      host fused pipe's arrays (``pp.device``). Needs a fused pipe ``decode | geometric ops
+      [| saliency(r)]``; any other raises ``ValueError`` naming the op, here.
   """
   pipeline = pipe if isinstance(pipe, pp.Pipeline) else pp.Pipeline(pipe)
+  if not isinstance(device_geometry, bool):
+    raise ValueError(f"device_geometry must be True or False, got {device_geometry!r}")
+  split = pp_device.DeviceGeometry(pipeline, keep_maps) if device_geometry else None
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   shard_index = jax.process_index() if shard_index is None else shard_index
@@ -394,10 +431,10 @@ def make_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipeline, ba
   shard_size = len(range(shard_index, len(source), shard_count))
   # Position p of the stream is p whatever process maps it: its rng seed.
   ds = Stream(source, index, _Preprocess(pipeline, seed, shard_index, label_keys, keep_maps,
-                                          image_size))
+                                          image_size, split and split.host))
   return Loader(ds, batch_size=batch_size, drop_remainder=drop_remainder,
                 pad_remainder=pad_remainder, shard_size=shard_size, chunk_size=chunk_size,
-                read_threads=read_threads, worker_count=worker_count)
+                read_threads=read_threads, worker_count=worker_count, device_geometry=split)
 
 
 def make_eval_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipeline,
@@ -406,13 +443,15 @@ def make_eval_loader(source: Sequence[dict[str, Any]], *, pipe: str | pp.Pipelin
                      label_keys: Sequence[str] = DEFAULT_LABEL_KEYS,
                      read_threads: int = 2, worker_count: int = 0,
                      chunk_size: int | None = None, keep_maps: bool = True,
-                     image_size: tuple[int, int] | None = None) -> Loader:
+                     image_size: tuple[int, int] | None = None,
+                     device_geometry: bool = False) -> Loader:
   """One unshuffled pass; the last batch is padded and masked so each example counts once."""
   return make_loader(source, pipe=pipe, batch_size=batch_size, seed=0, shuffle=False,
                      num_epochs=1, drop_remainder=False, pad_remainder=True,
                      shard_index=shard_index, shard_count=shard_count, label_keys=label_keys,
                      read_threads=read_threads, worker_count=worker_count,
-                     chunk_size=chunk_size, keep_maps=keep_maps, image_size=image_size)
+                     chunk_size=chunk_size, keep_maps=keep_maps, image_size=image_size,
+                     device_geometry=device_geometry)
 
 
 def _stack(values: Sequence[Any]) -> np.ndarray:
