@@ -7,6 +7,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One XLA compile cache for the whole test session: the controller creates it before xdist starts
+# its workers, and every worker and every subprocess a test starts (python -m jaxface.train, the
+# launcher) inherits the variables. Many tests build the same small programs in fresh closures or
+# fresh processes, which jit's in-memory cache cannot share. A compiled program is deterministic,
+# so a hit changes no number.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile  # noqa: E402
+
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxface-test-xla-cache-")
+  os.environ["JAXFACE_TEST_CACHE_OWNER"] = str(os.getpid())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -41,3 +53,12 @@ def smoke_run_workdir(tmp_path_factory):
   wd = str(root / "run")
   train_lib.train_and_evaluate(config, wd)
   return wd
+
+
+def pytest_unconfigure(config):
+  """The process that created the session's compile cache removes it."""
+  del config
+  if os.environ.get("JAXFACE_TEST_CACHE_OWNER") == str(os.getpid()):
+    import shutil  # pylint: disable=g-import-not-at-top
+
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
