@@ -87,35 +87,45 @@ def _fail(op, why: str):
 
 
 def check(pipeline: Pipeline) -> tuple[list, list, float | None]:
-  """(ops before the run, the run, saliency r or None); raises ``DeviceGeometryError``."""
+  """(ops before the run, the run, saliency r or None); raises ``DeviceGeometryError`` naming
+  the first op that cannot run this way."""
   if not pipeline.fuse:
     raise DeviceGeometryError("device geometry needs fused geometry (Pipeline(pipe, fuse=True), "
                               "config.data.fuse_geometry = True)")
-  steps = geometry.fused_steps(pipeline.ops)
+  ops = list(pipeline.ops)
+  geometric = [isinstance(op, (geometry.GeometricOp, geometry.MapSourceOp)) for op in ops]
+  for i, op in enumerate(ops):
+    if geometric[i] or (i == 0 and isinstance(op, Decode)):
+      continue
+    if isinstance(op, Saliency) and any(geometric[:i]):
+      if i + 1 < len(ops):
+        _fail(ops[i + 1], f"comes after {op}: nothing may follow the reweighting, which runs "
+              "on the device")
+      continue
+    if any(geometric[i + 1:]):
+      _fail(op, "comes before or between the geometric ops: with device geometry the host only "
+            "decodes (decode, first, is the only op allowed before them)")
+    if any(geometric[:i]):
+      _fail(op, "comes after the geometric ops: it needs the resampled pixels on the host; only "
+            "one final saliency(r) may follow them")
+    raise DeviceGeometryError(f"device geometry: the pipe {str(pipeline)!r} has no geometric "
+                              "ops to run on the device")
+  if not any(geometric):
+    raise DeviceGeometryError(f"device geometry: the pipe {str(pipeline)!r} has no geometric "
+                              "ops to run on the device")
   before, run, r = [], None, None
-  for step in steps:
-    op = step[0]
-    if run is None:
-      if len(step) > 1:
-        run = step
-      elif isinstance(op, geometry.GeometricOp):
-        _fail(op, "is the pipe's only geometric op: the host resamples a lone op with its own "
-              "method, which the device warp does not reproduce (fuse it with another geometric "
-              "op, or keep device geometry off)")
-      elif isinstance(op, Decode):
-        before.append(op)
-      else:
-        _fail(op, "comes before the geometric ops: with device geometry the host only decodes "
-              "(decode must be the only op before them)")
-    elif r is None and isinstance(op, Saliency):
-      r = op.r
-    elif r is not None:
-      _fail(op, f"comes after saliency(r={r!r}): nothing may follow the reweighting, which "
-            "runs on the device")
-    else:
-      _fail(op, "comes after the geometric ops: it needs the resampled pixels on the host; "
-            "only one final saliency(r) may follow them")
-  if run is None:
+  for step in geometry.fused_steps(ops):
+    if len(step) > 1 or geometry._defers(step[0]):  # pylint: disable=protected-access
+      run = step
+    elif isinstance(step[0], geometry.GeometricOp):
+      _fail(step[0], "is the pipe's only geometric op: the host resamples a lone op with its own "
+            "method, which the device warp does not reproduce (fuse it with another geometric "
+            "op, or keep device geometry off)")
+    elif isinstance(step[0], Saliency):
+      r = step[0].r
+    elif run is None and isinstance(step[0], Decode):
+      before.append(step[0])
+  if run is None:  # only map sources: nothing moves
     raise DeviceGeometryError(f"device geometry: the pipe {str(pipeline)!r} has no geometric "
                               "ops to run on the device")
   return before, run, r
