@@ -34,16 +34,22 @@ IM2COL_MAX_OUTPUT_AREA = 16
 # On large maps XLA:CPU's backward-filter convolution (the kernel gradient) is the pathology: at
 # batch 16 it takes 8-12x PyTorch's time at 56x56x256 and 28x28x512 (81 s vs 9.8 s, 30 s vs 2.6 s;
 # the forward and the input gradient are on par with PyTorch), and 15x the time per output pixel
-# of a 16x16 map. Above ``LARGE_MAP_MIN_AREA`` output pixels per image (and past the image stem,
-# whose backward has no input gradient), "im2col" (whose kernel gradient is one matrix product
-# over the patch matrix: 2.5x / 2.8x faster forward + backward at ResNet's 56x56x64 / 28x28x128)
-# while one image's patch matrix fits ``IM2COL_MAX_PATCH_BYTES_PER_IMAGE``, else "tap_wgrad" (XLA's
-# forward and input gradient, the kernel gradient as one matrix product per tap: 9 s vs 81 s at
-# 56x56x256). The limit is per image, so the choice never depends on the batch: one and eight
+# of a 16x16 map. From ``LARGE_MAP_MIN_AREA`` output pixels per image (and past the image stem,
+# whose backward has no input gradient) the rule takes "tap_wgrad" (XLA's forward and input
+# gradient, the kernel gradient as one matrix product per tap), or "im2col" (whose kernel gradient
+# is one matrix product over the patch matrix) for few input channels (at most
+# ``IM2COL_MAX_LARGE_MAP_CHANNELS`` per group) while one image's patch matrix fits
+# ``IM2COL_MAX_PATCH_BYTES_PER_IMAGE``. Forward + both gradients, ms, float32, this 2-core EPYC
+# (`python -m jaxface.bench conv` times such shapes), direct / im2col / tap_wgrad:
+# batch 16 at 56x56x64 249 / 173 / 192, 28x28x128 122 / 126 / 112, 28x28x512 2166 / 1316 / 1279,
+# 14x14x512 418 / 323 / 323, 14x14x256 94 / 96 / 94; batch 64 at 16x16x64 72 / 63 / 60; batch 4
+# at 224x224x64 2022 / 1156 / 676 (im2col's forward and input gradient copy 115 MB of patches
+# an image). The limits are per image, so the choice never depends on the batch: one and eight
 # devices (each its shard of the batch) run the same lowering, and a batch-polymorphic export
-# (symbolic batch) can decide. 16 MiB per image is the 256 MiB measured at batch 16.
-LARGE_MAP_MIN_AREA = 257  # 16x16 maps keep "direct" (1.6x faster than both at batch 64)
+# (symbolic batch) can decide.
+LARGE_MAP_MIN_AREA = 196  # 14x14: VGG's conv5, ResNet's 224 px layer3, 16x16 maps at 64 px
 LARGE_MAP_MIN_CHANNELS = 16
+IM2COL_MAX_LARGE_MAP_CHANNELS = 64
 IM2COL_MAX_PATCH_BYTES_PER_IMAGE = 16 << 20
 _FORCED_LOWERING: list[str | None] = [None]
 
@@ -83,9 +89,10 @@ def choose_lowering(x_shape: Sequence[int], kernel_shape: Sequence[int],
   Off the CPU always "direct" (cuDNN and the TPU compiler choose their own algorithms). On the CPU
   "im2col" for 1x1 kernels and for outputs of at most ``IM2COL_MAX_OUTPUT_AREA`` pixels; on large
   maps (at least ``LARGE_MAP_MIN_AREA`` output pixels, ``LARGE_MAP_MIN_CHANNELS`` input channels
-  per group) "im2col" while one image's patch matrix (``itemsize`` bytes a value) fits
-  ``IM2COL_MAX_PATCH_BYTES_PER_IMAGE``, else "tap_wgrad"; "direct" in between. The batch size
-  (``x_shape[0]``, possibly symbolic) never enters the choice.
+  per group) "im2col" for at most ``IM2COL_MAX_LARGE_MAP_CHANNELS`` input channels per group while
+  one image's patch matrix (``itemsize`` bytes a value) fits ``IM2COL_MAX_PATCH_BYTES_PER_IMAGE``,
+  else "tap_wgrad"; "direct" in between. The batch size (``x_shape[0]``, possibly symbolic) never
+  enters the choice.
   """
   backend = backend or jax.default_backend()
   if backend != "cpu":
@@ -99,7 +106,9 @@ def choose_lowering(x_shape: Sequence[int], kernel_shape: Sequence[int],
   if ho * wo < LARGE_MAP_MIN_AREA or cin_g < LARGE_MAP_MIN_CHANNELS:
     return "direct"
   patch_bytes = ho * wo * kh * kw * x_shape[3] * itemsize  # one image's
-  return "im2col" if patch_bytes <= IM2COL_MAX_PATCH_BYTES_PER_IMAGE else "tap_wgrad"
+  if cin_g <= IM2COL_MAX_LARGE_MAP_CHANNELS and patch_bytes <= IM2COL_MAX_PATCH_BYTES_PER_IMAGE:
+    return "im2col"
+  return "tap_wgrad"
 
 
 def _out_size(n: int, k: int, s: int, pad: tuple[int, int]) -> int:
@@ -147,8 +156,16 @@ def _tap_kernel_grad(x_BHWC, g_BHWC, kernel_shape, strides, pads, groups, precis
   kh, kw, cin_g, cout = kernel_shape
   b, ho, wo, _ = g_BHWC.shape
   cout_g = cout // groups
-  g = g_BHWC.reshape(b * ho * wo, groups, cout_g)
   out = []
+  if groups == 1:
+    # g^T @ tap, transposed: XLA folds both transposes into one product over the rows (no copy).
+    # With the tap on the left, or a unit group dimension, XLA:CPU instead copied every tap into
+    # a transposed (C, B*Ho*Wo) buffer for its matmul kernel: 1.7-2.3x slower at 224x224x64.
+    g_t = g_BHWC.reshape(b * ho * wo, cout).T
+    for t in _taps(x_BHWC, kh, kw, strides, pads):
+      out.append(jnp.dot(g_t, t.reshape(b * ho * wo, cin_g), precision=precision).T)
+    return jnp.stack(out).reshape(kernel_shape).astype(g_BHWC.dtype)
+  g = g_BHWC.reshape(b * ho * wo, groups, cout_g)
   for t in _taps(x_BHWC, kh, kw, strides, pads):
     t = t.reshape(b * ho * wo, groups, cin_g)
     # (G, Cin/G, Cout/G): contract the rows, batch over the groups.
@@ -287,8 +304,58 @@ def max_pool_ceil(x_BHWC: jax.Array, window: int, stride: int, pad: int = 0) -> 
 
 
 def max_pool_floor(x_BHWC: jax.Array, window: int, stride: int, pad: int = 0) -> jax.Array:
-  """Max pooling with floor output size and symmetric ``-inf`` padding (torch default)."""
+  """Max pooling with floor output size and symmetric ``-inf`` padding (torch default).
+
+  On XLA:CPU, tiling windows (window == stride, no padding: VGG's 2x2) take :func:`_tiled_max_pool`
+  (its forward and backward 1.4-2.8x faster than ``reduce_window`` and its select-and-scatter
+  gradient at VGG's maps); elsewhere, and on other backends, ``reduce_window``.
+  """
+  if window == stride and pad == 0 and jax.default_backend() == "cpu":
+    return _tiled_max_pool(x_BHWC, window)
   return nn.max_pool(x_BHWC, (window, window), (stride, stride), ((pad, pad), (pad, pad)))
+
+
+def _window_major(x_BHWC: jax.Array, k: int) -> jax.Array:
+  """(B, Ho, k, Wo, k, C) view of the floor-cropped map: window (i, j) of output (h, w) is
+  ``[:, h, i, w, j]``."""
+  b, h, w, c = x_BHWC.shape
+  ho, wo = h // k, w // k
+  return x_BHWC[:, :ho * k, :wo * k].reshape(b, ho, k, wo, k, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _tiled_max_pool(x_BHWC: jax.Array, k: int) -> jax.Array:
+  """k x k max pooling with stride k and floor size: a max over reshaped window axes, no
+  ``reduce_window``. Its gradient (custom VJP) routes each output's cotangent to the first
+  maximum of its window in row-major order, the element XLA's select-and-scatter (``ge``
+  selection) picks for ``reduce_window``'s gradient, so ties (ReLU zeros) get the same gradient.
+  """
+  return jnp.max(_window_major(x_BHWC, k), axis=(2, 4))
+
+
+def _tiled_max_pool_fwd(x_BHWC, k):
+  y = _tiled_max_pool(x_BHWC, k)
+  return y, (x_BHWC, y)
+
+
+def _tiled_max_pool_bwd(k, residuals, g):
+  x, y = residuals
+  xw = _window_major(x, k)
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in range(k):
+    cols = []
+    for j in range(k):
+      first = (xw[:, :, i, :, j] == y) & ~taken
+      taken = taken | first
+      cols.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
+    rows.append(jnp.stack(cols, axis=3))  # (B, Ho, Wo, k, C)
+  dx = jnp.stack(rows, axis=2).reshape(x.shape[0], y.shape[1] * k, y.shape[2] * k, x.shape[3])
+  _, h, w, _ = x.shape
+  return (jnp.pad(dx, ((0, 0), (0, h - dx.shape[1]), (0, w - dx.shape[2]), (0, 0))),)
+
+
+_tiled_max_pool.defvjp(_tiled_max_pool_fwd, _tiled_max_pool_bwd)
 
 
 def lrn_caffe(x_BHWC: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,

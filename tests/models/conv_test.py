@@ -1,5 +1,6 @@
 """layers.Conv / conv2d: every lowering equals lax.conv_general_dilated to float rounding, forward
-and gradients, on the zoo's kernel / stride / padding / group forms; nn.Conv's parameters."""
+and gradients, on the zoo's kernel / stride / padding / group forms; nn.Conv's parameters. Also the
+CPU's tiled max pooling (VGG's 2x2) against reduce_window, forward and gradient."""
 
 import flax.linen as nn
 import jax
@@ -87,20 +88,24 @@ def test_im2col_is_used_where_the_rule_says():
   assert rule((16, 56, 56, 64), 1, 1, 0) == "im2col"
   assert rule((16, 56, 56, 64), 1, 1, 0, backend="gpu") == "direct"
   assert rule((16, 224, 224, 3), 7, 2, 3) == "direct"  # the image stem
-  assert rule((64, 16, 16, 64), 3, 1, 1) == "direct"  # mid-sized maps
+  assert rule((64, 8, 8, 64), 3, 1, 1) == "direct"  # mid-sized maps
+  assert rule((16, 13, 13, 384), 3, 1, 1) == "direct"  # AlexNet's conv3-5 at 224 px
   side = int(np.sqrt(layers.IM2COL_MAX_OUTPUT_AREA))
   assert rule((1, side, side, 4), 3, 1, 1) == "im2col"
   assert rule((1, side + 1, side + 1, 4), 3, 1, 1) == "direct"
   # Large maps: the kernel gradient as matrix products, im2col while the patch matrix is small.
   assert rule((16, 56, 56, 64), 3, 1, 1) == "im2col"  # 7.2 MB of float32 patches an image
   assert rule((16, 56, 56, 64), 3, 1, 1, backend="gpu") == "direct"
-  assert rule((16, 28, 28, 512), 3, 1, 1) == "im2col"  # 14.5 MB
-  assert rule((16, 56, 56, 256), 3, 1, 1) == "tap_wgrad"  # 28.9 MB
-  assert rule((16, 224, 224, 64), 3, 1, 1) == "tap_wgrad"
+  assert rule((64, 16, 16, 64), 3, 1, 1) == "im2col"
+  assert rule((16, 28, 28, 512), 3, 1, 1) == "tap_wgrad"  # many channels: per-tap products
+  assert rule((16, 14, 14, 512), 3, 1, 1) == "tap_wgrad"
+  assert rule((16, 56, 56, 256), 3, 1, 1) == "tap_wgrad"
+  assert rule((16, 224, 224, 64), 3, 1, 1) == "tap_wgrad"  # 115 MB of patches an image
+  assert rule((16, 112, 112, 64), 3, 1, 1) == "tap_wgrad"  # 28.9 MB
   assert rule((16, 224, 224, 64), 3, 1, 1, backend="gpu") == "direct"
   assert rule((16, 28, 28, 8), 3, 1, 1) == "direct"  # too few channels per group
   # The batch never enters the choice (one device or eight, a symbolic export batch).
-  for shape in ((16, 28, 28, 512), (16, 56, 56, 256), (16, 56, 56, 64)):
+  for shape in ((16, 28, 28, 512), (16, 56, 56, 256), (16, 56, 56, 64), (16, 112, 112, 64)):
     assert {rule((b, *shape[1:]), 3, 1, 1) for b in (1, 2, 16, 128)} == {rule(shape, 3, 1, 1)}
 
 
@@ -169,3 +174,24 @@ def test_the_chosen_lowering_is_the_program():
   with pytest.raises(ValueError, match="lowering must be one of"):
     with layers.force_lowering("auto"):
       pass
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 9, 7, 4), (1, 5, 6, 2)])
+@pytest.mark.parametrize("k", [2, 3])
+def test_tiled_max_pool_equals_reduce_window_with_ties(rng, shape, k):
+  # Small integers make many ties (as ReLU's zeros do): the gradient must go to the same element
+  # as reduce_window's select-and-scatter (the first maximum in row-major window order). Both
+  # paths only copy and compare values, so forward and gradient are equal exactly. Odd sizes
+  # check the floor crop (the last row / column outside every window gets zero gradient).
+  x = jnp.asarray(rng.integers(-2, 3, size=shape), jnp.float32)
+  ref = lambda x: nn.max_pool(x, (k, k), (k, k))  # noqa: E731
+  y_ref, vjp_ref = jax.vjp(ref, x)
+  y, vjp = jax.vjp(lambda x: layers._tiled_max_pool(x, k), x)
+  g = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(vjp(g)[0], vjp_ref(g)[0])
+  # The public entry takes it on the CPU for tiling windows only (3x3 stride 2 overlaps).
+  np.testing.assert_array_equal(layers.max_pool_floor(x, k, k), y_ref)
+  program = str(jax.make_jaxpr(lambda x: layers.max_pool_floor(x, k, k))(x))
+  assert ("reduce_window" in program) == (jax.default_backend() != "cpu")
+  assert "reduce_window" in str(jax.make_jaxpr(lambda x: layers.max_pool_floor(x, 3, 2))(x))
